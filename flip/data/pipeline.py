@@ -1,0 +1,198 @@
+"""The training data stream: webdataset shards -> shuffled, decoded, augmented, tokenised batches.
+
+Every DataLoader worker (on every rank) owns one *stream slot*. A slot's stream is an
+endless sequence of epochs; in epoch e it reads its share of the shards (a permutation
+of all shards seeded by e, dealt out slot by slot, so no sample is read twice in an
+epoch), passes the raw bytes through a seeded shuffle buffer, then decodes and
+augments. Batches are assembled inside the worker.
+
+Everything is a function of (seed, epoch, slot), and augmentation is seeded per sample,
+so a stream can be resumed exactly: each batch carries its slot's position (epoch,
+raw samples consumed in that epoch), the trainer stores the latest position of every
+slot in its checkpoint, and on resume each slot fast-forwards through raw bytes
+(nothing is decoded) to where it stopped. DataLoader visits workers round-robin, so
+the trainer also knows which slot supplies the next batch and rotates the
+worker -> slot assignment to match.
+
+Bad data never stops training: an unreadable shard or a sample that does not decode
+is skipped and counted; the counts travel with the batches.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchvision import transforms as T
+
+from flip.data.tokenizer import Tokenizer
+
+# CLIP's normalisation constants, shared with open_clip so exported models see the same inputs.
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+TEXT_EXTENSIONS = ("txt",)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    image_size: int = 224
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    hflip: bool = True
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    urls: tuple[str, ...]
+    batch_size: int
+    context_length: int = 32
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    shuffle_buffer: int = 2000
+    resampled: bool = False  # draw shards with replacement (infinite corpora, OpenCLIP's --dataset-resampled)
+    seed: int = 0
+
+
+@dataclass
+class SlotPosition:
+    epoch: int = 0
+    offset: int = 0  # raw samples of this epoch already consumed
+
+
+def _seed(*parts) -> int:
+    return zlib.crc32(repr(parts).encode())
+
+
+def eval_transform(image_size: int) -> T.Compose:
+    """Resize the short side, centre-crop, normalise: CLIP's evaluation preprocessing."""
+    return T.Compose([
+        T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(image_size),
+        T.ToTensor(),
+        T.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),
+    ])
+
+
+def train_transform(cfg: AugmentConfig) -> T.Compose:
+    ops = [T.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, interpolation=T.InterpolationMode.BICUBIC)]
+    if cfg.hflip:
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ToTensor(), T.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)]
+    return T.Compose(ops)
+
+
+class _Counter:
+    """webdataset error handler that counts and continues instead of raising."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, exc: Exception) -> bool:
+        self.count += 1
+        return True
+
+
+class ShardStream(IterableDataset):
+    """Endless batches from one stream slot per worker; see the module docstring."""
+
+    def __init__(self, cfg: StreamConfig, rank: int = 0, world_size: int = 1,
+                 positions: list[SlotPosition] | None = None, slot_rotation: int = 0):
+        self.cfg = cfg
+        self.rank, self.world_size = rank, world_size
+        self.positions = positions
+        self.slot_rotation = slot_rotation
+
+    # -- which raw samples a slot reads ---------------------------------------------------
+    def _epoch_shards(self, epoch: int, slot: int, num_slots: int) -> tuple[list[str], int | None]:
+        """Shards for (epoch, slot), plus a sample stride when there are fewer shards than slots."""
+        urls = list(self.cfg.urls)
+        if self.cfg.resampled:
+            rng = random.Random(_seed(self.cfg.seed, "resample", epoch, slot))
+            return rng.choices(urls, k=max(1, len(urls) // num_slots)), None
+        random.Random(_seed(self.cfg.seed, "shards", epoch)).shuffle(urls)
+        if len(urls) >= num_slots:
+            return urls[slot::num_slots], None
+        return urls, slot  # every slot reads all shards and keeps every num_slots-th sample
+
+    def _raw_samples(self, epoch: int, slot: int, num_slots: int, errors: _Counter) -> Iterator[dict]:
+        shards, stride_slot = self._epoch_shards(epoch, slot, num_slots)
+        wanted = set(IMAGE_EXTENSIONS + TEXT_EXTENSIONS)
+        samples = wds.tariterators.tarfile_samples(
+            ({"url": url} for url in shards), handler=errors,
+            # Skip the .json metadata (and anything else) without reading it.
+            select_files=lambda name: name.rsplit(".", 1)[-1].lower() in wanted,
+        )
+        for i, sample in enumerate(samples):
+            if stride_slot is None or i % num_slots == stride_slot:
+                yield sample
+
+    # -- decoding ---------------------------------------------------------------------------
+    def _decode(self, sample: dict, epoch: int, transform: T.Compose) -> tuple[torch.Tensor, str] | None:
+        image_bytes = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+        text = sample.get("txt")
+        if image_bytes is None or text is None:
+            return None
+        try:
+            image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+            caption = text.decode("utf-8").strip()
+        except Exception:  # any undecodable image or caption is skipped and counted
+            return None
+        if not caption:
+            return None
+        # Per-sample augmentation seed: identical crops after a resume, whatever the batch layout.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed(self.cfg.seed, epoch, sample["__key__"], sample.get("__url__")))
+            pixels = transform(image)
+        return pixels, caption
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        local_slot = (worker + self.slot_rotation) % num_workers
+        slot, num_slots = self.rank * num_workers + local_slot, self.world_size * num_workers
+        position = (self.positions or [SlotPosition() for _ in range(num_workers)])[local_slot]
+        epoch, offset = position.epoch, position.offset
+
+        torch.set_num_threads(1)  # workers decode; the trainer owns the cores' BLAS threads
+        transform = train_transform(self.cfg.augment)
+        tokenizer = Tokenizer(self.cfg.context_length)
+        errors = _Counter()
+        images: list[torch.Tensor] = []
+        captions: list[str] = []
+        while True:
+            read = 0
+            raw = self._raw_samples(epoch, slot, num_slots, errors)
+            rng = random.Random(_seed(self.cfg.seed, "shuffle", epoch, slot))
+            shuffled = wds.shuffle(self.cfg.shuffle_buffer, self.cfg.shuffle_buffer, rng=rng)(raw)
+            for read, sample in enumerate(shuffled, start=1):
+                if read <= offset:
+                    continue  # fast-forward after a resume: raw bytes only, nothing decoded
+                decoded = self._decode(sample, epoch, transform)
+                if decoded is None:
+                    errors.count += 1
+                    continue
+                images.append(decoded[0])
+                captions.append(decoded[1])
+                if len(images) == self.cfg.batch_size:
+                    meta = {"slot": local_slot, "epoch": epoch, "offset": read, "skipped": errors.count}
+                    yield torch.stack(images), tokenizer(captions), meta
+                    images, captions = [], []
+            if read == 0 and offset == 0:
+                raise RuntimeError(f"no readable samples in the shards of data slot {slot} "
+                                   f"({errors.count} errors); check the --data shards")
+            epoch, offset = epoch + 1, 0
+
+
+def make_loader(cfg: StreamConfig, workers: int, rank: int = 0, world_size: int = 1,
+                positions: list[SlotPosition] | None = None, next_slot: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over `ShardStream` whose first batch comes from slot `next_slot`."""
+    dataset = ShardStream(cfg, rank, world_size, positions, slot_rotation=next_slot)
+    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None)

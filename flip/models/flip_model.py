@@ -1,0 +1,152 @@
+"""The FLIP model: a masked ViT image tower and a bidirectional text tower.
+
+Follows the official FLIP design (facebookresearch/flip `models_flip.py`):
+- fixed 2D sin-cos position embeddings are added to the patches *before* masking,
+  so a kept patch still knows where it came from;
+- masking keeps a per-sample subset of patch tokens; the CLS token is concatenated
+  *after* masking and carries no position embedding; no LayerNorm after the patch
+  embedding;
+- the image feature is the global average of the final (LayerNorm-ed) patch tokens,
+  then a bias-free linear projection. FLIP averages over CLS too; we average over the
+  patch tokens only, which OpenCLIP's `pool_type='avg'` can express, so an export
+  to open_clip is exact;
+- the text tower is a non-autoregressive Transformer read at its first token (SOT).
+
+Blocks are timm's, so attention runs through `F.scaled_dot_product_attention`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from flip.masking import gather_tokens
+from flip.models.config import ModelConfig, TextConfig, VisionConfig
+
+
+def _blocks(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.ModuleList:
+    # nn.LayerNorm (eps 1e-5) and exact GELU: the same numerics as open_clip's blocks.
+    return nn.ModuleList(
+        Block(width, heads, mlp_ratio, qkv_bias=True, norm_layer=nn.LayerNorm, act_layer=nn.GELU)
+        for _ in range(depth)
+    )
+
+
+class VisionTower(nn.Module):
+    def __init__(self, cfg: VisionConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, cfg.width)
+        pos = build_sincos2d_pos_embed([cfg.grid_size, cfg.grid_size], dim=cfg.width)
+        # Fixed, so not saved: rebuilt from the config on load.
+        self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=False)  # [1, L, D]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.width))
+        self.blocks = _blocks(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+
+    def forward_tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """images [B, 3, H, W], keep [B, k] patch indices (None = all) -> tokens [B, 1 + k, D], CLS first."""
+        x = self.patch_embed(images) + self.pos_embed  # [B, L, D]
+        if keep is not None:
+            x = gather_tokens(x, keep)  # [B, k, D]
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        tokens = self.forward_tokens(images, keep)
+        return self.proj(tokens[:, 1:].mean(dim=1))
+
+
+class TextTower(nn.Module):
+    """Bidirectional Transformer over BPE tokens; the feature is read at the first (SOT) token.
+
+    Padding: positions holding `pad_id` are excluded as attention *keys*, so real tokens
+    never attend to padding and the feature does not depend on how much padding there
+    is. Padding positions still flow through the blocks (their outputs are never read).
+    This is open_clip's `no_causal_mask=True, use_pad_mask=True` text tower.
+    """
+
+    def __init__(self, cfg: TextConfig, embed_dim: int):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.context_length, cfg.width))
+        self.blocks = _blocks(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.proj = nn.Linear(cfg.width, embed_dim, bias=False)
+
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T]; keep [B, k] positions to keep (text masking), position 0 among them."""
+        x = self.token_embedding(tokens) + self.pos_embed[:, : tokens.shape[1]]
+        valid = tokens != self.cfg.pad_id  # [B, T]
+        if keep is not None:
+            x = gather_tokens(x, keep)
+            valid = torch.gather(valid, 1, keep)
+        attn_mask = valid[:, None, None, :]  # [B, 1, 1, T]: True = may be attended to
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask)
+        x = self.norm(x)
+        return self.proj(x[:, 0])
+
+
+class FLIP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisionTower(cfg.vision, cfg.embed_dim)
+        self.text = TextTower(cfg.text, cfg.embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        # MAE/FLIP init: xavier-uniform linears (patch embed treated as a linear), zero biases.
+        def init(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+        self.apply(init)
+        w = self.visual.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.visual.cls_token, std=0.02)
+        nn.init.normal_(self.text.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.text.pos_embed, std=0.01)
+
+    def encode_image(self, images: torch.Tensor, keep: torch.Tensor | None = None,
+                     normalize: bool = True) -> torch.Tensor:
+        features = self.visual(images, keep)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, tokens: torch.Tensor, keep: torch.Tensor | None = None,
+                    normalize: bool = True) -> torch.Tensor:
+        features = self.text(tokens, keep)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, image_keep: torch.Tensor | None = None,
+                text_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns L2-normalised image and text features and the logit scale exp(s)."""
+        return (self.encode_image(images, image_keep), self.encode_text(tokens, text_keep),
+                self.logit_scale.exp())
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Keep log(scale) in [0, ln max]; called after each optimizer step, as OpenCLIP does."""
+        self.logit_scale.clamp_(0.0, math.log(self.cfg.max_logit_scale))
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay besides biases and norms (handled by shape)."""
+        return {"visual.cls_token", "text.pos_embed", "logit_scale"}

@@ -1,0 +1,322 @@
+"""The training loop: masked contrastive pre-training, checkpoints, resume, logs.
+
+`train(cfg)` runs a whole job and returns its summary; it is what `flipctl train` and
+`flipctl tune-unmasked` call. The step itself does only device work: masking noise is
+drawn on the device, the loss stays a tensor between log intervals (no `.item()`), and
+AdamW is the fused kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from flip.data import builtin
+from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_loader
+from flip.data.shards import DataError, count_samples, expand_urls
+from flip.distributed import DistInfo, init_distributed, resolve_device
+from flip.eval.retrieval import evaluate_retrieval, load_csv_retrieval_set
+from flip.flops import train_flops_per_sample
+from flip.loss import ContrastiveLoss
+from flip.masking import num_kept, random_keep_indices
+from flip.models import FLIP, get_preset
+from flip.train import checkpoint as ckpt
+from flip.train.config import ConfigError, TrainConfig
+from flip.train.optim import lr_at, make_optimizer
+from flip.train.reporting import Reporter
+
+METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
+
+
+@dataclass
+class Progress:
+    """Everything besides weights and optimizer moments that a resume needs."""
+
+    step: int = 0
+    samples_seen: int = 0
+    positions: list[SlotPosition] = field(default_factory=list)
+    next_slot: int = 0
+    skipped_before: int = 0  # bad samples counted by data workers of earlier (killed) processes
+    elapsed_s: float = 0.0
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill every None with its concrete value, so the saved config says exactly what ran."""
+    cfg.validate()
+    cfg = dataclasses.replace(cfg)
+    builtin_data = cfg.data is None
+    if builtin_data:
+        cfg.data = builtin.train_spec(builtin.builtin_dir())
+        if cfg.samples is None and cfg.epochs is None:
+            cfg.samples = 80_000 if get_preset(cfg.model).name == "tiny" else 40_000
+    if cfg.eval_data is None:
+        cfg.eval_data = str(builtin.retrieval_csv(builtin.builtin_dir()))
+    if cfg.crop_scale_min is None:
+        cfg.crop_scale_min = 0.9 if builtin_data else 0.5
+    if cfg.hflip is None:
+        cfg.hflip = not builtin_data
+    if cfg.base_lr is None and cfg.lr is None:
+        cfg.base_lr = cfg.default_base_lr()
+    if cfg.out is None:
+        model = get_preset(cfg.model).name.replace("/", "-")
+        cfg.out = f"runs/{model}-mask{cfg.mask_ratio:g}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg
+
+
+def _budget_samples(cfg: TrainConfig, urls: list[str]) -> int:
+    if cfg.samples is not None:
+        return cfg.samples
+    if cfg.epochs is None:
+        raise ConfigError("give a budget with --samples or --epochs when training on your own --data")
+    return max(cfg.batch_size, math.ceil(cfg.epochs * count_samples(urls)))
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None):
+        self.reporter = reporter or Reporter()
+        self.run_dir = Path(cfg.out)
+        self._prepare_run_dir(resume)
+        if resume:
+            saved = ckpt.read_config(self.resume_from)["train"]
+            cfg = TrainConfig.from_dict(saved)
+        self.cfg = cfg
+        device_type = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        self.dist: DistInfo = init_distributed(device_type)
+        self.device = resolve_device(cfg.device, self.dist)
+        if cfg.batch_size % self.dist.world_size:
+            raise ConfigError(f"--batch-size {cfg.batch_size} must divide by the {self.dist.world_size} processes")
+        self.local_batch = cfg.batch_size // self.dist.world_size
+
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        random.seed(cfg.seed)
+        self.model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length)
+        self.model = FLIP(self.model_cfg).to(self.device)
+        _ensure_builtin_data(cfg)
+        self.urls = expand_urls(cfg.data)
+        self.total_samples = _budget_samples(cfg, self.urls)
+        self.total_steps = max(1, self.total_samples // cfg.batch_size)
+        warmup = cfg.warmup if cfg.warmup is not None else int(cfg.warmup_fraction * self.total_samples)
+        self.warmup_steps = max(1, warmup // cfg.batch_size)
+        self.optimizer = make_optimizer(self.model, cfg.peak_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                        cfg.eps, self.device)
+        self.loss_fn = ContrastiveLoss()
+        self.num_patches = self.model_cfg.vision.num_patches
+        self.num_keep = num_kept(self.num_patches, cfg.mask_ratio)
+        self.progress = Progress()
+
+        if cfg.init_from and not resume:
+            ckpt.load_weights(self.model, ckpt.resolve_checkpoint(cfg.init_from))
+        if resume:
+            self._load_resume_state()
+
+        self.train_model = self.model
+        if self.dist.world_size > 1:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.eval_set = None
+
+    # -- run directory and resume -------------------------------------------------------------
+    def _prepare_run_dir(self, resume: bool) -> None:
+        has_ckpt = (self.run_dir / ckpt.LATEST).exists()
+        if resume:
+            if not has_ckpt:
+                raise ckpt.CheckpointError(f"nothing to resume in {self.run_dir}: no checkpoint there yet")
+            self.resume_from = ckpt.resolve_checkpoint(self.run_dir)
+        elif has_ckpt or (self.run_dir / SUMMARY_FILE).exists():
+            raise ConfigError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
+                              f"or choose another --out")
+
+    def _load_resume_state(self) -> None:
+        ckpt.load_weights(self.model, self.resume_from)
+        state = ckpt.load_state(self.resume_from)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress(**{**state["progress"],
+                                    "positions": [SlotPosition(**p) for p in state["progress"]["positions"]]})
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        random.setstate(state["rng"]["python"])
+
+    def _state(self, skipped_now: int) -> dict[str, Any]:
+        progress = dataclasses.asdict(self.progress)
+        progress["skipped_before"] = skipped_now
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "progress": progress,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
+        }
+
+    def _saved_config(self) -> dict[str, Any]:
+        return {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()}
+
+    # -- data ---------------------------------------------------------------------------------------
+    def _loader(self):
+        cfg = self.cfg
+        stream = StreamConfig(
+            urls=tuple(self.urls), batch_size=self.local_batch, context_length=cfg.context_length,
+            augment=AugmentConfig(self.model_cfg.vision.image_size, (cfg.crop_scale_min, 1.0), cfg.hflip),
+            shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, seed=cfg.seed)
+        return make_loader(stream, cfg.workers, self.dist.rank, self.dist.world_size,
+                           self.progress.positions or None, self.progress.next_slot,
+                           pin_memory=self.device.type == "cuda")
+
+    # -- one step -------------------------------------------------------------------------------
+    def _step(self, images: torch.Tensor, tokens: torch.Tensor, lr: float) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        tokens = tokens.to(self.device, non_blocking=True)
+        keep = None
+        if self.num_keep < self.num_patches:
+            keep = random_keep_indices(images.shape[0], self.num_patches, self.num_keep, self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            image_features, text_features, logit_scale = self.train_model(images, tokens, keep)
+            loss = self.loss_fn(image_features.float(), text_features.float(), logit_scale.float())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.model.clamp_logit_scale()
+        return loss.detach()
+
+    # -- evaluation and checkpoints --------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        if self.eval_set is None:
+            self.eval_set = load_csv_retrieval_set(self.cfg.eval_data, self.model_cfg.vision.image_size,
+                                                   self.cfg.context_length, limit=self.cfg.eval_images)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+            return evaluate_retrieval(self.model, self.eval_set, self.device)
+
+    def _checkpoint(self, skipped: int) -> None:
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.run_dir, self.progress.step, self.model, self._saved_config(),
+                                 self._state(skipped))
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg, p = self.cfg, self.progress
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CONFIG_FILE).write_text(json.dumps(self._saved_config(), indent=2))
+        num_slots = max(1, cfg.workers)
+        if not p.positions:
+            p.positions = [SlotPosition() for _ in range(num_slots)]
+        skipped_by_slot = [0] * num_slots
+        log = (self.run_dir / METRICS_FILE).open("a") if main else None
+        title = f"train {self.model_cfg.name} mask {cfg.mask_ratio:g}"
+        self.reporter.start(self.total_steps, p.step, title)
+        loader = iter(self._loader())
+        start_time = time.perf_counter() - p.elapsed_s
+        interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
+        loss_sum = torch.zeros((), device=self.device)
+        last_metrics: dict[str, Any] = {}
+        eval_metrics: dict[str, float] = {}
+        try:
+            while p.step < self.total_steps:
+                t0 = time.perf_counter()
+                images, tokens, meta = next(loader)
+                interval_wait += time.perf_counter() - t0
+                lr = lr_at(p.step, self.total_steps, self.warmup_steps, cfg.peak_lr, cfg.min_lr_ratio)
+                loss_sum += self._step(images, tokens, lr)
+                p.step += 1
+                p.samples_seen += cfg.batch_size
+                p.positions[meta["slot"]] = SlotPosition(meta["epoch"], meta["offset"])
+                p.next_slot = (meta["slot"] + 1) % num_slots
+                skipped_by_slot[meta["slot"]] = meta["skipped"]
+                interval_steps += 1
+                done = p.step == self.total_steps
+
+                if p.step % cfg.log_every == 0 or done:
+                    elapsed = time.perf_counter() - interval_start
+                    last_metrics = {
+                        "step": p.step, "samples": p.samples_seen, "loss": (loss_sum / interval_steps).item(),
+                        "lr": lr, "temperature": 1.0 / self.model.logit_scale.exp().item(),
+                        "samples_per_s": interval_steps * cfg.batch_size / elapsed,
+                        "data_wait_fraction": interval_wait / elapsed,
+                        "skipped_samples": p.skipped_before + sum(skipped_by_slot),
+                    }
+                    if log:
+                        log.write(json.dumps(last_metrics) + "\n")
+                        log.flush()
+                    loss_sum.zero_()
+                    interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
+                if main and (p.step % cfg.eval_every == 0 or done):
+                    eval_metrics = self.evaluate()
+                    self.reporter.message(f"step {p.step}: retrieval " + "  ".join(
+                        f"{k} {v:.1f}" for k, v in eval_metrics.items() if k.endswith("@1") or k.endswith("@5")))
+                    if log:
+                        log.write(json.dumps({"step": p.step, "samples": p.samples_seen, "eval": eval_metrics}) + "\n")
+                        log.flush()
+                if p.step % cfg.ckpt_every == 0 or done:
+                    p.elapsed_s = time.perf_counter() - start_time
+                    self._checkpoint(p.skipped_before + sum(skipped_by_slot))
+                self.reporter.step(p.step, last_metrics if p.step % cfg.log_every == 0 or done else None)
+        finally:
+            self.reporter.close()
+            if log:
+                log.close()
+        return self._summary(time.perf_counter() - start_time, last_metrics, eval_metrics,
+                             p.skipped_before + sum(skipped_by_slot))
+
+    def _summary(self, wall_s: float, last: dict, eval_metrics: dict, skipped: int) -> dict[str, Any]:
+        flops = train_flops_per_sample(self.model_cfg, self.cfg.mask_ratio)
+        summary = {
+            "run_dir": str(self.run_dir), "model": self.model_cfg.name, "mask_ratio": self.cfg.mask_ratio,
+            "wall_time_s": wall_s, "steps": self.progress.step, "samples_seen": self.progress.samples_seen,
+            "train_flops_per_sample": flops, "train_flops_total": flops * self.progress.samples_seen,
+            "final_loss": last.get("loss"), "final_temperature": last.get("temperature"),
+            "samples_per_s": self.progress.samples_seen / wall_s if wall_s else None,
+            "skipped_samples": skipped, "eval": eval_metrics, "parent": self.cfg.parent,
+        }
+        if self.dist.is_main:
+            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train (or resume) a run and return its summary."""
+    if not resume:
+        cfg = resolve(cfg)
+    return Trainer(cfg, resume=resume, reporter=reporter).run()
+
+
+def tune_unmasked(ckpt_path: str, samples: int | None = None, epochs: float | None = None,
+                  lr: float | None = None, warmup: int | None = None, out: str | None = None,
+                  reporter: Reporter | None = None, **overrides) -> dict[str, Any]:
+    """Continue a run with mask ratio 0 at a low lr (the paper: 0.32 epoch at lr 4e-8 x batch/256).
+
+    Starts from the checkpoint's weights with a fresh optimizer and its own warm-up, in a new run
+    directory that records its parent.
+    """
+    ckpt_dir = ckpt.resolve_checkpoint(ckpt_path)
+    parent = TrainConfig.from_dict(ckpt.read_config(ckpt_dir)["train"])
+    if samples is None and epochs is None:
+        samples = max(parent.batch_size, (parent.samples or 0) // 10) if parent.samples else None
+        epochs = None if samples else 0.32
+    tuned_lr = lr if lr is not None else parent.peak_lr / 100  # 4e-6 -> 4e-8 per 256 in the paper
+    cfg = dataclasses.replace(
+        parent, mask_ratio=0.0, samples=samples, epochs=epochs, lr=tuned_lr, base_lr=None,
+        warmup=warmup, warmup_fraction=0.2,  # the paper warms up 25.6M of its 128M tuning samples
+        init_from=str(ckpt_dir), parent=str(ckpt_dir), out=out or f"{parent.out}-unmasked", **overrides)
+    cfg.validate()
+    return Trainer(cfg, resume=False, reporter=reporter).run()
+
+
+def _ensure_builtin_data(cfg: TrainConfig) -> None:
+    """(Re)generate the built-in dataset when the run trains on it and the cache lacks it."""
+    if cfg.data is None or Path(cfg.data) == Path(builtin.train_spec(builtin.builtin_dir())):
+        builtin.ensure_builtin()

@@ -1,0 +1,23 @@
+"""The `flipctl` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from flipctl import data_cmd
+from flipctl.models_cmd import models_command
+from flipctl.train_cmd import train_command, tune_unmasked_command
+
+app = typer.Typer(
+    help="FLIP: masked CLIP pre-training, evaluation and the paper's studies.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("train")(train_command)
+app.command("tune-unmasked")(tune_unmasked_command)
+app.command("models")(models_command)
+app.add_typer(data_cmd.app, name="data")
+
+if __name__ == "__main__":
+    app()
