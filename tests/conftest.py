@@ -13,3 +13,15 @@ def tiny_cfg():
     from flip.models import get_preset
 
     return get_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory):
+    """A small built-in-style dataset: 4 train shards, 20 retrieval images, 1 image per zero-shot class."""
+    from flip.data.synth import SynthConfig, write_builtin_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    cfg = SynthConfig(seed=7, train_samples=400, shard_size=100, zeroshot_per_class=1, retrieval_images=20,
+                      captions_per_image=3, workers=1)
+    write_builtin_dataset(root, cfg)
+    return root

@@ -47,10 +47,9 @@ def _worker(rank, world, port, img, txt, scale, out):
     local_txt = txt[rank * n:(rank + 1) * n].clone().requires_grad_(True)
     loss = ContrastiveLoss()(local_img, local_txt, scale)
     loss.backward()
-    # DDP averages gradients over ranks: emulate it
-    grad_img = local_img.grad.clone()
-    dist.all_reduce(grad_img)
-    out[rank] = (loss.detach(), grad_img / world)
+    # all_gather's backward sums every rank's loss gradient into the local features; DDP then
+    # divides by the world size, so the gradient is that of the mean of the local losses.
+    out[rank] = (loss.detach(), local_img.grad / world)
     dist.destroy_process_group()
 
 

@@ -165,6 +165,7 @@ class ShardStream(IterableDataset):
         errors = _Counter()
         images: list[torch.Tensor] = []
         captions: list[str] = []
+        keys: list[str] = []
         while True:
             read = 0
             raw = self._raw_samples(epoch, slot, num_slots, errors)
@@ -179,10 +180,12 @@ class ShardStream(IterableDataset):
                     continue
                 images.append(decoded[0])
                 captions.append(decoded[1])
+                keys.append(sample["__key__"])
                 if len(images) == self.cfg.batch_size:
-                    meta = {"slot": local_slot, "epoch": epoch, "offset": read, "skipped": errors.count}
+                    meta = {"slot": local_slot, "epoch": epoch, "offset": read, "skipped": errors.count,
+                            "keys": keys}
                     yield torch.stack(images), tokenizer(captions), meta
-                    images, captions = [], []
+                    images, captions, keys = [], [], []
             if read == 0 and offset == 0:
                 raise RuntimeError(f"no readable samples in the shards of data slot {slot} "
                                    f"({errors.count} errors); check the --data shards")
@@ -194,5 +197,8 @@ def make_loader(cfg: StreamConfig, workers: int, rank: int = 0, world_size: int 
                 pin_memory: bool = False) -> DataLoader:
     """A DataLoader over `ShardStream` whose first batch comes from slot `next_slot`."""
     dataset = ShardStream(cfg, rank, world_size, positions, slot_rotation=next_slot)
+    # Its own generator: starting the loader must not consume the global RNG that masking uses,
+    # or a resumed run would draw different masks.
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+                      generator=torch.Generator().manual_seed(cfg.seed))

@@ -26,13 +26,12 @@ from flip.data.shards import DataError, count_samples, expand_urls
 from flip.distributed import DistInfo, init_distributed, resolve_device
 from flip.eval.retrieval import evaluate_retrieval, load_csv_retrieval_set
 from flip.flops import train_flops_per_sample
-from flip.loss import ContrastiveLoss
-from flip.masking import num_kept, random_keep_indices
 from flip.models import FLIP, get_preset
 from flip.train import checkpoint as ckpt
 from flip.train.config import ConfigError, TrainConfig
 from flip.train.optim import lr_at, make_optimizer
 from flip.train.reporting import Reporter
+from flip.train.step import StepConfig, TrainStep
 
 METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
 
@@ -72,6 +71,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def step_config(cfg: TrainConfig) -> StepConfig:
+    return StepConfig(mask_ratio=cfg.mask_ratio, precision=cfg.precision, grad_clip=cfg.grad_clip)
+
+
 def _budget_samples(cfg: TrainConfig, urls: list[str]) -> int:
     if cfg.samples is not None:
         return cfg.samples
@@ -108,9 +111,6 @@ class Trainer:
         self.warmup_steps = max(1, warmup // cfg.batch_size)
         self.optimizer = make_optimizer(self.model, cfg.peak_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                         cfg.eps, self.device)
-        self.loss_fn = ContrastiveLoss()
-        self.num_patches = self.model_cfg.vision.num_patches
-        self.num_keep = num_kept(self.num_patches, cfg.mask_ratio)
         self.progress = Progress()
 
         if cfg.init_from and not resume:
@@ -124,6 +124,7 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
+        self.step_fn = TrainStep(self.model, self.optimizer, step_config(cfg), forward_model=self.train_model)
         self.eval_set = None
 
     # -- run directory and resume -------------------------------------------------------------
@@ -172,26 +173,6 @@ class Trainer:
                            self.progress.positions or None, self.progress.next_slot,
                            pin_memory=self.device.type == "cuda")
 
-    # -- one step -------------------------------------------------------------------------------
-    def _step(self, images: torch.Tensor, tokens: torch.Tensor, lr: float) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True)
-        tokens = tokens.to(self.device, non_blocking=True)
-        keep = None
-        if self.num_keep < self.num_patches:
-            keep = random_keep_indices(images.shape[0], self.num_patches, self.num_keep, self.device)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            image_features, text_features, logit_scale = self.train_model(images, tokens, keep)
-            loss = self.loss_fn(image_features.float(), text_features.float(), logit_scale.float())
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.model.clamp_logit_scale()
-        return loss.detach()
-
     # -- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         if self.eval_set is None:
@@ -231,7 +212,9 @@ class Trainer:
                 images, tokens, meta = next(loader)
                 interval_wait += time.perf_counter() - t0
                 lr = lr_at(p.step, self.total_steps, self.warmup_steps, cfg.peak_lr, cfg.min_lr_ratio)
-                loss_sum += self._step(images, tokens, lr)
+                images = images.to(self.device, non_blocking=True)
+                tokens = tokens.to(self.device, non_blocking=True)
+                loss_sum += self.step_fn(images, tokens, lr)["loss"]
                 p.step += 1
                 p.samples_seen += cfg.batch_size
                 p.positions[meta["slot"]] = SlotPosition(meta["epoch"], meta["offset"])
