@@ -98,5 +98,5 @@ def test_corrupt_samples_and_unreadable_shards_are_skipped_and_counted(tmp_path)
 
 def test_a_shard_set_with_nothing_readable_is_an_error(tmp_path):
     (tmp_path / "b.tar").write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(RuntimeError, match="no readable samples"):
+    with pytest.raises(DataError, match="no readable samples"):
         _take(make_loader(_stream([str(tmp_path / "b.tar")], batch=4), workers=0), 1)

@@ -32,6 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms as T
 
+from flip.data.shards import DataError
 from flip.data.tokenizer import Tokenizer
 
 # CLIP's normalisation constants, shared with open_clip so exported models see the same inputs.
@@ -187,7 +188,7 @@ class ShardStream(IterableDataset):
                     yield torch.stack(images), tokenizer(captions), meta
                     images, captions, keys = [], [], []
             if read == 0 and offset == 0:
-                raise RuntimeError(f"no readable samples in the shards of data slot {slot} "
+                raise DataError(f"no readable samples in the shards of data slot {slot} "
                                    f"({errors.count} errors); check the --data shards")
             epoch, offset = epoch + 1, 0
 

@@ -114,7 +114,7 @@ class Trainer:
         self.progress = Progress()
 
         if cfg.init_from and not resume:
-            ckpt.load_weights(self.model, ckpt.resolve_checkpoint(cfg.init_from))
+            self._load_init_weights(cfg.init_from)
         if resume:
             self._load_resume_state()
 
@@ -137,6 +137,15 @@ class Trainer:
         elif has_ckpt or (self.run_dir / SUMMARY_FILE).exists():
             raise ConfigError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
                               f"or choose another --out")
+
+    def _load_init_weights(self, path: str) -> None:
+        source = ckpt.resolve_checkpoint(path)
+        saved_model = ckpt.read_config(source).get("model")
+        if saved_model != self.model_cfg.to_dict():
+            name = (saved_model or {}).get("name", "unknown")
+            raise ckpt.CheckpointError(f"checkpoint {source} is for another model ({name}, with other dimensions) "
+                                       f"than {self.model_cfg.name}")
+        ckpt.load_weights(self.model, source)
 
     def _load_resume_state(self) -> None:
         ckpt.load_weights(self.model, self.resume_from)

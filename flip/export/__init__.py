@@ -1,0 +1,1 @@
+"""Exports of flipctl models to other toolkits' formats."""

@@ -1,0 +1,90 @@
+"""Bad input gets one line on stderr and exit code 2, never a traceback."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from flipctl.main import app
+
+runner = CliRunner()
+
+
+def _run(*args):
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def _assert_one_line_error(code, output, needle):
+    assert code == 2, output
+    assert "Traceback" not in output
+    assert needle.lower() in output.lower(), output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data", "/nonexistent/shards-{0..3}.tar", "--samples", "512"], "not found"),
+    (["--data", "", "--samples", "512"], "empty data pattern"),
+    (["--model", "Z/99"], "unknown model preset"),
+    (["--mask-ratio", "1.0"], "mask-ratio"),
+    (["--mask-ratio", "-0.1"], "mask-ratio"),
+    (["--batch-size", "1"], "batch-size"),
+    (["--precision", "fp8"], "precision"),
+    (["--resume"], "--out"),
+])
+def test_train_rejects_bad_input(args, needle, tmp_path):
+    code, output = _run("train", "--out", str(tmp_path / "run"), *args) if "--resume" not in args \
+        else _run("train", *args)
+    _assert_one_line_error(code, output, needle)
+
+
+def test_train_rejects_unknown_flag():
+    code, output = _run("train", "--mask-ratioo", "0.5")
+    assert code == 2 and "Traceback" not in output
+
+
+def test_bad_config_key_and_missing_config(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("mask_ratio = 0.5\nmask_ration = 0.75\n")
+    _assert_one_line_error(*_run("train", "--config", str(cfg)), "unknown config key")
+    _assert_one_line_error(*_run("train", "--config", str(tmp_path / "none.toml")), "not found")
+    cfg.write_text("mask_ratio = [\n")
+    _assert_one_line_error(*_run("train", "--config", str(cfg)), "not valid TOML")
+
+
+def test_resume_without_checkpoint(tmp_path):
+    _assert_one_line_error(*_run("train", "--resume", "--out", str(tmp_path)), "nothing to resume")
+
+
+def test_existing_run_directory_is_not_overwritten(small_dataset, tmp_path):
+    from flip.train.config import TrainConfig
+    from flip.train.trainer import train
+
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(small_dataset / "train"), eval_data=str(small_dataset / "retrieval/captions.csv"),
+                      batch_size=8, samples=16, workers=0, out=str(out), shuffle_buffer=10))
+    code, output = _run("train", "--data", str(small_dataset / "train"), "--samples", "16", "--batch-size", "8",
+                        "--out", str(out))
+    _assert_one_line_error(code, output, "already holds a run")
+
+    # unreadable and mismatched checkpoints
+    _assert_one_line_error(*_run("tune-unmasked", "--ckpt", str(tmp_path / "nothing")), "no checkpoint")
+    ckpt = out / (out / "latest").read_text().strip()
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken)
+    (broken / "model.safetensors").write_bytes(b"garbage")
+    _assert_one_line_error(*_run("tune-unmasked", "--ckpt", str(broken)), "unreadable weights")
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["vision"]["width"] = 96
+    (other / "config.json").write_text(json.dumps(config))
+    _assert_one_line_error(*_run("tune-unmasked", "--ckpt", str(other)), "another model")
+
+
+def test_train_on_shards_with_nothing_readable_is_an_error(tmp_path):
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"\x00garbage" * 100)
+    code, output = _run("train", "--data", str(bad), "--samples", "16", "--batch-size", "8", "--workers", "0",
+                        "--out", str(tmp_path / "run"))
+    _assert_one_line_error(code, output, "no readable samples")
