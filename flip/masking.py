@@ -9,6 +9,9 @@ the batch, so masking costs no host round-trip.
 
 from __future__ import annotations
 
+import math
+import random
+
 import torch
 
 
@@ -42,3 +45,129 @@ def complementary_views(length: int, views: int, batch: int, device: torch.devic
         raise ValueError(f"views must be in [1, {length}], got {views}")
     perm = torch.rand(batch, length, device=device, generator=generator).argsort(dim=1)
     return list(perm.tensor_split(views, dim=1))
+
+
+# -- image masking strategies ---------------------------------------------------------------------
+# Each returns keep indices [B, k] with the same k = num_kept(L, r) for every sample.
+
+MASK_STRATEGIES = ("random", "block", "grid")
+
+
+def image_keep_indices(strategy: str, batch: int, grid_size: int, mask_ratio: float,
+                       device: torch.device | str) -> torch.Tensor:
+    length = grid_size * grid_size
+    keep = num_kept(length, mask_ratio)
+    if strategy == "random":
+        return random_keep_indices(batch, length, keep, device)
+    if strategy == "grid":
+        return grid_keep_indices(batch, grid_size, mask_ratio, device)
+    if strategy == "block":
+        return block_keep_indices(batch, grid_size, length - keep, device)
+    raise ValueError(f"unknown mask strategy {strategy!r}; choose one of {', '.join(MASK_STRATEGIES)}")
+
+
+def grid_strides(grid_size: int, mask_ratio: float) -> tuple[int, int]:
+    """The sub-grid strides (sy, sx) that keep 1 of every sy*sx patches, e.g. (2, 2) at 75%."""
+    for sy, sx in ((1, 1), (1, 2), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8)):
+        if abs((1 - mask_ratio) - 1 / (sy * sx)) < 1e-9:
+            if grid_size % sy or grid_size % sx:
+                break
+            return sy, sx
+    raise ValueError(f"grid masking keeps a regular sub-grid: mask ratio must be 1 - 1/n for n in 1, 2, 4, 8, "
+                     f"16, 32, 64 dividing the {grid_size}x{grid_size} patch grid, got {mask_ratio}")
+
+
+def grid_keep_indices(batch: int, grid_size: int, mask_ratio: float, device: torch.device | str) -> torch.Tensor:
+    """Keep one patch of every sy x sx cell, at a random offset per sample (on the device)."""
+    sy, sx = grid_strides(grid_size, mask_ratio)
+    rows = torch.arange(0, grid_size, sy, device=device)
+    cols = torch.arange(0, grid_size, sx, device=device)
+    base = (rows[:, None] * grid_size + cols[None, :]).flatten()  # [k]
+    offset_y = torch.randint(0, sy, (batch, 1), device=device)
+    offset_x = torch.randint(0, sx, (batch, 1), device=device)
+    return base[None, :] + offset_y * grid_size + offset_x  # [B, k]
+
+
+def _block_mask(rng, grid_size: int, num_masked: int, min_block: int = 4,
+                aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> list[bool]:
+    """BEiT's blockwise masking, made exact: rectangles no larger than what is left to mask,
+    then, if fewer than `min_block` patches remain, single patches next to masked ones."""
+    mask = [False] * (grid_size * grid_size)
+    masked = 0
+    log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+    failures = 0
+    while num_masked - masked >= min_block and failures < 10:
+        area = rng.uniform(min_block, num_masked - masked)
+        ratio = math.exp(rng.uniform(*log_aspect))
+        h, w = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+        if not (1 <= h <= grid_size and 1 <= w <= grid_size) or h * w > num_masked - masked:
+            failures += 1
+            continue
+        top, left = rng.randint(0, grid_size - h), rng.randint(0, grid_size - w)
+        new = [(top + i) * grid_size + left + j for i in range(h) for j in range(w) if not mask[(top + i) * grid_size + left + j]]
+        if not new:
+            failures += 1
+            continue
+        for idx in new:
+            mask[idx] = True
+        masked += len(new)
+        failures = 0
+    while masked < num_masked:  # grow the existing blocks by their free neighbours
+        frontier = [i for i in range(len(mask)) if not mask[i]
+                    and (masked == 0 or any(mask[j] for j in _neighbours(i, grid_size)))]
+        mask[rng.choice(frontier)] = True
+        masked += 1
+    return mask
+
+
+def _neighbours(index: int, grid_size: int):
+    row, col = divmod(index, grid_size)
+    if row > 0:
+        yield index - grid_size
+    if row < grid_size - 1:
+        yield index + grid_size
+    if col > 0:
+        yield index - 1
+    if col < grid_size - 1:
+        yield index + 1
+
+
+def block_keep_indices(batch: int, grid_size: int, num_masked: int, device: torch.device | str) -> torch.Tensor:
+    """Blockwise masking (BEiT): contiguous rectangles masked until exactly `num_masked` patches are.
+
+    Generated on the CPU with a Python RNG seeded from torch's generator (so a seed and a resumed
+    run reproduce it); an ablation strategy, not the fast path.
+    """
+    rng = random.Random(int(torch.randint(0, 2**62, (1,)).item()))
+    keep = []
+    for _ in range(batch):
+        mask = _block_mask(rng, grid_size, num_masked)
+        keep.append([i for i, m in enumerate(mask) if not m])
+    return torch.tensor(keep, device=device)
+
+
+# -- text masking -----------------------------------------------------------------------------------
+# Tokens are dropped, not replaced: the text encoder runs on the shorter sequence.
+
+TEXT_MASKS = ("none", "random", "padding")
+
+
+def text_keep_indices(tokens: torch.Tensor, strategy: str, mask_ratio: float, pad_id: int = 0) -> torch.Tensor | None:
+    """Keep indices [B, k] into tokens [B, T], k = num_kept(T, r); None when nothing is dropped.
+
+    Position 0 (SOT, where the text feature is read) is always kept. `random` drops a random r of
+    the other positions, real and padding alike; `padding` drops padding first and real tokens
+    only if more must go. Done by ranking a per-position score on the device:
+    SOT > real tokens > padding, random within each class.
+    """
+    if strategy == "none" or mask_ratio == 0:
+        return None
+    if strategy not in TEXT_MASKS:
+        raise ValueError(f"unknown text mask {strategy!r}; choose one of {', '.join(TEXT_MASKS)}")
+    batch, length = tokens.shape
+    keep = num_kept(length, mask_ratio)
+    score = torch.rand(batch, length, device=tokens.device)
+    if strategy == "padding":
+        score = score + (tokens != pad_id).float()
+    score[:, 0] = 3.0
+    return score.argsort(dim=1, descending=True)[:, :keep]

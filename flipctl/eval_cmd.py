@@ -15,7 +15,7 @@ from rich.table import Table
 from flip.data import builtin
 from flip.eval.datasets import load_classification, load_probe_splits, load_retrieval, with_classnames
 from flip.eval.features import IMAGES, Masking, Meter, Runtime
-from flip.eval.linear_probe import evaluate_linear_probe
+from flip.eval.linear_probe import ProbeConfig, evaluate_linear_probe
 from flip.eval.retrieval import evaluate_retrieval
 from flip.eval.templates import as_text, resolve_classnames, resolve_templates
 from flip.eval.zeroshot import evaluate_zeroshot
@@ -57,8 +57,7 @@ class RichProgress:
 
 def _progress_bar() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.speed:.0f}/s" if False else ""), console=console,
-                    transient=True)
+                    TimeElapsedColumn(), console=console, transient=True)
 
 
 def _device(name: str) -> torch.device:
@@ -76,8 +75,6 @@ def _setup(ckpt: str, device: str, batch_size: int, precision: str, workers: int
     """Validate the options, then load the model: (model, saved config, checkpoint dir, runtime, masking)."""
     runtime = Runtime(_device(device), batch_size, precision, max(0, workers))
     masking = Masking(mask_ratio, views, seed)
-    if views > 1:
-        pass  # validated against the model below
     ckpt_dir = resolve_checkpoint(ckpt)
     model, config = load_model(ckpt_dir, runtime.device)
     if views > model.cfg.vision.num_patches:
@@ -145,16 +142,15 @@ def zeroshot(
     template_name, template_fns = resolve_templates(templates, dataset.templates)
     console.print(f"zero-shot: {len(dataset.images)} images, {len(dataset.classnames)} classes from {dataset.source}; "
                   f"{len(template_fns)} templates ({template_name}); {_masking_note(masking)}")
-    meter = Meter()
     with _progress_bar() as bar:
-        meter.inner = RichProgress(bar)
+        meter = Meter(RichProgress(bar))
         metrics = evaluate_zeroshot(model, dataset, template_fns, masking, runtime, meter)
     info = _run_info("zeroshot", ckpt_dir, config, model, runtime, masking)
     info["data"] = {"path": str(data), "source": dataset.source, "format": dataset.format,
                     "images": len(dataset.images), "classes": len(dataset.classnames), "classnames": dataset.classnames}
     info["settings"]["templates"] = {"name": template_name, "count": len(template_fns),
                                      "templates": as_text(template_fns)}
-    _report(f"zero-shot ({_masking_note(masking)})", info, metrics, meter, json_out)
+    _report(f"zero-shot, {masking.mode}", info, metrics, meter, json_out)
 
 
 @app.command("retrieval")
@@ -179,15 +175,14 @@ def retrieval(
     dataset = load_retrieval(data, images_root, split)
     console.print(f"retrieval: {len(dataset.images)} images, {len(dataset.captions)} captions from "
                   f"{dataset.source}; {_masking_note(masking)}")
-    meter = Meter()
     with _progress_bar() as bar:
-        meter.inner = RichProgress(bar)
+        meter = Meter(RichProgress(bar))
         metrics = evaluate_retrieval(model, dataset, masking=masking, runtime=runtime, progress=meter)
     info = _run_info("retrieval", ckpt_dir, config, model, runtime, masking)
     info["data"] = {"path": data, "format": dataset.format, "images": len(dataset.images),
                     "captions": len(dataset.captions), "images_root": str(images_root) if images_root else None,
                     "split": split if dataset.format == "karpathy-json" else None}
-    _report(f"retrieval ({_masking_note(masking)})", info, metrics, meter, json_out)
+    _report(f"retrieval, {masking.mode}", info, metrics, meter, json_out)
 
 
 @app.command("linear-probe")
@@ -201,6 +196,7 @@ def linear_probe(
     test_fraction: float = typer.Option(0.3, help="share of the images used as the test split, when --data "
                                         "has no split folders."),
     seed: int = typer.Option(0, help="seed of the split."),
+    max_iter: int = typer.Option(1000, help="L-BFGS iterations per fit (CLIP: 1000)."),
     batch_size: int = BATCH_SIZE, precision: str = PRECISION, device: str = DEVICE, workers: int = WORKERS,
     json_out: Optional[Path] = JSON_OUT,
 ) -> None:
@@ -209,12 +205,13 @@ def linear_probe(
     train, val, test = load_probe_splits(data, val_fraction, test_fraction, seed)
     console.print(f"linear probe: {len(train.classnames)} classes; train {len(train.images)}, val {len(val.images)}, "
                   f"test {len(test.images)} images")
-    meter = Meter()
     with _progress_bar() as bar:
-        meter.inner = RichProgress(bar)
-        metrics = evaluate_linear_probe(model, train, val, test, runtime=runtime, progress=meter)
+        meter = Meter(RichProgress(bar))
+        metrics = evaluate_linear_probe(model, train, val, test, runtime=runtime, progress=meter,
+                                        config=ProbeConfig(max_iter=max_iter))
     info = _run_info("linear-probe", ckpt_dir, config, model, runtime, None)
     info["data"] = {"path": str(data), "classes": len(train.classnames), "train_images": len(train.images),
                     "val_images": len(val.images), "test_images": len(test.images),
                     "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+    info["settings"]["probe"] = {"max_iter": max_iter, "l2_grid": list(ProbeConfig().l2_grid)}
     _report("linear probe (test split)", info, metrics, meter, json_out)

@@ -101,16 +101,17 @@ class Meter:
         self.inner = inner or NoProgress()
         self.items: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
-        self._phase, self._start = "", 0.0
+        self._phase, self._start, self._before = "", 0.0, 0.0
 
     def start(self, description: str, total: int) -> None:
         self._phase, self._start = description, time.perf_counter()
-        self.items[description], self.seconds[description] = 0, 0.0
+        self._before = self.seconds.setdefault(description, 0.0)
+        self.items.setdefault(description, 0)
         self.inner.start(description, total)
 
     def advance(self, n: int) -> None:
         self.items[self._phase] += n
-        self.seconds[self._phase] = time.perf_counter() - self._start
+        self.seconds[self._phase] = self._before + time.perf_counter() - self._start
         self.inner.advance(n)
 
     def rate(self, description: str) -> float:

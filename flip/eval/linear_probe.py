@@ -46,7 +46,7 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
     weight = (init.weight.clone() if init else torch.zeros(dim, num_classes, device=x.device)).requires_grad_()
     bias = (init.bias.clone() if init else torch.zeros(num_classes, device=x.device)).requires_grad_()
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+                                  tolerance_grad=1e-5, tolerance_change=1e-9, line_search_fn="strong_wolfe")
 
     def closure():
         optimizer.zero_grad()

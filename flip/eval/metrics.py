@@ -71,8 +71,6 @@ def retrieval_recall(scores: torch.Tensor, text_to_image: torch.Tensor,
     caption_ranks = stable_ranks(scores, torch.arange(n_texts, device=scores.device), rows=text_to_image)
     image_ranks = torch.full((n_images,), n_texts, dtype=caption_ranks.dtype, device=scores.device)
     image_ranks = image_ranks.scatter_reduce(0, text_to_image, caption_ranks, reduce="amin")
-    metrics = {}
-    for k in ks:
-        metrics[f"image_to_text_R@{k}"] = 100.0 * (image_ranks < k).float().mean().item()
-        metrics[f"text_to_image_R@{k}"] = 100.0 * (text_ranks < k).float().mean().item()
+    metrics = {f"image_to_text_R@{k}": 100.0 * (image_ranks < k).float().mean().item() for k in ks}
+    metrics |= {f"text_to_image_R@{k}": 100.0 * (text_ranks < k).float().mean().item() for k in ks}
     return metrics

@@ -61,9 +61,12 @@ class VisionTower(nn.Module):
             x = block(x)
         return self.norm(x)
 
-    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        tokens = self.forward_tokens(images, keep)
+    def pool_project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Average of the patch tokens (CLS excluded), then the bias-free projection."""
         return self.proj(tokens[:, 1:].mean(dim=1))
+
+    def forward(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        return self.pool_project(self.forward_tokens(images, keep))
 
 
 class TextTower(nn.Module):

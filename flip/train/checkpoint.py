@@ -33,7 +33,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: FLIP, config: dict[str, Any],
-                    state: dict[str, Any] | None, keep_last: int = 1) -> Path:
+                    state: dict[str, Any] | None, keep_last: int = 1,
+                    extra_modules: dict[str, torch.nn.Module] | None = None) -> Path:
+    """Write a checkpoint; `extra_modules` (e.g. a training-only decoder) go to `<name>.safetensors`."""
     run_dir = Path(run_dir)
     final = run_dir / f"ckpt-{step:08d}"
     tmp = run_dir / f".ckpt-{step:08d}.tmp"
@@ -41,6 +43,9 @@ def save_checkpoint(run_dir: Path, step: int, model: FLIP, config: dict[str, Any
     tmp.mkdir(parents=True)
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(weights, str(tmp / WEIGHTS), metadata={"format": "flip", "model": model.cfg.name})
+    for name, module in (extra_modules or {}).items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
+                  str(tmp / f"{name}.safetensors"))
     (tmp / CONFIG).write_text(json.dumps(config, indent=2))
     if state is not None:
         torch.save(state, tmp / STATE)
@@ -73,12 +78,12 @@ def read_config(ckpt_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"unreadable checkpoint config {ckpt_dir / CONFIG}: {exc}") from None
 
 
-def load_weights(model: FLIP, ckpt_dir: Path) -> None:
+def load_weights(model: torch.nn.Module, ckpt_dir: Path, file: str = WEIGHTS) -> None:
     """Load weights, refusing (with the reason) a checkpoint of another architecture."""
     try:
-        weights = load_file(str(ckpt_dir / WEIGHTS))
+        weights = load_file(str(ckpt_dir / file))
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"unreadable weights {ckpt_dir / WEIGHTS}: {exc}") from None
+        raise CheckpointError(f"unreadable weights {ckpt_dir / file}: {exc}") from None
     own = model.state_dict()
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))

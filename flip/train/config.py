@@ -30,8 +30,15 @@ class TrainConfig:
     eval_data: str | None = None  # retrieval CSV for the periodic quick eval; None = built-in
     model: str = "tiny"
     context_length: int = 32
-    # masking
+    # masking (image), and the paper's ablation knobs (Table 1c, 1f)
     mask_ratio: float = 0.5
+    mask_strategy: str = "random"  # random | block | grid
+    text_mask: str = "none"  # none | random | padding
+    text_mask_ratio: float = 0.0
+    recon_weight: float = 0.0  # MAE reconstruction loss weight; 0 = no decoder
+    decoder_depth: int = 2
+    decoder_width: int = 128
+    decoder_heads: int = 4
     # budget: samples, or epochs of the training data
     samples: int | None = None
     epochs: float | None = None
@@ -86,6 +93,25 @@ class TrainConfig:
             raise ConfigError(exc.args[0]) from None
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
+        from flip.masking import MASK_STRATEGIES, TEXT_MASKS, grid_strides
+
+        if self.mask_strategy not in MASK_STRATEGIES:
+            raise ConfigError(f"--mask-strategy must be one of {', '.join(MASK_STRATEGIES)}, got {self.mask_strategy!r}")
+        if self.mask_strategy == "grid" and self.mask_ratio > 0:
+            try:
+                grid_strides(get_preset(self.model).vision.grid_size, self.mask_ratio)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if self.text_mask not in TEXT_MASKS:
+            raise ConfigError(f"--text-mask must be one of {', '.join(TEXT_MASKS)}, got {self.text_mask!r}")
+        if not 0.0 <= self.text_mask_ratio < 1.0:
+            raise ConfigError(f"--text-mask-ratio must be in [0, 1), got {self.text_mask_ratio}")
+        if self.recon_weight < 0:
+            raise ConfigError(f"--recon-weight must be >= 0, got {self.recon_weight}")
+        if self.recon_weight > 0 and self.mask_ratio == 0:
+            raise ConfigError("--recon-weight needs masked patches to reconstruct: set --mask-ratio > 0")
+        if self.decoder_depth < 1 or self.decoder_width < 1 or self.decoder_width % self.decoder_heads:
+            raise ConfigError("--decoder-depth must be >= 1 and --decoder-width a positive multiple of decoder_heads")
         if self.batch_size < 2:
             raise ConfigError(f"--batch-size must be at least 2 (a contrastive batch needs negatives), got {self.batch_size}")
         if self.precision not in PRECISIONS:

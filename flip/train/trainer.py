@@ -27,13 +27,16 @@ from flip.distributed import DistInfo, init_distributed, resolve_device
 from flip.eval.retrieval import evaluate_retrieval, load_csv_retrieval_set
 from flip.flops import train_flops_per_sample
 from flip.models import FLIP, get_preset
+from flip.models.decoder import DecoderConfig, MAEDecoder
+from flip.models.pretrainer import Pretrainer
 from flip.train import checkpoint as ckpt
 from flip.train.config import ConfigError, TrainConfig
 from flip.train.optim import lr_at, make_optimizer
 from flip.train.reporting import Reporter
-from flip.train.step import StepConfig, TrainStep
+from flip.train.step import StepConfig, TrainStep, time_text_tower
 
 METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
+DECODER_FILE = "decoder.safetensors"
 
 
 @dataclass
@@ -72,7 +75,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 
 def step_config(cfg: TrainConfig) -> StepConfig:
-    return StepConfig(mask_ratio=cfg.mask_ratio, precision=cfg.precision, grad_clip=cfg.grad_clip)
+    return StepConfig(mask_ratio=cfg.mask_ratio, mask_strategy=cfg.mask_strategy, text_mask=cfg.text_mask,
+                      text_mask_ratio=cfg.text_mask_ratio, recon_weight=cfg.recon_weight,
+                      precision=cfg.precision, grad_clip=cfg.grad_clip)
 
 
 def _budget_samples(cfg: TrainConfig, urls: list[str]) -> int:
@@ -103,13 +108,18 @@ class Trainer:
         random.seed(cfg.seed)
         self.model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length)
         self.model = FLIP(self.model_cfg).to(self.device)
+        self.decoder = None
+        if cfg.recon_weight > 0:
+            decoder_cfg = DecoderConfig(cfg.decoder_depth, cfg.decoder_width, cfg.decoder_heads)
+            self.decoder = MAEDecoder(self.model_cfg.vision, decoder_cfg).to(self.device)
+        self.pretrainer = Pretrainer(self.model, self.decoder)
         _ensure_builtin_data(cfg)
         self.urls = expand_urls(cfg.data)
         self.total_samples = _budget_samples(cfg, self.urls)
         self.total_steps = max(1, self.total_samples // cfg.batch_size)
         warmup = cfg.warmup if cfg.warmup is not None else int(cfg.warmup_fraction * self.total_samples)
         self.warmup_steps = max(1, warmup // cfg.batch_size)
-        self.optimizer = make_optimizer(self.model, cfg.peak_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+        self.optimizer = make_optimizer(self.pretrainer, cfg.peak_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                         cfg.eps, self.device)
         self.progress = Progress()
 
@@ -118,13 +128,13 @@ class Trainer:
         if resume:
             self._load_resume_state()
 
-        self.train_model = self.model
+        forward_model = self.pretrainer
         if self.dist.world_size > 1:
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            forward_model = DistributedDataParallel(
+                forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
-            self.train_model = torch.compile(self.train_model)
-        self.step_fn = TrainStep(self.model, self.optimizer, step_config(cfg), forward_model=self.train_model)
+            forward_model = torch.compile(forward_model)
+        self.step_fn = TrainStep(self.model, self.optimizer, step_config(cfg), forward_model=forward_model)
         self.eval_set = None
 
     # -- run directory and resume -------------------------------------------------------------
@@ -149,6 +159,8 @@ class Trainer:
 
     def _load_resume_state(self) -> None:
         ckpt.load_weights(self.model, self.resume_from)
+        if self.decoder is not None:
+            ckpt.load_weights(self.decoder, self.resume_from, DECODER_FILE)
         state = ckpt.load_state(self.resume_from)
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**{**state["progress"],
@@ -192,8 +204,9 @@ class Trainer:
 
     def _checkpoint(self, skipped: int) -> None:
         if self.dist.is_main:
+            extra = {DECODER_FILE.removesuffix(".safetensors"): self.decoder} if self.decoder is not None else None
             ckpt.save_checkpoint(self.run_dir, self.progress.step, self.model, self._saved_config(),
-                                 self._state(skipped))
+                                 self._state(skipped), extra_modules=extra)
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -212,7 +225,7 @@ class Trainer:
         loader = iter(self._loader())
         start_time = time.perf_counter() - p.elapsed_s
         interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sums: dict[str, torch.Tensor] = {}
         last_metrics: dict[str, Any] = {}
         eval_metrics: dict[str, float] = {}
         try:
@@ -220,10 +233,12 @@ class Trainer:
                 t0 = time.perf_counter()
                 images, tokens, meta = next(loader)
                 interval_wait += time.perf_counter() - t0
+                self._last_tokens = tokens
                 lr = lr_at(p.step, self.total_steps, self.warmup_steps, cfg.peak_lr, cfg.min_lr_ratio)
                 images = images.to(self.device, non_blocking=True)
                 tokens = tokens.to(self.device, non_blocking=True)
-                loss_sum += self.step_fn(images, tokens, lr)["loss"]
+                for name, value in self.step_fn(images, tokens, lr).items():
+                    loss_sums[name] = loss_sums[name] + value if name in loss_sums else value
                 p.step += 1
                 p.samples_seen += cfg.batch_size
                 p.positions[meta["slot"]] = SlotPosition(meta["epoch"], meta["offset"])
@@ -235,7 +250,8 @@ class Trainer:
                 if p.step % cfg.log_every == 0 or done:
                     elapsed = time.perf_counter() - interval_start
                     last_metrics = {
-                        "step": p.step, "samples": p.samples_seen, "loss": (loss_sum / interval_steps).item(),
+                        "step": p.step, "samples": p.samples_seen,
+                        **{name: (total / interval_steps).item() for name, total in loss_sums.items()},
                         "lr": lr, "temperature": 1.0 / self.model.logit_scale.exp().item(),
                         "samples_per_s": interval_steps * cfg.batch_size / elapsed,
                         "data_wait_fraction": interval_wait / elapsed,
@@ -244,7 +260,7 @@ class Trainer:
                     if log:
                         log.write(json.dumps(last_metrics) + "\n")
                         log.flush()
-                    loss_sum.zero_()
+                    loss_sums = {}
                     interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
                 if main and (p.step % cfg.eval_every == 0 or done):
                     eval_metrics = self.evaluate()
@@ -273,7 +289,11 @@ class Trainer:
             "final_loss": last.get("loss"), "final_temperature": last.get("temperature"),
             "samples_per_s": self.progress.samples_seen / wall_s if wall_s else None,
             "skipped_samples": skipped, "eval": eval_metrics, "parent": self.cfg.parent,
+            "final_losses": {k: last[k] for k in ("contrastive", "recon") if k in last},
         }
+        if self.cfg.text_mask != "none" and getattr(self, "_last_tokens", None) is not None:
+            summary["text_masking"] = time_text_tower(self.model, self._last_tokens.to(self.device),
+                                                      self.cfg.text_mask, self.cfg.text_mask_ratio)
         if self.dist.is_main:
             (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         return summary
@@ -301,7 +321,7 @@ def tune_unmasked(ckpt_path: str, samples: int | None = None, epochs: float | No
         epochs = None if samples else 0.32
     tuned_lr = lr if lr is not None else parent.peak_lr / 100  # 4e-6 -> 4e-8 per 256 in the paper
     cfg = dataclasses.replace(
-        parent, mask_ratio=0.0, samples=samples, epochs=epochs, lr=tuned_lr, base_lr=None,
+        parent, mask_ratio=0.0, recon_weight=0.0, text_mask="none", samples=samples, epochs=epochs, lr=tuned_lr, base_lr=None,
         warmup=warmup, warmup_fraction=0.2,  # the paper warms up 25.6M of its 128M tuning samples
         init_from=str(ckpt_dir), parent=str(ckpt_dir), out=out or f"{parent.out}-unmasked", **overrides)
     cfg.validate()
