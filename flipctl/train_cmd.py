@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +21,8 @@ console = Console()
 
 
 def print_summary(summary: dict) -> None:
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun, rank 0 reports
     table = Table(title=f"run {summary['run_dir']}")
     table.add_column("metric")
     table.add_column("value", justify="right")

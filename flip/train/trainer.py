@@ -163,22 +163,25 @@ class Trainer:
             ckpt.load_weights(self.decoder, self.resume_from, DECODER_FILE)
         state = ckpt.load_state(self.resume_from)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.progress = Progress(**{**state["progress"],
-                                    "positions": [SlotPosition(**p) for p in state["progress"]["positions"]]})
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        random.setstate(state["rng"]["python"])
+        ranks = state["ranks"]
+        if len(ranks) != self.dist.world_size:
+            raise ckpt.CheckpointError(f"{self.resume_from} was written by {len(ranks)} processes; resume it "
+                                       f"with the same number (now {self.dist.world_size})")
+        own = ranks[self.dist.rank]
+        self.progress = Progress(**{**own["progress"],
+                                    "positions": [SlotPosition(**p) for p in own["progress"]["positions"]]})
+        torch.set_rng_state(own["rng"]["torch"])
+        if self.device.type == "cuda" and own["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(own["rng"]["cuda"], self.device)
+        random.setstate(own["rng"]["python"])
 
-    def _state(self, skipped_now: int) -> dict[str, Any]:
+    def _rank_state(self, skipped_now: int) -> dict[str, Any]:
+        """What differs between ranks: data-stream positions and RNG states."""
         progress = dataclasses.asdict(self.progress)
         progress["skipped_before"] = skipped_now
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "progress": progress,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
-        }
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+               "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+        return {"progress": progress, "rng": rng}
 
     def _saved_config(self) -> dict[str, Any]:
         return {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()}
@@ -203,10 +206,15 @@ class Trainer:
             return evaluate_retrieval(self.model, self.eval_set, self.device)
 
     def _checkpoint(self, skipped: int) -> None:
+        ranks = [self._rank_state(skipped)]
+        if self.dist.world_size > 1:
+            ranks = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(ranks, self._rank_state(skipped))
         if self.dist.is_main:
             extra = {DECODER_FILE.removesuffix(".safetensors"): self.decoder} if self.decoder is not None else None
-            ckpt.save_checkpoint(self.run_dir, self.progress.step, self.model, self._saved_config(),
-                                 self._state(skipped), extra_modules=extra)
+            state = {"optimizer": self.optimizer.state_dict(), "ranks": ranks}
+            ckpt.save_checkpoint(self.run_dir, self.progress.step, self.model, self._saved_config(), state,
+                                 extra_modules=extra)
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
