@@ -47,7 +47,7 @@ def train_command(
     decoder_depth: Optional[int] = typer.Option(None, help="reconstruction decoder blocks. Default 2."),
     decoder_width: Optional[int] = typer.Option(None, help="reconstruction decoder width. Default 128."),
     batch_size: Optional[int] = typer.Option(None, help="global batch size. Default 256."),
-    samples: Optional[int] = typer.Option(None, help="training budget in samples (default on built-in data: 80k for tiny)."),
+    samples: Optional[int] = typer.Option(None, help="training budget in samples (default on built-in data: 60k for tiny)."),
     epochs: Optional[float] = typer.Option(None, help="training budget in epochs of --data (instead of --samples)."),
     lr: Optional[float] = typer.Option(None, help="peak learning rate. Default: base lr x batch/256."),
     base_lr: Optional[float] = typer.Option(None, help="lr per 256 samples (paper presets 4e-6, tiny/small 1e-3)."),

@@ -59,7 +59,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if builtin_data:
         cfg.data = builtin.train_spec(builtin.builtin_dir())
         if cfg.samples is None and cfg.epochs is None:
-            cfg.samples = 80_000 if get_preset(cfg.model).name == "tiny" else 40_000
+            cfg.samples = 60_000 if get_preset(cfg.model).name == "tiny" else 40_000
     if cfg.eval_data is None:
         cfg.eval_data = str(builtin.retrieval_csv(builtin.builtin_dir()))
     if cfg.crop_scale_min is None:
