@@ -30,8 +30,15 @@ def random_keep_indices(batch: int, length: int, keep: int, device: torch.device
 
 
 def gather_tokens(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """x: [B, L, D], keep: [B, k] -> [B, k, D]."""
-    return torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """x: [B, L, D], keep: [B, k] -> [B, k, D].
+
+    A row `index_select` on the flattened [B*L, D] tokens rather than `torch.gather`: autograd
+    keeps gather's whole input alive until backward (its backward formula takes the tensor),
+    i.e. every *masked* token too; index_select's backward needs only the input's shape.
+    """
+    b, length, d = x.shape
+    rows = (keep + torch.arange(b, device=keep.device).unsqueeze(1) * length).reshape(-1)  # [B*k]
+    return x.reshape(b * length, d).index_select(0, rows).view(b, keep.shape[1], d)
 
 
 def complementary_views(length: int, views: int, batch: int, device: torch.device | str,

@@ -89,7 +89,7 @@ def _run_info(task: str, ckpt_dir: Path, config: dict, model, runtime: Runtime, 
             "settings": {"device": str(runtime.device), "batch_size": runtime.batch_size,
                          "precision": runtime.precision, "workers": runtime.workers}}
     if masking is not None:
-        info["settings"]["masking"] = masking.to_dict()
+        info["settings"]["masking"] = masking.to_dict(model.cfg.vision.num_patches)
     return info
 
 

@@ -31,8 +31,11 @@ def export_command(
     model, _ = load_model(ckpt_dir, "cpu")
     export = export_open_clip(model, out, name=name, weights_format=weights, source=str(ckpt_dir.resolve()))
     console.print(f"wrote [bold]{export.config}[/bold], {export.directory / 'open_clip_config.json'} and "
-                  f"[bold]{export.weights}[/bold]")
-    console.print("load it with open_clip (or pass model 'local-dir:" f"{export.directory}' to open_clip / CLIP_benchmark):")
+                  f"[bold]{export.weights}[/bold]; load it with open_clip:")
     console.print(Syntax(export.usage(), "python", word_wrap=True))
-    console.print("note: open_clip has no config key for the text tower's padding mask; set "
-                  "model.text.use_pad_mask = True as above (flip.export.open_clip.load_exported does it).")
+    console.print(f"(or create_model_and_transforms('local-dir:{export.directory}'), which finds config and weights)")
+    if export.pad_mask:
+        console.print("note: this model's text tower ignores padding (pad_mask); open_clip 3.3 has no config key "
+                      "for that, so model.text.use_pad_mask = True must be set after building "
+                      "(flip.export.open_clip.load_exported does it). Tools that only call "
+                      "create_model_and_transforms, such as CLIP_benchmark, would score other text features.")

@@ -25,7 +25,7 @@ def test_fewer_than_five_classes_has_no_top5():
 
 def test_top5_and_mean_per_class_recall_by_hand():
     # 6 classes. Labels: 0, 0, 0, 1. The three class-0 samples are right at top-1; the class-1
-    # sample has its class ranked 6th (last) -> top1 75, top5 75, balanced (1 + 0) / 2 = 50.
+    # sample has its class ranked 6th (last) -> top1 75, top5 75, balanced (3/3 + 0/1) / 2 = 50.
     logits = torch.tensor([
         [9.0, 1, 2, 3, 4, 5],
         [9.0, 1, 2, 3, 4, 5],
@@ -34,7 +34,7 @@ def test_top5_and_mean_per_class_recall_by_hand():
     ])
     m = classification_metrics(logits, torch.tensor([0, 0, 0, 1]))
     assert m == {"top1": 75.0, "top5": 75.0, "mean_per_class_recall": 50.0}
-    # Class 1 at rank 5 (0-based 4) counts for top-5.
+    # Class 1 ranked 4th now: a top-5 hit.
     logits[3] = torch.tensor([9.0, 4.5, 2, 3, 8, 7])
     assert classification_metrics(logits, torch.tensor([0, 0, 0, 1]))["top5"] == 100.0
 
@@ -107,6 +107,8 @@ def test_masking_options_are_validated():
     with pytest.raises(ValueError, match="either"):
         Masking(mask_ratio=0.5, views=2)
     assert Masking(views=4).mode == "views" and Masking(mask_ratio=0.5).mode == "masked" and Masking().mode == "full"
+    assert Masking(views=3).kept_per_view(64) == [len(v) for v in torch.arange(64).tensor_split(3)] == [22, 21, 21]
+    assert Masking(mask_ratio=0.75).kept_per_view(196) == [49] and Masking().kept_per_view(64) == [64]
 
 
 def test_encode_images_modes(model):

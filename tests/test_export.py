@@ -44,14 +44,14 @@ def exported(model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(exported):
-    """(model, preprocess, tokenizer) via open_clip's `local-dir:` route, padding mask on."""
+    """(model, preprocess, tokenizer) via open_clip's `local-dir:` route."""
     return load_exported(exported.directory)
 
 
 def test_open_clip_builds_the_same_model(model, exported):
     open_clip.add_model_config(exported.directory)
+    # plain create_model_and_transforms, as CLIP_benchmark calls it: nothing to set afterwards
     oc, _, preprocess = open_clip.create_model_and_transforms(exported.name, pretrained=str(exported.weights))
-    oc.text.use_pad_mask = True  # the one setting a config cannot carry (see flip/export/open_clip.py)
     oc.eval()
     tokenizer = open_clip.get_tokenizer(exported.name)
     images = torch.randn(5, 3, 64, 64)
@@ -67,17 +67,30 @@ def test_open_clip_builds_the_same_model(model, exported):
     assert torch.allclose(preprocess(image), eval_transform(64)(image))
 
 
-def test_local_dir_loading_and_the_padding_exception(model, loaded):
+def test_local_dir_loading(model, loaded):
     oc, _, tokenizer = loaded
     tokens = tokenizer(CAPTIONS)
     with torch.no_grad():
-        ours = model.encode_text(tokens)
+        assert (oc.encode_text(tokens, normalize=True) - model.encode_text(tokens)).abs().max() < 1e-4
+
+
+def test_the_pad_mask_exception(tmp_path):
+    """A model trained with pad_mask=True exports exactly once use_pad_mask is set, as the export says."""
+    import dataclasses
+
+    cfg = get_preset("tiny")
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, pad_mask=True))
+    torch.manual_seed(1)
+    masked_model = FLIP(cfg).eval()
+    export = export_open_clip(masked_model, tmp_path / "pm")
+    assert "use_pad_mask = True" in export.usage()
+    oc, _, _ = load_exported(export.directory)
+    tokens = Tokenizer(32)(CAPTIONS)
+    with torch.no_grad():
+        ours = masked_model.encode_text(tokens)
         assert (oc.encode_text(tokens, normalize=True) - ours).abs().max() < 1e-4
-        oc.text.use_pad_mask = False  # what plain create_model_and_transforms gives: padding attended to
-        try:
-            assert (oc.encode_text(tokens, normalize=True) - ours).abs().max() > 1e-3
-        finally:
-            oc.text.use_pad_mask = True
+        oc.text.use_pad_mask = False  # what plain create_model_and_transforms gives
+        assert (oc.encode_text(tokens, normalize=True) - ours).abs().max() > 1e-3
 
 
 def test_weights_cover_every_open_clip_parameter(model, exported):
@@ -109,6 +122,6 @@ def test_export_command(model, tmp_path):
     assert result.exit_code == 0, result.output
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"flip-tiny.json", "open_clip_config.json",
                                                                "open_clip_model.safetensors"}
-    assert "create_model_and_transforms" in result.output and "use_pad_mask" in result.output
+    assert "create_model_and_transforms" in result.output and "use_pad_mask" not in result.output
     bad = CliRunner().invoke(app, ["export", "--ckpt", str(tmp_path / "run"), "--format", "onnx", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "open_clip" in bad.output

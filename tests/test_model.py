@@ -72,8 +72,11 @@ def test_masked_forward_uses_only_kept_patches(tiny_cfg):
     assert not torch.allclose(model.encode_image(images3, keep)[0], out[0])
 
 
-def test_text_feature_ignores_padding_length(tiny_cfg):
+def test_pad_mask_makes_the_text_feature_ignore_padding_length(tiny_cfg):
+    import dataclasses
+
     torch.manual_seed(0)
+    tiny_cfg = dataclasses.replace(tiny_cfg, text=dataclasses.replace(tiny_cfg.text, pad_mask=True))
     model = FLIP(tiny_cfg).eval()
     tokens = torch.zeros(1, 32, dtype=torch.long)
     tokens[0, :5] = torch.tensor([49406, 320, 736, 7117, 49407])
@@ -120,3 +123,14 @@ def test_image_flops_scale_with_kept_patches():
     # (attention shrinks quadratically, the patch embedding is not masked)
     assert abs(half / full - 99 / 197) < 0.02
     assert abs(quarter / full - 50 / 197) < 0.02
+
+
+def test_default_text_tower_attends_to_padding(tiny_cfg):
+    torch.manual_seed(0)
+    model = FLIP(tiny_cfg).eval()
+    tokens = torch.zeros(1, 32, dtype=torch.long)
+    tokens[0, :5] = torch.tensor([49406, 320, 736, 7117, 49407])
+    base = model.encode_text(tokens)
+    with torch.no_grad():
+        model.text.token_embedding.weight[0] += 1.0  # the padding embedding reaches the feature
+    assert not torch.allclose(model.encode_text(tokens), base)

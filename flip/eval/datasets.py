@@ -29,7 +29,7 @@ from typing import Callable, Iterator, Sequence, Union
 
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from flip.data.pipeline import eval_transform
@@ -76,6 +76,8 @@ class ImageDataset(Dataset):
         try:
             data = ref.read() if isinstance(ref, TarMember) else Path(ref).read_bytes()
             image = Image.open(io.BytesIO(data)).convert("RGB")
+        except UnidentifiedImageError:
+            raise DataError(f"cannot read image {ref}: not an image file PIL can decode") from None
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read image {ref}: {exc}") from None
         return self.transform(image)
@@ -233,7 +235,7 @@ def load_wds_classification(split_dir: str | Path, meta_dir: str | Path | None =
     names = _classnames_file(meta_dir, split_dir)
     if names is None:
         raise DataError(f"no {CLASSNAMES_FILE} in {meta_dir} or {split_dir}: webdataset classification "
-                        "sets need one (or pass --classnames)")
+                        "sets need one, a class name a line in label order")
     images: list[ImageRef] = []
     labels: list[int] = []
     for url in _shards(split_dir):

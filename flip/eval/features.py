@@ -53,8 +53,15 @@ class Masking:
             return f"masked inference at {self.mask_ratio:.0%}"
         return "full image"
 
-    def to_dict(self) -> dict:
-        return {**asdict(self), "mode": self.mode}
+    def kept_per_view(self, num_patches: int) -> list[int]:
+        """Patches each forward pass of an image sees (views: `tensor_split`'s near-equal parts)."""
+        if self.mode == "views":
+            return [num_patches // self.views + (i < num_patches % self.views) for i in range(self.views)]
+        return [num_kept(num_patches, self.mask_ratio)]
+
+    def to_dict(self, num_patches: int) -> dict:
+        return {**asdict(self), "mode": self.mode, "patches": num_patches,
+                "kept_per_view": self.kept_per_view(num_patches)}
 
 
 @dataclass(frozen=True)

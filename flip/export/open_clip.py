@@ -1,12 +1,11 @@
 """Export a flipctl model to open_clip's format: a model config and a weights file.
 
-open_clip then builds the same network, so CLIP_benchmark (or any open_clip user) can
-score a flipctl model:
+open_clip then builds the same network (features equal to float precision), so open_clip
+users and CLIP_benchmark-style evaluation code can score a flipctl model:
 
     import open_clip
     open_clip.add_model_config(OUT)
     model, _, preprocess = open_clip.create_model_and_transforms(NAME, pretrained=f"{OUT}/open_clip_model.safetensors")
-    model.text.use_pad_mask = True  # see "The one exception" below
     tokenizer = open_clip.get_tokenizer(NAME)
 
 (or `create_model_and_transforms(f"local-dir:{OUT}")`, which reads `open_clip_config.json`
@@ -23,12 +22,14 @@ How flipctl's layers map onto open_clip's:
   `mlp.fc1/fc2` -> `mlp.c_fc/c_proj`, `norm1/2` -> `ln_1/2`; LayerNorm eps 1e-5 and exact
   GELU on both sides (`quick_gelu` off); image mean/std are OpenAI's on both sides.
 
-The one exception: flipctl's text tower never attends to padding. open_clip's
-`TextTransformer` can do the same (`use_pad_mask`), but open_clip 3.3's `CLIPTextCfg` has no
-such key, so a config cannot switch it on. The export therefore uses open_clip's
-`CustomTextCLIP` (`custom_text: true`), whose text tower reads the flag at run time, and
-`model.text.use_pad_mask = True` must be set after building. Without it the text features
-differ (padding is attended to); everything else, the image tower included, is exact.
+The export uses open_clip's `CustomTextCLIP` (`custom_text: true`, the text tower as a
+`TextTransformer` sub-module). flipctl's default text tower attends to padding, as open_clip's
+bidirectional tower does, so nothing needs setting after `create_model_and_transforms` and
+CLIP_benchmark scores the export as it is. The one exception: a model trained with the
+text config's `pad_mask=True` (padding not attended to). open_clip's `TextTransformer` can do
+that too (`use_pad_mask`), but open_clip 3.3's `CLIPTextCfg` has no such key, so for such a
+model `model.text.use_pad_mask = True` must be set after building (`load_exported` does);
+without it its text features differ.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ class Export:
     directory: Path
     config: Path  # <name>.json, for open_clip.add_model_config(directory)
     weights: Path
+    pad_mask: bool = False  # the model's text tower ignores padding: one flag to set after building
 
     def usage(self) -> str:
         """Python that loads the export with open_clip."""
@@ -129,8 +131,9 @@ class Export:
                 f"open_clip.add_model_config({str(self.directory)!r})\n"
                 f"model, _, preprocess = open_clip.create_model_and_transforms(\n"
                 f"    {self.name!r}, pretrained={str(self.weights)!r})\n"
-                f"model.text.use_pad_mask = True  # flipctl's text tower ignores padding; no config key for it\n"
-                f"tokenizer = open_clip.get_tokenizer({self.name!r})")
+                + (f"model.text.use_pad_mask = True  # this model's text tower ignores padding; no config key for it\n"
+                   if self.pad_mask else "")
+                + f"tokenizer = open_clip.get_tokenizer({self.name!r})")
 
 
 def export_open_clip(model: FLIP, out_dir: str | Path, name: str | None = None, weights_format: str = "safetensors",
@@ -146,10 +149,11 @@ def export_open_clip(model: FLIP, out_dir: str | Path, name: str | None = None, 
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     (out_dir / LOCAL_DIR_CONFIG).write_text(json.dumps({
         "model_cfg": config,
-        "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD), "interpolation": "bicubic",
-                           "resize_mode": "shortest"},
+        "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD),
+                           "interpolation": "bicubic", "resize_mode": "shortest"},
         "flipctl": {"source": source, "model": model.cfg.to_dict(),
-                    "note": "set model.text.use_pad_mask = True after building (see flip/export/open_clip.py)"},
+                    **({"note": "set model.text.use_pad_mask = True after building (see flip/export/open_clip.py)"}
+                       if model.cfg.text.pad_mask else {})},
     }, indent=2) + "\n")
     weights = convert_state_dict(model)
     if weights_format == "safetensors":
@@ -158,13 +162,14 @@ def export_open_clip(model: FLIP, out_dir: str | Path, name: str | None = None, 
     else:
         weights_path = out_dir / WEIGHTS_BIN
         torch.save(weights, weights_path)
-    return Export(name, out_dir, config_path, weights_path)
+    return Export(name, out_dir, config_path, weights_path, model.cfg.text.pad_mask)
 
 
 def load_exported(out_dir: str | Path, device: str | torch.device = "cpu"):
-    """(model, preprocess, tokenizer) from an export directory, with the padding mask switched on."""
+    """(model, preprocess, tokenizer) from an export directory (padding mask on where the model has one)."""
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{Path(out_dir)}", device=device)
-    model.text.use_pad_mask = True
+    config = json.loads((Path(out_dir) / LOCAL_DIR_CONFIG).read_text())
+    model.text.use_pad_mask = bool(config.get("flipctl", {}).get("model", {}).get("text", {}).get("pad_mask"))
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(f"local-dir:{Path(out_dir)}")
 

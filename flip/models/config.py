@@ -40,6 +40,7 @@ class TextConfig:
     heads: int = 8
     mlp_ratio: float = 4.0
     pad_id: int = 0  # open_clip's tokenizer pads with 0
+    pad_mask: bool = False  # True: padding is not attended to (see TextTower)
 
 
 @dataclass(frozen=True)

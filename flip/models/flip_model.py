@@ -72,10 +72,14 @@ class VisionTower(nn.Module):
 class TextTower(nn.Module):
     """Bidirectional Transformer over BPE tokens; the feature is read at the first (SOT) token.
 
-    Padding: positions holding `pad_id` are excluded as attention *keys*, so real tokens
-    never attend to padding and the feature does not depend on how much padding there
-    is. Padding positions still flow through the blocks (their outputs are never read).
-    This is open_clip's `no_causal_mask=True, use_pad_mask=True` text tower.
+    Padding: by default (`pad_mask=False`) padding positions are ordinary tokens - every
+    position attends to every other, padding included - exactly open_clip's bidirectional
+    text tower (`no_causal_mask=True`), so an exported model is the same model under plain
+    `create_model_and_transforms` and CLIP_benchmark. With `pad_mask=True`, padding is
+    excluded as attention keys (the feature then ignores how much padding there is); open_clip
+    has that too (`use_pad_mask`) but no config key for it. Text masking drops positions,
+    padding included, before the blocks either way.
+    The last block computes position 0's output only: nothing reads the others.
     """
 
     def __init__(self, cfg: TextConfig, embed_dim: int):
@@ -90,15 +94,34 @@ class TextTower(nn.Module):
     def forward(self, tokens: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T]; keep [B, k] positions to keep (text masking), position 0 among them."""
         x = self.token_embedding(tokens) + self.pos_embed[:, : tokens.shape[1]]
-        valid = tokens != self.cfg.pad_id  # [B, T]
         if keep is not None:
             x = gather_tokens(x, keep)
-            valid = torch.gather(valid, 1, keep)
-        attn_mask = valid[:, None, None, :]  # [B, 1, 1, T]: True = may be attended to
-        for block in self.blocks:
+            tokens = torch.gather(tokens, 1, keep)
+        attn_mask = None
+        if self.cfg.pad_mask:
+            attn_mask = (tokens != self.cfg.pad_id)[:, None, None, :]  # [B, 1, 1, T]: True = may be attended to
+        for block in self.blocks[:-1]:
             x = block(x, attn_mask=attn_mask)
-        x = self.norm(x)
-        return self.proj(x[:, 0])
+        if len(self.blocks):
+            x = _block_at_first_token(self.blocks[-1], x, attn_mask)  # [B, 1, D]: only position 0 is read
+        return self.proj(self.norm(x[:, 0]))
+
+
+def _block_at_first_token(block: Block, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    """`block(x, attn_mask)[:, :1]` without computing the other positions' outputs.
+
+    Position 0's query still attends to every position's key and value, but its attention output,
+    projection and MLP run on one token instead of T: the text tower's last block costs ~1/4 of a
+    full one, in FLOPs and in activations kept for backward. For the blocks `_blocks` builds:
+    no attention gate, dropout or drop-path.
+    """
+    attn = block.attn
+    b, n, _ = x.shape
+    qkv = attn.qkv(block.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # [B, H, T, hd] each
+    out = F.scaled_dot_product_attention(attn.q_norm(q[:, :, :1]), attn.k_norm(k), v, attn_mask=attn_mask)
+    x = x[:, :1] + block.ls1(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, 1, attn.attn_dim))))
+    return x + block.ls2(block.mlp(block.norm2(x)))
 
 
 class FLIP(nn.Module):
