@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from flipctl import data_cmd, eval_cmd
+from flipctl.bench_cmd import bench_command
 from flipctl.export_cmd import export_command
 from flipctl.models_cmd import models_command
 from flipctl.train_cmd import train_command, tune_unmasked_command
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.command("train")(train_command)
 app.command("tune-unmasked")(tune_unmasked_command)
 app.command("models")(models_command)
+app.command("bench")(bench_command)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(eval_cmd.app, name="eval")
 app.command("export")(export_command)

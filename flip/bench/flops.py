@@ -3,7 +3,9 @@
 Each part is counted in its own `FlopCounterMode` (forward + backward of that part alone): the
 counter's per-module attribution of backward FLOPs is not reliable, separate counts are. The
 optimizer's element-wise update has no FLOP formula in the counter and is not counted (it is
-memory-bound; its time shows in the time split).
+memory-bound; its time shows in the time split). On the meta device attention runs as its math
+(QK^T, softmax, AV), so it counts forward + 2x backward like every matmul - the usual convention
+for MFU - not the recomputation a flash-attention backward does.
 """
 
 from __future__ import annotations

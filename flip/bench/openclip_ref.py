@@ -1,10 +1,12 @@
-"""The OpenCLIP reference: open_clip's `CLIP` with our dimensions and `patch_dropout`, and its step.
+"""The OpenCLIP reference: the same network as ours, built by open_clip with `patch_dropout`, and its step.
 
-The model is built as close to ours as open_clip's config allows, so that the comparison is of
-implementations, not of architectures: same vision width / depth / heads / patch / image size,
-fixed 2D sin-cos position embeddings, no LayerNorm before the blocks, average pooling of the patch
-tokens, the same text width / depth / heads / context / vocabulary, bidirectional text attention
-read at the first token, the same embedding width, exact GELU and LayerNorm eps 1e-5.
+The model is what `flipctl export` writes for our model (`flip.export.open_clip`): open_clip's
+`CustomTextCLIP` with our vision width / depth / heads / patch / image size, no LayerNorm before
+the blocks, average pooling of the patch tokens, our text width / depth / heads / context /
+vocabulary, bidirectional text attention read at the first token (ignoring padding only if our
+text config does: `use_pad_mask`), and our embedding width - so with our weights loaded it
+computes our function, and the comparison is of implementations, not architectures.
+`vision_cfg.patch_dropout` is the masking ratio.
 
 The step is open_clip_train's `train_one_epoch` for one batch: forward in train mode (its
 PatchDropout acts only then, drawing keep indices with CPU `randn` + `topk`), `ClipLoss`,
@@ -17,23 +19,21 @@ import math
 
 import torch
 from open_clip.loss import ClipLoss
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from open_clip.model import CustomTextCLIP
 
-from flip.models import ModelConfig
+from flip.export.open_clip import convert_state_dict, open_clip_config
+from flip.models import FLIP, ModelConfig
 
 
-def build_open_clip(cfg: ModelConfig, mask_ratio: float) -> CLIP:
-    v, t = cfg.vision, cfg.text
-    vision = CLIPVisionCfg(
-        layers=v.depth, width=v.width, head_width=v.width // v.heads, mlp_ratio=v.mlp_ratio,
-        patch_size=v.patch_size, image_size=v.image_size, patch_dropout=mask_ratio,
-        no_ln_pre=True, pos_embed_type="sin_cos_2d", pool_type="avg",
-    )
-    text = CLIPTextCfg(
-        context_length=t.context_length, vocab_size=t.vocab_size, width=t.width, heads=t.heads,
-        layers=t.depth, mlp_ratio=t.mlp_ratio, pad_id=t.pad_id, no_causal_mask=True, pool_type="first",
-    )
-    return CLIP(cfg.embed_dim, vision, text, init_logit_scale=math.log(1 / cfg.init_temperature))
+def build_open_clip(cfg: ModelConfig, mask_ratio: float, weights_from: FLIP | None = None) -> CustomTextCLIP:
+    """open_clip's model of `cfg` with `patch_dropout=mask_ratio`; `weights_from` copies a FLIP model's weights."""
+    config = open_clip_config(cfg)
+    vision = {**config["vision_cfg"], "patch_dropout": mask_ratio}
+    model = CustomTextCLIP(config["embed_dim"], vision, config["text_cfg"], quick_gelu=config["quick_gelu"])
+    model.text.use_pad_mask = cfg.text.pad_mask
+    if weights_from is not None:
+        model.load_state_dict(convert_state_dict(weights_from))
+    return model
 
 
 def open_clip_param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -49,7 +49,7 @@ def open_clip_param_groups(model: torch.nn.Module, weight_decay: float) -> list[
 class OpenClipStep:
     """Callable `step(images, tokens, lr) -> loss`, the same contract as our `TrainStep`."""
 
-    def __init__(self, model: CLIP, precision: str = "fp32", compile: bool = False,
+    def __init__(self, model: CustomTextCLIP, precision: str = "fp32", compile: bool = False,
                  compile_backend: str = "inductor", weight_decay: float = 0.2,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-6):
         device = next(model.parameters()).device
@@ -72,3 +72,20 @@ class OpenClipStep:
         with torch.no_grad():
             self.model.logit_scale.clamp_(0, math.log(100))
         return loss.detach()
+
+
+def open_clip_step_peak_memory(cfg: ModelConfig, mask_ratio: float, batch: int, device: torch.device,
+                               precision: str = "fp32") -> int | None:
+    """Peak bytes of one steady-state open_clip training step, measured as `memory.step_peak_memory`."""
+    from flip.bench.memory import measure_peak
+    from flip.bench.timing import synthetic_batch
+
+    def run() -> None:
+        step = OpenClipStep(build_open_clip(cfg, mask_ratio).to(device), precision)
+        images, tokens = synthetic_batch(cfg, batch, device)
+        for p in step.model.parameters():  # gradients and AdamW moments exist, as after any earlier step
+            p.grad = torch.zeros_like(p)
+        step.optimizer.step()
+        step(images, tokens, 1e-3)
+
+    return measure_peak(run, device)

@@ -89,8 +89,8 @@ def part_functions(model: FLIP, optimizer: torch.optim.Optimizer, images: torch.
                    mask_ratio: float, precision: str) -> dict[str, Callable[[], object]]:
     """One closure per part of a training step, each forward + backward of that part alone.
 
-    The optimizer part updates the gradients left by the last call of the others (or of a real
-    step); the parts accumulate into .grad, which changes nothing about their cost.
+    A tower's part first drops that tower's gradients, as the step's zero_grad does, so backward
+    assigns them instead of accumulating; the optimizer part updates the latest gradients of both.
     """
     device = images.device
     cfg = model.cfg
@@ -100,13 +100,19 @@ def part_functions(model: FLIP, optimizer: torch.optim.Optimizer, images: torch.
     loss_fn = ContrastiveLoss()
     feature_grad = torch.randn(batch, cfg.embed_dim, device=device) / batch
 
+    def drop_grads(module: torch.nn.Module) -> None:
+        for p in module.parameters():
+            p.grad = None
+
     def image() -> None:
+        drop_grads(model.visual)
         keep = random_keep_indices(batch, length, keep_count, device) if keep_count < length else None
         with autocast(device, precision):
             features = model.encode_image(images, keep)
         features.backward(feature_grad.to(features.dtype))
 
     def text() -> None:
+        drop_grads(model.text)
         with autocast(device, precision):
             features = model.encode_text(tokens)
         features.backward(feature_grad.to(features.dtype))

@@ -1,0 +1,117 @@
+"""Rich tables of a `run_bench` report."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from flip.bench.memory import format_size
+
+
+def _x(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}x"
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:.0f}" if seconds >= 0.1 else f"{1000 * seconds:.1f}"
+
+
+def step_table(report: dict) -> Table:
+    cfg = report["config"]
+    results = report["results"]
+    mfu = any(row["mfu"] is not None for row in results)
+    table = Table(title=f"training step: {cfg['model']}, batch {cfg['batch_size']}, {cfg['device']} {cfg['precision']}"
+                        f"{', compiled' if cfg['compile'] else ''}; median of {cfg['steps']} steps")
+    for name in ("mask", "image tokens", "samples/s", "step ms", "GFLOP/step", "TFLOP/s", *(["MFU"] if mfu else []),
+                 "peak memory"):
+        table.add_column(name, justify="right")
+    for row in results:
+        cells = [f"{row['mask_ratio']:g}", str(row["image_tokens"]), f"{row['samples_per_s']:.1f}",
+                 _ms(row["step_s"]), f"{row['flops_per_step']['total'] / 1e9:.1f}", f"{row['achieved_tflops']:.3f}"]
+        if mfu:
+            cells.append("-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%")
+        table.add_row(*cells, format_size(row["peak_memory_bytes"]))
+    return table
+
+
+def speedup_table(report: dict) -> Table:
+    results = report["results"]
+    compare = "open_clip" in results[0]
+    table = Table(title="speed-up over mask 0" + (", and against open_clip (same network, patch_dropout)"
+                                                  if compare else ""))
+    for name in ("mask", "FLOP-ideal", "measured", "meas./ideal"):
+        table.add_column(name, justify="right")
+    if compare:
+        for name in ("open_clip samples/s", "open_clip speed-up", "ours/open_clip", "open_clip peak mem."):
+            table.add_column(name, justify="right")
+    for row in results:
+        cells = [f"{row['mask_ratio']:g}", _x(row["ideal_speedup"]), _x(row["measured_speedup"]),
+                 f"{row['speedup_efficiency']:.2f}"]
+        if compare:
+            theirs = row["open_clip"]
+            cells += [f"{theirs['samples_per_s']:.1f}", _x(theirs["measured_speedup"]), _x(row["ours_over_open_clip"]),
+                      format_size(theirs.get("peak_memory_bytes"))]
+        table.add_row(*cells)
+    return table
+
+
+def split_table(report: dict) -> Table | None:
+    if "split_s" not in report["results"][0]:
+        return None
+    parts = ("image", "text", "loss", "optimizer", "other")
+    table = Table(title="time split, ms per step (each part timed alone: forward + backward of each tower, "
+                        "loss, fused AdamW; other = step - parts)")
+    table.add_column("mask", justify="right")
+    for name in (*parts, "step"):
+        table.add_column(name, justify="right")
+    for row in report["results"]:
+        split, step = row["split_s"], row["step_s"]
+        table.add_row(f"{row['mask_ratio']:g}",
+                      *[f"{_ms(split[p])} ({100 * split[p] / step:.0f}%)" for p in parts], _ms(step))
+    return table
+
+
+def max_batch_table(report: dict) -> Table | None:
+    mb = report.get("max_batch")
+    if mb is None:
+        return None
+    table = Table(title=f"largest batch whose step fits {format_size(mb['memory_limit_bytes'])} "
+                        f"({mb['memory_limit_source']})")
+    for name in ("mask", "max batch", "vs mask 0", "its peak", "probes"):
+        table.add_column(name, justify="right")
+    for row in mb["per_ratio"]:
+        table.add_row(f"{row['mask_ratio']:g}", str(row["max_batch"]), _x(row["ratio_vs_mask0"]),
+                      format_size(row["peak_bytes"]), str(len(row["probes"])))
+    return table
+
+
+def checks_table(report: dict) -> Table | None:
+    if not report.get("checks"):
+        return None
+    table = Table(title="targets")
+    for name, justify in (("check", "left"), ("value", "right"), ("target", "right"), ("", "center")):
+        table.add_column(name, justify=justify)
+    for c in report["checks"]:
+        value = "-" if c["value"] is None else f"{c['value']:.2f}"
+        table.add_row(c["check"], value, f">= {c['target']:g}", "[green]pass[/]" if c["pass"] else "[red]MISS[/]")
+    return table
+
+
+def render(report: dict, console: Console) -> None:
+    for table in (step_table(report), speedup_table(report), split_table(report), max_batch_table(report)):
+        if table is not None:
+            console.print(table)
+    loader = report.get("data_loader")
+    if loader is not None:
+        fastest = max(report["results"], key=lambda row: row["samples_per_s"])
+        console.print(f"data loader alone ({loader['workers']} workers, {loader['augment']}): "
+                      f"{loader['samples_per_s']:.0f} samples/s = {loader['headroom_vs_fastest_step']:.1f}x what the "
+                      f"fastest step consumes (mask {fastest['mask_ratio']:g}: {fastest['samples_per_s']:.0f} samples/s)")
+    table = checks_table(report)
+    if table is not None:
+        console.print(table)
+    env = report["environment"]
+    load = env.get("load_average_start")
+    console.print(f"[dim]torch {env['torch']}, open_clip {env['open_clip']}, {env['torch_threads']} threads"
+                  + (f", load average {load[0]:.1f} at start" if load else "")
+                  + f"; {report['wall_time_s']:.0f} s[/dim]")

@@ -1,0 +1,359 @@
+"""`run_bench`: everything `flipctl bench` measures, in one process, as one JSON-able dict.
+
+Order of work: FLOPs (meta device, free) -> step timing of every (implementation, mask ratio),
+interleaved -> time split of our step per part, interleaved -> peak memory per mask ratio (and
+open_clip's) -> optional max-batch search -> optional data-loader throughput. Mask ratio 0 is always timed:
+speed-ups are against it.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from flip.bench.flops import step_flops
+from flip.bench.memory import MaxBatch, find_max_batch, step_peak_memory
+from flip.bench.timing import part_functions, synthetic_batch, time_interleaved
+from flip.masking import num_kept
+from flip.models import FLIP, get_preset
+from flip.train.optim import make_optimizer
+from flip.train.step import StepConfig, TrainStep
+
+COMPARE_CHOICES = ("open_clip",)
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+# The issue's targets, checked in every report.
+TARGET_SPEEDUP_EFFICIENCY = 0.9  # measured / FLOP-ideal speed-up, every mask ratio > 0
+TARGET_VS_OPEN_CLIP = 1.1  # our samples/s over open_clip's, every mask ratio
+TARGET_LOADER_HEADROOM = 3.0  # loader samples/s over the fastest step's consumption
+TARGET_MAX_BATCH_RATIO = {0.75: 3.0}  # max batch at r over max batch at 0, equal memory
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "tiny"
+    batch_size: int = 256
+    mask_ratios: tuple[float, ...] = (0.0, 0.5, 0.75)
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
+    steps: int = 7
+    warmup: int = 2
+    compare: str | None = None  # "open_clip"
+    split: bool = True
+    data: bool = False
+    data_path: str | None = None  # default: the built-in shards
+    workers: int = 2
+    max_batch: bool = False
+    memory_limit: int | None = None  # bytes; default: peak of the mask-0 step at batch_size
+    peak_tflops: float | None = None  # the device's peak TFLOP/s, for MFU (bench/gpu.sh: H200 bf16, 790)
+    seed: int = 0
+
+    def validate(self) -> "BenchConfig":
+        """Check every setting before any work starts; errors name the flag."""
+        get_preset(self.model)  # KeyError -> caller
+        if not self.mask_ratios:
+            raise ValueError("--mask-ratios needs at least one ratio, e.g. 0,0.5,0.75")
+        for r in self.mask_ratios:
+            if not 0.0 <= r < 1.0 or math.isnan(r):
+                raise ValueError(f"--mask-ratios must each be in [0, 1), got {r:g}")
+        if self.batch_size < 2:
+            raise ValueError(f"--batch-size must be at least 2 (a contrastive batch needs negatives), got {self.batch_size}")
+        if self.device not in DEVICES:
+            raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be at least 1, got {self.steps}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.compare is not None and self.compare not in COMPARE_CHOICES:
+            raise ValueError(f"--compare must be one of {', '.join(COMPARE_CHOICES)}, got {self.compare!r}")
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+        if self.memory_limit is not None and not self.max_batch:
+            raise ValueError("--memory-limit applies to the max-batch search: add --max-batch")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
+        return self
+
+    def ratios(self) -> list[float]:
+        """The mask ratios timed: the requested ones, sorted, with 0 added (speed-ups are against it)."""
+        return sorted({0.0, *self.mask_ratios})
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def _label(impl: str, ratio: float) -> str:
+    return f"{impl} mask {ratio:g}"
+
+
+def _environment(device: torch.device) -> dict:
+    import open_clip
+    import timm
+
+    env = {
+        "torch": torch.__version__, "open_clip": open_clip.__version__, "timm": timm.__version__,
+        "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "device": str(device), "device_name": platform.processor() or platform.machine(),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    if hasattr(os, "getloadavg"):
+        env["load_average_start"] = list(os.getloadavg())
+    return env
+
+
+@dataclass
+class _Runner:
+    cfg: BenchConfig
+    progress: Callable[[str], None]
+    device: torch.device = field(init=False)
+
+    def __post_init__(self):
+        self.device = self.cfg.resolved_device()
+        self.model_cfg = get_preset(self.cfg.model)
+        self.phase_s: dict[str, float] = {}
+        self._phase_start = time.perf_counter()
+
+    def phase(self, name: str) -> None:
+        """Close the running phase's stopwatch under `name` (the report's `phase_s`)."""
+        now = time.perf_counter()
+        self.phase_s[name] = now - self._phase_start
+        self._phase_start = now
+
+    # -- building the things compared ----------------------------------------------------------
+    def ours(self, ratio: float) -> tuple[FLIP, torch.optim.Optimizer, TrainStep]:
+        torch.manual_seed(self.cfg.seed)
+        model = FLIP(self.model_cfg).to(self.device)
+        optimizer = make_optimizer(model, 1e-4, 0.2, (0.9, 0.95), 1e-6, self.device)
+        step = TrainStep(model, optimizer, StepConfig(mask_ratio=ratio, precision=self.cfg.precision))
+        if self.cfg.compile:
+            step.forward_model = torch.compile(step.forward_model, backend=self.cfg.compile_backend)
+        return model, optimizer, step
+
+    def theirs(self, ratio: float, weights_from: FLIP):
+        from flip.bench.openclip_ref import OpenClipStep, build_open_clip
+
+        model = build_open_clip(self.model_cfg, ratio, weights_from=weights_from).to(self.device)
+        return OpenClipStep(model, self.cfg.precision, compile=self.cfg.compile,
+                            compile_backend=self.cfg.compile_backend)
+
+    # -- the measurements --------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, device = self.cfg, self.device
+        started = time.perf_counter()
+        ratios = cfg.ratios()
+        batch = cfg.batch_size
+        report: dict = {"config": {**asdict(cfg), "mask_ratios": ratios, "device": str(device)},
+                        "environment": _environment(device)}
+
+        self.progress("counting FLOPs")
+        flops = {r: step_flops(self.model_cfg, r, batch) for r in ratios}
+        self.phase("flops")
+
+        steps, split = self._time(ratios)  # every model built for timing is gone when it returns
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.phase("timing")
+
+        peaks, their_peaks = {}, {}
+        for r in ratios:
+            self.progress(f"peak memory, mask {r:g}, batch {batch}")
+            peaks[r] = step_peak_memory(self.model_cfg, r, batch, device, cfg.precision)
+            if cfg.compare:
+                from flip.bench.openclip_ref import open_clip_step_peak_memory
+
+                their_peaks[r] = open_clip_step_peak_memory(self.model_cfg, r, batch, device, cfg.precision)
+        self.phase("peak_memory")
+
+        max_batch = None
+        if cfg.max_batch:
+            limit = cfg.memory_limit if cfg.memory_limit is not None else peaks[0.0]
+            if limit is None:
+                raise ValueError(f"--batch-size {batch} does not fit in memory at mask 0: pass --memory-limit")
+            max_batch = {}
+            for r in ratios:
+                def probe(b: int, r=r) -> int | None:
+                    self.progress(f"max batch, mask {r:g}: probing batch {b}")
+                    return step_peak_memory(self.model_cfg, r, b, device, cfg.precision)
+                max_batch[r] = find_max_batch(probe, limit, start=min(16, batch))
+            self.phase("max_batch")
+
+        loader = None
+        if cfg.data:
+            from flip.bench.data import loader_throughput
+            from flip.data import builtin
+
+            data_path = cfg.data_path or builtin.train_spec(builtin.ensure_builtin())
+            self.progress(f"data loader, {cfg.workers} workers")
+            loader = loader_throughput(self.model_cfg, data_path, batch, cfg.workers, seed=cfg.seed)
+            self.phase("data_loader")
+
+        report.update(self._assemble(ratios, flops, steps, split, peaks, their_peaks, max_batch, loader))
+        if hasattr(os, "getloadavg"):
+            report["environment"]["load_average_end"] = list(os.getloadavg())
+        report["wall_time_s"] = time.perf_counter() - started
+        report["phase_s"] = self.phase_s
+        return report
+
+    def _time(self, ratios: list[float]):
+        """Step timings of every (implementation, ratio), and our step's split per part."""
+        cfg, device = self.cfg, self.device
+        self.progress("building models")
+        images, tokens = synthetic_batch(self.model_cfg, cfg.batch_size, device, seed=cfg.seed)
+        ours = {r: self.ours(r) for r in ratios}
+        fns = {}
+        for r in ratios:
+            fns[_label("flipctl", r)] = (lambda s=ours[r][2]: s(images, tokens, 1e-4))
+            if cfg.compare:
+                fns[_label("open_clip", r)] = (lambda s=self.theirs(r, weights_from=ours[r][0]): s(images, tokens, 1e-4))
+        steps = time_interleaved(fns, cfg.steps, cfg.warmup, device, on_progress=self.progress)
+        if not cfg.split:
+            return steps, None
+        parts = {}
+        for r in ratios:
+            model, optimizer, _ = ours[r]
+            for name, fn in part_functions(model, optimizer, images, tokens, r, cfg.precision).items():
+                parts[f"{name} mask {r:g}"] = fn
+        split_t = time_interleaved(parts, cfg.steps, 1, device, on_progress=lambda m: self.progress(f"time split: {m}"))
+        split = {r: {name: split_t.median(f"{name} mask {r:g}") for name in ("image", "text", "loss", "optimizer")}
+                 for r in ratios}
+        return steps, split
+
+    # -- putting the figures together ---------------------------------------------------------
+    def _assemble(self, ratios, flops, steps, split, peaks, their_peaks, max_batch: dict[float, MaxBatch] | None,
+                  loader: dict | None) -> dict:
+        cfg, batch = self.cfg, self.cfg.batch_size
+        v = self.model_cfg.vision
+        peak_tflops = cfg.peak_tflops
+        t0 = steps.median(_label("flipctl", 0.0))
+        results = []
+        for r in ratios:
+            t = steps.median(_label("flipctl", r))
+            row = {
+                "mask_ratio": r,
+                "kept_patches": num_kept(v.num_patches, r),
+                "image_tokens": num_kept(v.num_patches, r) + 1,
+                "step_s": t,
+                "step_s_min": min(steps.seconds[_label("flipctl", r)]),
+                "step_s_all": steps.seconds[_label("flipctl", r)],
+                "samples_per_s": batch / t,
+                "flops_per_step": flops[r],
+                "achieved_tflops": flops[r]["total"] / t / 1e12,
+                "mfu": flops[r]["total"] / t / 1e12 / peak_tflops if peak_tflops else None,
+                "ideal_speedup": flops[0.0]["total"] / flops[r]["total"],
+                "measured_speedup": t0 / t,
+                "peak_memory_bytes": peaks[r],
+            }
+            row["speedup_efficiency"] = row["measured_speedup"] / row["ideal_speedup"]
+            if split is not None:
+                parts = dict(split[r])
+                parts["other"] = t - sum(parts.values())
+                row["split_s"] = parts
+            if cfg.compare:
+                key = _label("open_clip", r)
+                theirs_t = steps.median(key)
+                row["open_clip"] = {
+                    "step_s": theirs_t, "step_s_min": min(steps.seconds[key]), "step_s_all": steps.seconds[key],
+                    "samples_per_s": batch / theirs_t,
+                    "measured_speedup": steps.median(_label("open_clip", 0.0)) / theirs_t,
+                    "peak_memory_bytes": their_peaks.get(r),
+                }
+                row["ours_over_open_clip"] = theirs_t / t
+            results.append(row)
+
+        out: dict = {
+            "results": results,
+            "methods": {
+                "timing": (f"median of {cfg.steps} steps after {cfg.warmup} warm-up steps; every "
+                           "(implementation, mask ratio) timed round-robin in one process, order reversed "
+                           "on odd repetitions; device synchronised around each timed step only"),
+                "flops": ("torch.utils.flop_counter on a meta-device model: forward + backward of the image "
+                          "tower, the text tower and the loss at this batch, each counted alone; the "
+                          "optimizer's element-wise update is not counted"),
+                "ideal_speedup": "FLOPs per step at mask 0 / FLOPs per step at mask r",
+                "split": ("each part timed alone, interleaved, eager: forward + backward of the image tower "
+                          "(incl. masking), of the text tower, of the loss on detached features; the fused "
+                          "AdamW update; 'other' = step - sum of parts: zero_grad, autograd joining the "
+                          "towers, and what the full step's larger working set costs (on the CPU mostly page "
+                          "faults of large fresh allocations)"),
+                "peak_memory": ("peak bytes allocated to tensors during one steady-state step of a fresh "
+                                "model, from an empty slate (params, grads, AdamW state, batch, activations); "
+                                + ("torch.cuda.max_memory_allocated" if self.device.type == "cuda" else
+                                   "CPU: the running total of torch's CPU allocator, traced by torch.profiler "
+                                   "(profile_memory=True)") + "; eager"),
+            },
+        }
+        if cfg.compare:
+            out["methods"]["open_clip"] = (
+                "open_clip CustomTextCLIP built from flip.export.open_clip's config of this model (the same "
+                "network: text.use_pad_mask as our text config's pad_mask), our initial weights, vision "
+                "patch_dropout = mask ratio, train mode; open_clip_train's step: ClipLoss, fused AdamW, "
+                "logit-scale clamp")
+        if max_batch is not None:
+            base = max_batch[0.0].batch
+            out["max_batch"] = {
+                "memory_limit_bytes": max_batch[0.0].limit,
+                "memory_limit_source": ("--memory-limit" if cfg.memory_limit is not None
+                                        else f"peak of the mask-0 step at batch {batch}"),
+                "per_ratio": [{
+                    "mask_ratio": r, "max_batch": mb.batch, "peak_bytes": mb.peak,
+                    "first_too_large": mb.first_too_large, "ratio_vs_mask0": mb.batch / base if base else None,
+                    "probes": mb.probes,
+                } for r, mb in max_batch.items()],
+            }
+        if loader is not None:
+            fastest = max(row["samples_per_s"] for row in results)
+            loader["consumption_samples_per_s"] = {f"{row['mask_ratio']:g}": row["samples_per_s"] for row in results}
+            loader["headroom_vs_fastest_step"] = loader["samples_per_s"] / fastest
+            out["data_loader"] = loader
+        out["checks"] = _checks(out)
+        return out
+
+
+def _checks(out: dict) -> list[dict]:
+    """The issue's performance targets, each with its measured value and pass/fail."""
+    checks = []
+
+    def add(name: str, value: float | None, target: float) -> None:
+        checks.append({"check": name, "value": value, "target": target,
+                       "pass": value is not None and value >= target})
+
+    for row in out["results"]:
+        r = row["mask_ratio"]
+        if r > 0:
+            add(f"speed-up efficiency at mask {r:g} (measured / FLOP-ideal)", row["speedup_efficiency"],
+                TARGET_SPEEDUP_EFFICIENCY)
+        if "ours_over_open_clip" in row:
+            add(f"flipctl / open_clip samples/s at mask {r:g}", row["ours_over_open_clip"], TARGET_VS_OPEN_CLIP)
+    if "data_loader" in out:
+        add("data loader / fastest step samples/s", out["data_loader"]["headroom_vs_fastest_step"],
+            TARGET_LOADER_HEADROOM)
+    if "max_batch" in out:
+        for row in out["max_batch"]["per_ratio"]:
+            if row["mask_ratio"] in TARGET_MAX_BATCH_RATIO:
+                add(f"max batch at mask {row['mask_ratio']:g} / at mask 0, equal memory", row["ratio_vs_mask0"],
+                    TARGET_MAX_BATCH_RATIO[row["mask_ratio"]])
+    return checks
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Run every measurement `cfg` asks for; returns the report (see `flipctl bench --help`)."""
+    cfg.validate()
+    return _Runner(cfg, progress or (lambda message: None)).run()

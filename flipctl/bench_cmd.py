@@ -1,0 +1,105 @@
+"""`flipctl bench`: training-step speed against the FLOP limit, against OpenCLIP, memory and data."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+from rich.console import Console
+
+from flip.bench.memory import parse_size
+from flip.bench.report import render
+from flip.bench.runner import BenchConfig, run_bench
+from flipctl.data_cmd import ensure_builtin_with_progress
+from flipctl.errors import user_errors
+
+console = Console()
+
+
+def parse_ratios(text: str) -> tuple[float, ...]:
+    try:
+        ratios = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--mask-ratios must be numbers separated by commas, e.g. 0,0.5,0.75; got {text!r}") from None
+    return ratios
+
+
+def make_config(model: str, batch_size: int, mask_ratios: str, device: str, precision: str, compile: bool,
+                compile_backend: str, steps: int, warmup: int, compare: Optional[str], split: bool, data: bool,
+                data_path: Optional[str], workers: int, max_batch: bool, memory_limit: Optional[str],
+                peak_tflops: Optional[float], seed: int) -> BenchConfig:
+    """CLI values -> a validated BenchConfig; bad input raises ValueError naming the flag."""
+    cfg = BenchConfig(
+        model=model, batch_size=batch_size, mask_ratios=parse_ratios(mask_ratios), device=device,
+        precision=precision, compile=compile, compile_backend=compile_backend, steps=steps, warmup=warmup,
+        compare=compare, split=split, data=data, data_path=data_path, workers=workers, max_batch=max_batch,
+        memory_limit=parse_size(memory_limit) if memory_limit is not None else None, peak_tflops=peak_tflops,
+        seed=seed,
+    )
+    try:
+        return cfg.validate()
+    except KeyError as exc:  # unknown preset
+        raise ValueError(exc.args[0]) from None
+
+
+@user_errors
+def bench_command(
+    ctx: typer.Context,
+    model: str = typer.Option("tiny", help="model preset (see `flipctl models`)."),
+    batch_size: int = typer.Option(256, help="batch per step (the trainer's default: 256)."),
+    mask_ratios: str = typer.Option("0,0.5,0.75", help="image mask ratios, comma-separated; 0 is always timed."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the forward (both implementations)."),
+    compile_backend: str = typer.Option("inductor", help="torch.compile backend (inductor; aot_eager to check tracing quickly)."),
+    steps: int = typer.Option(7, help="timed steps per configuration; the median is reported."),
+    warmup: int = typer.Option(2, help="untimed steps per configuration first."),
+    compare: Optional[str] = typer.Option(None, help="open_clip: also time open_clip's model of the same network with patch_dropout, interleaved with ours."),
+    split: bool = typer.Option(True, "--split/--no-split", help="time image tower, text tower, loss and optimizer separately."),
+    data: bool = typer.Option(False, "--data", help="also time the data loader alone (decode, augment, tokenise)."),
+    data_path: Optional[str] = typer.Option(None, help="shards for --data. Default: the built-in dataset."),
+    workers: int = typer.Option(2, help="data loader workers for --data (the trainer's default: 2)."),
+    max_batch: bool = typer.Option(False, "--max-batch", help="find the largest batch per mask ratio that fits --memory-limit."),
+    memory_limit: Optional[str] = typer.Option(None, help="memory for --max-batch, e.g. 4GiB or 1500MB. Default: the peak of the mask-0 step at --batch-size."),
+    peak_tflops: Optional[float] = typer.Option(None, help="the device's peak TFLOP/s, to report MFU (H200, dense bf16: about 790)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads. Default: torch's (one per core)."),
+    seed: int = typer.Option(0, help="seed of the models and the synthetic batch."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (every figure) to this JSON file."),
+) -> None:
+    """Time training steps per mask ratio: throughput, FLOPs, ideal vs measured speed-up, memory, time split."""
+    cfg = make_config(model, batch_size, mask_ratios, device, precision, compile, compile_backend, steps, warmup,
+                      compare, split, data, data_path, workers, max_batch, memory_limit, peak_tflops, seed)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    if data and data_path is None:
+        ensure_builtin_with_progress()
+    status_console = Console(stderr=True)
+    with status_console.status("bench") as status:
+        report = run_bench(cfg, progress=lambda message: status.update(f"bench: {message}"))
+    report["command"] = _command_line(ctx)
+    render(report, console)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"report written to [bold]{json_out}[/bold]")
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The flags given on this command line (not the defaults), as a shell line."""
+    words = ["flipctl", "bench"]
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name)
+        if source is None or source.name != "COMMANDLINE":
+            continue
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            words.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)
