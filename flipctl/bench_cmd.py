@@ -31,14 +31,14 @@ def parse_ratios(text: str) -> tuple[float, ...]:
 def make_config(model: str, batch_size: int, mask_ratios: str, device: str, precision: str, compile: bool,
                 compile_backend: str, steps: int, warmup: int, compare: Optional[str], split: bool, data: bool,
                 data_path: Optional[str], workers: int, max_batch: bool, memory_limit: Optional[str],
-                peak_tflops: Optional[float], seed: int) -> BenchConfig:
+                peak_tflops: Optional[float], seed: int, ablations: bool = False) -> BenchConfig:
     """CLI values -> a validated BenchConfig; bad input raises ValueError naming the flag."""
     cfg = BenchConfig(
         model=model, batch_size=batch_size, mask_ratios=parse_ratios(mask_ratios), device=device,
         precision=precision, compile=compile, compile_backend=compile_backend, steps=steps, warmup=warmup,
         compare=compare, split=split, data=data, data_path=data_path, workers=workers, max_batch=max_batch,
         memory_limit=parse_size(memory_limit) if memory_limit is not None else None, peak_tflops=peak_tflops,
-        seed=seed,
+        seed=seed, ablations=ablations,
     )
     try:
         return cfg.validate()
@@ -67,12 +67,14 @@ def bench_command(
     memory_limit: Optional[str] = typer.Option(None, help="memory for --max-batch, e.g. 4GiB or 1500MB. Default: the peak of the mask-0 step at --batch-size."),
     peak_tflops: Optional[float] = typer.Option(None, help="the device's peak TFLOP/s, to report MFU (H200, dense bf16: about 790)."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads. Default: torch's (one per core)."),
+    ablations: bool = typer.Option(False, "--ablations", help="also time the paper's knobs against the plain step: 50% padding-first text masking, and --recon-weight 1 (MAE decoder)."),
     seed: int = typer.Option(0, help="seed of the models and the synthetic batch."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (every figure) to this JSON file."),
 ) -> None:
     """Time training steps per mask ratio: throughput, FLOPs, ideal vs measured speed-up, memory, time split."""
     cfg = make_config(model, batch_size, mask_ratios, device, precision, compile, compile_backend, steps, warmup,
-                      compare, split, data, data_path, workers, max_batch, memory_limit, peak_tflops, seed)
+                      compare, split, data, data_path, workers, max_batch, memory_limit, peak_tflops, seed,
+                      ablations)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be at least 1, got {threads}")

@@ -227,6 +227,19 @@ def test_bench_compile_option_traces_the_step(tmp_path):
     assert all(row["samples_per_s"] > 0 for row in report["results"])
 
 
+def test_bench_ablations_time_the_papers_knobs_against_the_plain_step(tmp_path):
+    out = tmp_path / "ablations.json"
+    result = runner.invoke(app, ["bench", "--batch-size", "4", "--mask-ratios", "0.5", "--steps", "1", "--warmup",
+                                 "0", "--no-split", "--ablations", "--threads", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {row["mask_ratio"]: row for row in json.loads(out.read_text())["results"]}
+    assert set(rows[0.0]["ablations"]) == {"text_mask_padding_0.5"}  # nothing masked: no reconstruction
+    assert set(rows[0.5]["ablations"]) == {"text_mask_padding_0.5", "recon_weight_1"}
+    for a in rows[0.5]["ablations"].values():
+        assert a["step_s"] > 0 and a["step_time_vs_plain"] > 0
+    assert "the paper's knobs" in result.output
+
+
 # -- bench/gpu.sh ---------------------------------------------------------------------------------
 
 def _gpu_sh(*args):

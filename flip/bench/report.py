@@ -85,6 +85,25 @@ def max_batch_table(report: dict) -> Table | None:
     return table
 
 
+def ablations_table(report: dict) -> Table | None:
+    rows = [row for row in report["results"] if row.get("ablations")]
+    if not rows:
+        return None
+    names = list(dict.fromkeys(name for row in rows for name in row["ablations"]))
+    table = Table(title="the paper's knobs: step time relative to the plain step at the same mask ratio")
+    table.add_column("mask", justify="right")
+    table.add_column("plain", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for row in rows:
+        cells = []
+        for name in names:
+            a = row["ablations"].get(name)
+            cells.append("-" if a is None else f"{_ms(a['step_s'])} ({a['step_time_vs_plain']:.2f}x)")
+        table.add_row(f"{row['mask_ratio']:g}", _ms(row["step_s"]), *cells)
+    return table
+
+
 def checks_table(report: dict) -> Table | None:
     if not report.get("checks"):
         return None
@@ -98,7 +117,8 @@ def checks_table(report: dict) -> Table | None:
 
 
 def render(report: dict, console: Console) -> None:
-    for table in (step_table(report), speedup_table(report), split_table(report), max_batch_table(report)):
+    for table in (step_table(report), speedup_table(report), split_table(report), ablations_table(report),
+                  max_batch_table(report)):
         if table is not None:
             console.print(table)
     loader = report.get("data_loader")

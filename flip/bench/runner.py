@@ -23,12 +23,20 @@ from flip.bench.memory import MaxBatch, find_max_batch, step_peak_memory
 from flip.bench.timing import part_functions, synthetic_batch, time_interleaved
 from flip.masking import num_kept
 from flip.models import FLIP, get_preset
+from flip.models.decoder import DecoderConfig, MAEDecoder
+from flip.models.pretrainer import Pretrainer
 from flip.train.optim import make_optimizer
 from flip.train.step import StepConfig, TrainStep
 
 COMPARE_CHOICES = ("open_clip",)
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+
+# The paper's ablation knobs timed by --ablations (Tables 1c and 1f), each against the plain step.
+ABLATIONS = {
+    "text_mask_padding_0.5": {"text_mask": "padding", "text_mask_ratio": 0.5},
+    "recon_weight_1": {"recon_weight": 1.0},
+}
 
 # The issue's targets, checked in every report.
 TARGET_SPEEDUP_EFFICIENCY = 0.9  # measured / FLOP-ideal speed-up, every mask ratio > 0
@@ -56,6 +64,7 @@ class BenchConfig:
     max_batch: bool = False
     memory_limit: int | None = None  # bytes; default: peak of the mask-0 step at batch_size
     peak_tflops: float | None = None  # the device's peak TFLOP/s, for MFU (bench/gpu.sh: H200 bf16, 790)
+    ablations: bool = False  # also time the paper's knobs: 50% padding-first text masking, recon loss w=1
     seed: int = 0
 
     def validate(self) -> "BenchConfig":
@@ -137,11 +146,16 @@ class _Runner:
         self._phase_start = now
 
     # -- building the things compared ----------------------------------------------------------
-    def ours(self, ratio: float) -> tuple[FLIP, torch.optim.Optimizer, TrainStep]:
+    def ours(self, ratio: float, **knobs) -> tuple[FLIP, torch.optim.Optimizer, TrainStep]:
+        """Our model and step at `ratio`; `knobs` are StepConfig's ablation fields (text_mask, recon_weight...)."""
         torch.manual_seed(self.cfg.seed)
         model = FLIP(self.model_cfg).to(self.device)
-        optimizer = make_optimizer(model, 1e-4, 0.2, (0.9, 0.95), 1e-6, self.device)
-        step = TrainStep(model, optimizer, StepConfig(mask_ratio=ratio, precision=self.cfg.precision))
+        step_cfg = StepConfig(mask_ratio=ratio, precision=self.cfg.precision, **knobs)
+        decoder = None
+        if step_cfg.recon_weight > 0:
+            decoder = MAEDecoder(self.model_cfg.vision, DecoderConfig()).to(self.device)
+        optimizer = make_optimizer(Pretrainer(model, decoder), 1e-4, 0.2, (0.9, 0.95), 1e-6, self.device)
+        step = TrainStep(model, optimizer, step_cfg, decoder=decoder)
         if self.cfg.compile:
             step.forward_model = torch.compile(step.forward_model, backend=self.cfg.compile_backend)
         return model, optimizer, step
@@ -223,6 +237,13 @@ class _Runner:
             fns[_label("flipctl", r)] = (lambda s=ours[r][2]: s(images, tokens, 1e-4))
             if cfg.compare:
                 fns[_label("open_clip", r)] = (lambda s=self.theirs(r, weights_from=ours[r][0]): s(images, tokens, 1e-4))
+        if cfg.ablations:
+            for r in ratios:
+                for name, knobs in ABLATIONS.items():
+                    if knobs.get("recon_weight") and r == 0:
+                        continue  # nothing masked, nothing to reconstruct
+                    step = self.ours(r, **knobs)[2]
+                    fns[_label(f"flipctl+{name}", r)] = (lambda s=step: s(images, tokens, 1e-4))
         steps = time_interleaved(fns, cfg.steps, cfg.warmup, device, on_progress=self.progress)
         if not cfg.split:
             return steps, None
@@ -266,6 +287,11 @@ class _Runner:
                 parts = dict(split[r])
                 parts["other"] = t - sum(parts.values())
                 row["split_s"] = parts
+            if cfg.ablations:
+                row["ablations"] = {
+                    name: {"step_s": steps.median(_label(f"flipctl+{name}", r)),
+                           "step_time_vs_plain": steps.median(_label(f"flipctl+{name}", r)) / t, "knobs": knobs}
+                    for name, knobs in ABLATIONS.items() if _label(f"flipctl+{name}", r) in steps.seconds}
             if cfg.compare:
                 key = _label("open_clip", r)
                 theirs_t = steps.median(key)
