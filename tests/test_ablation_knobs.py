@@ -7,8 +7,7 @@ import torch
 
 from flip.masking import (MASK_STRATEGIES, block_keep_indices, grid_keep_indices, image_keep_indices, num_kept,
                           text_keep_indices)
-from flip.models import FLIP, get_preset
-from flip.models.config import ModelConfig, TextConfig, VisionConfig
+from flip.models import FLIP
 from flip.models.decoder import DecoderConfig, MAEDecoder, masked_mse, normalized_pixel_target, patchify
 from flip.models.pretrainer import Pretrainer
 

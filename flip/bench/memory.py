@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import os
 import re
 from collections.abc import Callable

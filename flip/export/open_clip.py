@@ -131,7 +131,7 @@ class Export:
                 f"open_clip.add_model_config({str(self.directory)!r})\n"
                 f"model, _, preprocess = open_clip.create_model_and_transforms(\n"
                 f"    {self.name!r}, pretrained={str(self.weights)!r})\n"
-                + (f"model.text.use_pad_mask = True  # this model's text tower ignores padding; no config key for it\n"
+                + ("model.text.use_pad_mask = True  # this model's text tower ignores padding; no config key for it\n"
                    if self.pad_mask else "")
                 + f"tokenizer = open_clip.get_tokenizer({self.name!r})")
 

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from flip.data import builtin
 from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_loader
-from flip.data.shards import DataError, count_samples, expand_urls
+from flip.data.shards import count_samples, expand_urls
 from flip.distributed import DistInfo, init_distributed, resolve_device
 from flip.eval.retrieval import evaluate_retrieval, load_csv_retrieval_set
 from flip.flops import train_flops_per_sample
