@@ -127,7 +127,7 @@ def test_retrieval_formats_agree(small_dataset, ckpt, tmp_path):
 
 
 def test_quick_eval_limit_keeps_whole_images(small_dataset):
-    data = load_csv_retrieval_set(small_dataset / "retrieval" / "captions.csv", 64, 32, limit=5)
+    data = load_csv_retrieval_set(small_dataset / "retrieval" / "captions.csv", 64, limit=5)
     assert data.images.shape == (5, 3, 64, 64) and len(data.captions) == 15
     assert data.text_to_image.max().item() == 4
 

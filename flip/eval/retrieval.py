@@ -13,13 +13,12 @@ from flip.eval.metrics import retrieval_recall
 __all__ = ["RetrievalSet", "evaluate_retrieval", "load_csv_retrieval_set", "retrieval_recall"]
 
 
-def load_csv_retrieval_set(csv_path: str | Path, image_size: int, context_length: int | None = None,
-                           images_root: str | Path | None = None, limit: int | None = None) -> RetrievalSet:
+def load_csv_retrieval_set(csv_path: str | Path, image_size: int, images_root: str | Path | None = None,
+                           limit: int | None = None) -> RetrievalSet:
     """A `filepath,caption` CSV with its images decoded up front (for the trainer's repeated quick eval).
 
     `limit` keeps the first images (in first-seen order) and their captions. Captions are
-    tokenised at evaluation time with the model's own context length, so `context_length`
-    is only accepted for the trainer's call.
+    tokenised at evaluation time, with the model's own context length.
     """
     data = load_caption_table(csv_path, images_root)
     if limit is not None and limit < len(data.images):

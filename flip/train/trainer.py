@@ -201,7 +201,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         if self.eval_set is None:
             self.eval_set = load_csv_retrieval_set(self.cfg.eval_data, self.model_cfg.vision.image_size,
-                                                   self.cfg.context_length, limit=self.cfg.eval_images)
+                                                   limit=self.cfg.eval_images)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
             return evaluate_retrieval(self.model, self.eval_set, self.device)
 
