@@ -73,6 +73,10 @@ def train_command(
     if resume:
         if out is None:
             raise ValueError("--resume needs --out RUN_DIR: the run to continue")
+        ignored = sorted(k for k in flags if k != "out") + (["config"] if config else [])
+        if ignored:
+            names = ", ".join("--" + k.replace("_", "-") for k in ignored)
+            raise ValueError(f"--resume continues {out} with its saved config; drop {names}")
         summary = train(TrainConfig(out=out), resume=True, reporter=RichReporter())
     else:
         values = load_toml(config) if config else {}

@@ -56,6 +56,11 @@ def test_resume_without_checkpoint(tmp_path):
     _assert_one_line_error(*_run("train", "--resume", "--out", str(tmp_path)), "nothing to resume")
 
 
+def test_resume_refuses_settings_it_would_ignore(tmp_path):
+    _assert_one_line_error(*_run("train", "--resume", "--out", str(tmp_path), "--samples", "100",
+                                 "--mask-ratio", "0.75"), "drop --mask-ratio, --samples")
+
+
 def test_existing_run_directory_is_not_overwritten(small_dataset, tmp_path):
     from flip.train.config import TrainConfig
     from flip.train.trainer import train
