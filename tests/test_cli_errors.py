@@ -93,3 +93,14 @@ def test_train_on_shards_with_nothing_readable_is_an_error(tmp_path):
     code, output = _run("train", "--data", str(bad), "--samples", "16", "--batch-size", "8", "--workers", "0",
                         "--out", str(tmp_path / "run"))
     _assert_one_line_error(code, output, "no readable samples")
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    from flip.train.config import TrainConfig, load_toml
+
+    configs = sorted((Path(__file__).parent.parent / "sweeps").glob("*.toml"))
+    assert configs
+    for path in configs:
+        TrainConfig.from_dict(load_toml(path)).validate()
