@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from flip.bench.flops import step_flops
+from flip.flops import step_flops
 from flip.bench.memory import MaxBatch, find_max_batch, step_peak_memory
 from flip.bench.timing import part_functions, synthetic_batch, time_interleaved
 from flip.masking import num_kept

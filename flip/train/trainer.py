@@ -289,7 +289,7 @@ class Trainer:
                              p.skipped_before + sum(skipped_by_slot))
 
     def _summary(self, wall_s: float, last: dict, eval_metrics: dict, skipped: int) -> dict[str, Any]:
-        flops = train_flops_per_sample(self.model_cfg, self.cfg.mask_ratio)
+        flops = train_flops_per_sample(self.model_cfg, self.cfg.mask_ratio, self.local_batch)
         summary = {
             "run_dir": str(self.run_dir), "model": self.model_cfg.name, "mask_ratio": self.cfg.mask_ratio,
             "wall_time_s": wall_s, "steps": self.progress.step, "samples_seen": self.progress.samples_seen,
