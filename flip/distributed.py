@@ -33,11 +33,14 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def resolve_device(name: str, info: DistInfo) -> torch.device:
+def resolve_device(name: str, info: DistInfo = DistInfo()) -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N` -> a device; under torchrun `cuda` means this rank's GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
     if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but no CUDA device is available")
         return torch.device("cuda", info.local_rank)
     return torch.device(name)

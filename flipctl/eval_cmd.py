@@ -6,14 +6,26 @@ import json
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from flip.data import builtin
-from flip.eval.datasets import load_classification, load_probe_splits, load_retrieval, with_classnames
+from flip.distributed import resolve_device
+from flip.eval.datasets import (
+    load_classification,
+    load_probe_splits,
+    load_retrieval,
+    with_classnames,
+)
 from flip.eval.features import IMAGES, Masking, Meter, Runtime
 from flip.eval.linear_probe import ProbeConfig, evaluate_linear_probe
 from flip.eval.retrieval import evaluate_retrieval
@@ -60,20 +72,10 @@ def _progress_bar() -> Progress:
                     TimeElapsedColumn(), console=console, transient=True)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device available")
-    return torch.device(name)
-
-
 def _setup(ckpt: str, device: str, batch_size: int, precision: str, workers: int, mask_ratio: float = 0.0,
            views: int = 1, seed: int = 0):
     """Validate the options, then load the model: (model, saved config, checkpoint dir, runtime, masking)."""
-    runtime = Runtime(_device(device), batch_size, precision, max(0, workers))
+    runtime = Runtime(resolve_device(device), batch_size, precision, max(0, workers))
     masking = Masking(mask_ratio, views, seed)
     ckpt_dir = resolve_checkpoint(ckpt)
     model, config = load_model(ckpt_dir, runtime.device)

@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from flip.flops import step_flops
 from flip.bench.memory import MaxBatch, find_max_batch, step_peak_memory
 from flip.bench.timing import part_functions, synthetic_batch, time_interleaved
+from flip.distributed import resolve_device
+from flip.flops import step_flops
 from flip.masking import num_kept
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
@@ -102,9 +103,7 @@ class BenchConfig:
         return sorted({0.0, *self.mask_ratios})
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
 
 def _label(impl: str, ratio: float) -> str:
