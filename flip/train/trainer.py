@@ -25,7 +25,7 @@ from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_l
 from flip.data.shards import count_samples, expand_urls
 from flip.distributed import DistInfo, init_distributed, resolve_device
 from flip.eval.retrieval import evaluate_retrieval, load_csv_retrieval_set
-from flip.flops import train_flops_per_sample
+from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
@@ -289,11 +289,15 @@ class Trainer:
                              p.skipped_before + sum(skipped_by_slot))
 
     def _summary(self, wall_s: float, last: dict, eval_metrics: dict, skipped: int) -> dict[str, Any]:
-        flops = train_flops_per_sample(self.model_cfg, self.cfg.mask_ratio, self.local_batch)
+        # The step as it runs (kept patches and text tokens, the decoder, the loss), at the global batch:
+        # every process's share together.
+        step_flops = train_step_flops(self.model_cfg, self.cfg, self.cfg.batch_size)["total"]
+        flops = step_flops / self.cfg.batch_size
         summary = {
             "run_dir": str(self.run_dir), "model": self.model_cfg.name, "mask_ratio": self.cfg.mask_ratio,
             "wall_time_s": wall_s, "steps": self.progress.step, "samples_seen": self.progress.samples_seen,
-            "train_flops_per_sample": flops, "train_flops_total": flops * self.progress.samples_seen,
+            "train_flops_per_step": step_flops, "train_flops_per_sample": flops,
+            "train_flops_total": step_flops * self.progress.step,
             "final_loss": last.get("loss"), "final_temperature": last.get("temperature"),
             "samples_per_s": self.progress.samples_seen / wall_s if wall_s else None,
             "skipped_samples": skipped, "eval": eval_metrics, "parent": self.cfg.parent,
