@@ -8,6 +8,7 @@ from flipctl import data_cmd, eval_cmd
 from flipctl.bench_cmd import bench_command
 from flipctl.export_cmd import export_command
 from flipctl.models_cmd import models_command
+from flipctl.sweep_cmd import report_command, sweep_command
 from flipctl.train_cmd import train_command, tune_unmasked_command
 
 app = typer.Typer(
@@ -23,6 +24,8 @@ app.command("bench")(bench_command)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(eval_cmd.app, name="eval")
 app.command("export")(export_command)
+app.command("sweep")(sweep_command)
+app.command("report")(report_command)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,90 @@
+"""Dry-run estimates: how long each planned run will train, from `flipctl bench`-style step timing.
+
+Each distinct step (model, masking, text masking, decoder, precision) is timed on this device at a
+small batch (median of a few steps after a warm-up) and scaled linearly to the run's batch and step
+count. A model too large to time here is estimated from its counted FLOPs at the FLOP rate this
+device reached on the smallest timed step - a rough figure, and marked as such. Timings are cached
+in the store.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from flip.bench.timing import synchronize, synthetic_batch
+from flip.flops import step_flops
+from flip.models import FLIP, get_preset
+from flip.models.decoder import DecoderConfig, MAEDecoder
+from flip.sweep.plan import Job
+from flip.sweep.store import RunStore
+from flip.train.config import TrainConfig
+from flip.train.optim import make_optimizer
+from flip.train.step import TrainStep
+
+TIMED_BATCH = 32
+MAX_TIMED_GFLOPS = 5.0  # per sample; bigger models are estimated from FLOPs on a CPU
+
+
+def _step_key(cfg: TrainConfig, device: torch.device) -> str:
+    return (f"step-s:{cfg.model}:m{cfg.mask_ratio:g}:{cfg.mask_strategy}:t{cfg.text_mask}{cfg.text_mask_ratio:g}:"
+            f"r{cfg.recon_weight:g}:{cfg.decoder_depth}x{cfg.decoder_width}:{cfg.precision}:{device.type}")
+
+
+def time_step(cfg: TrainConfig, device: torch.device, batch: int = TIMED_BATCH, steps: int = 3) -> float:
+    """Median seconds per sample of the run's training step at `batch`."""
+    torch.manual_seed(0)
+    model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length)
+    model = FLIP(model_cfg).to(device)
+    decoder = None
+    if cfg.recon_weight > 0:
+        decoder = MAEDecoder(model_cfg.vision, DecoderConfig(cfg.decoder_depth, cfg.decoder_width,
+                                                              cfg.decoder_heads)).to(device)
+    modules = torch.nn.ModuleList([model] + ([decoder] if decoder is not None else []))
+    optimizer = make_optimizer(modules, 1e-4, 0.2, (0.9, 0.95), 1e-8, device)
+    step = TrainStep(model, optimizer, cfg.step_config(), decoder=decoder)
+    images, tokens = synthetic_batch(model_cfg, batch, device)
+    times = []
+    for _ in range(steps + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        step(images, tokens, 1e-4)
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:]) / batch
+
+
+def estimate(jobs: list[Job], store: RunStore, device: torch.device) -> dict[str, tuple[float | None, str]]:
+    """run id -> (estimated training seconds, how it was estimated)."""
+    per_sample: dict[str, float] = {}
+    flop_rate = None
+    out = {}
+    for job in sorted(jobs, key=lambda j: _per_sample(j.config.model, j.config.mask_ratio)):
+        cfg = job.config
+        if job.kind == "tune":  # tuning runs the unmasked step of the parent's model
+            cfg = TrainConfig.from_dict({**cfg.to_dict(), "mask_ratio": 0.0, "recon_weight": 0.0, "text_mask": "none"})
+        flops = _per_sample(cfg.model, cfg.mask_ratio)
+        samples = job.samples or 0
+        key = _step_key(cfg, device)
+        if key not in per_sample:
+            cached = store.probe(key)
+            if cached is None and (device.type == "cuda" or flops / 1e9 <= MAX_TIMED_GFLOPS):
+                cached = time_step(cfg, device)
+                store.save_probe(key, cached)
+            if cached is not None:
+                per_sample[key] = cached
+                flop_rate = flop_rate or flops / cached
+        if key in per_sample:
+            out[job.run_id] = (per_sample[key] * samples, "timed")
+        elif flop_rate:
+            out[job.run_id] = (flops * samples / flop_rate, "from FLOPs")
+        else:
+            out[job.run_id] = (None, "not timed")
+    return out
+
+
+def _per_sample(model: str, mask_ratio: float) -> float:
+    """Training FLOPs per sample (forward + backward), at a small batch."""
+    return step_flops(get_preset(model), mask_ratio, 8)["total"] / 8

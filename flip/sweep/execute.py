@@ -1,0 +1,150 @@
+"""Running a sweep's jobs: each in its own process, at most `jobs` at once, skipping what is done.
+
+A job is done when its `status.json` says so and every evaluation it asks for has a record;
+anything else - never started, killed mid-way, failed - is run (again), and the worker resumes a
+killed training from its last checkpoint. A failed job is recorded with its error and the sweep
+goes on; a tuning job whose parent failed is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from flip.sweep.plan import Job
+from flip.sweep.store import COMMAND, JOB, RunStore, read_json, write_json_atomic
+from flip.train.config import TrainConfig
+
+TERMINAL = ("done", "failed", "skipped")
+
+
+class SweepProgress(Protocol):
+    """What a sweep tells whoever watches it (the CLI draws it with rich)."""
+
+    def start(self, jobs: list[Job], todo: list[Job]) -> None: ...
+
+    def update(self, running: dict[str, tuple[int, int]], finished: dict[str, str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NoProgress:
+    def start(self, jobs, todo) -> None: ...
+
+    def update(self, running, finished) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def is_complete(job: Job, store: RunStore) -> bool:
+    status = store.status(job.run_id) or {}
+    return (status.get("state") == "done" and store.summary(job.run_id) is not None
+            and all(store.eval_path(job.run_id, ev.key).exists() for ev in job.evals))
+
+
+def _toml_value(value) -> str:
+    return json.dumps(value)  # str, int, float, bool and lists of them read back the same in TOML
+
+
+def reproduce_command(job: Job, store: RunStore) -> str:
+    run_dir = store.run_dir(job.run_id)
+    if job.kind == "tune":
+        return (f"flipctl tune-unmasked --ckpt {store.run_dir(job.parent)} --samples {job.tune_samples} "
+                f"--lr {job.tune_lr:.6g} --out {run_dir}")
+    return f"flipctl train --config {store.sweep_dir(job.run_id) / 'train.toml'} --out {run_dir}"
+
+
+def write_job(job: Job, store: RunStore) -> Path:
+    """The job file the worker reads, the train config as TOML, and the command that reproduces the run."""
+    sweep_dir = store.sweep_dir(job.run_id)
+    payload = job.to_dict()
+    if job.parent:
+        payload["parent_dir"] = str(store.run_dir(job.parent))
+    write_json_atomic(sweep_dir / JOB, payload)
+    defaults = TrainConfig().to_dict()
+    lines = [f"{k} = {_toml_value(v)}" for k, v in job.config.to_dict().items()
+             if k != "out" and v is not None and v != defaults.get(k)]
+    (sweep_dir / "train.toml").write_text("# the training config of this run (see command.txt)\n"
+                                          + "\n".join(lines) + "\n")
+    (sweep_dir / COMMAND).write_text(reproduce_command(job, store) + "\n")
+    return sweep_dir / JOB
+
+
+@dataclass
+class SweepOutcome:
+    states: dict[str, str] = field(default_factory=dict)  # run id -> done | failed | skipped
+    ran: list[str] = field(default_factory=list)  # run ids this call executed
+    skipped_done: list[str] = field(default_factory=list)  # already complete before this call
+
+    @property
+    def failed(self) -> list[str]:
+        return [rid for rid, state in self.states.items() if state != "done"]
+
+
+def run_jobs(jobs: list[Job], store: RunStore, parallel: int = 1, progress: SweepProgress | None = None,
+             poll_s: float = 0.5) -> SweepOutcome:
+    """Run every incomplete job (parents before their tuning jobs), `parallel` processes at a time."""
+    progress = progress or NoProgress()
+    outcome = SweepOutcome()
+    todo = []
+    for job in jobs:
+        if is_complete(job, store):
+            outcome.states[job.run_id] = "done"
+            outcome.skipped_done.append(job.run_id)
+        elif job.run_id not in {j.run_id for j in todo}:
+            todo.append(job)
+    progress.start(jobs, todo)
+    running: dict[str, tuple[Job, subprocess.Popen]] = {}
+    waiting = list(todo)
+    try:
+        while waiting or running:
+            for rid, (job, proc) in list(running.items()):
+                if proc.poll() is not None:
+                    state = (store.status(rid) or {}).get("state")
+                    outcome.states[rid] = "done" if proc.returncode == 0 and state == "done" else "failed"
+                    del running[rid]
+            for job in list(waiting):
+                if len(running) >= max(1, parallel):
+                    break
+                parent_state = outcome.states.get(job.parent) if job.parent else "done"
+                if parent_state is None:
+                    continue  # parent still to run
+                waiting.remove(job)
+                if parent_state != "done":
+                    outcome.states[job.run_id] = "skipped"
+                    write_json_atomic(store.sweep_dir(job.run_id) / "status.json",
+                                      {"state": "skipped", "error": f"parent run {job.parent} did not finish"})
+                    continue
+                running[job.run_id] = (job, _spawn(job, store))
+                outcome.ran.append(job.run_id)
+            progress.update({rid: _steps(store, job) for rid, (job, _) in running.items()}, dict(outcome.states))
+            if running:
+                time.sleep(poll_s)
+    except BaseException:
+        for _, proc in running.values():
+            proc.terminate()  # the workers record themselves as failed; a rerun resumes them
+        for _, proc in running.values():
+            proc.wait()
+        raise
+    finally:
+        progress.close()
+    return outcome
+
+
+def _spawn(job: Job, store: RunStore) -> subprocess.Popen:
+    job_path = write_job(job, store)
+    log = (job_path.parent / "worker.log").open("ab")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "flip.sweep.worker", str(job_path)], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=False)
+
+
+def _steps(store: RunStore, job: Job) -> tuple[int, int]:
+    progress = read_json(store.sweep_dir(job.run_id) / "progress.json") or {}
+    return progress.get("step", 0), progress.get("total", job.steps) or job.steps

@@ -1,0 +1,69 @@
+"""Collecting a sweep's results from the run store into one tidy table: a row per run (row x seed x variant).
+
+Columns: `row`, `seed`, `variant` (base | tuned), `run_id`, `run_dir`, `status`, `error`, the axis
+fields, `batch_size`, `steps`, `samples_seen`, `train_time_s` and `train_flops` (a tuned run's
+include its parent's: that is what the tuned model cost), `peak_memory`, and one column per
+metric: `zeroshot`, `zeroshot_top5`, `retrieval_i2t`, `retrieval_t2i`, each with `@MODE` for
+masked inference modes (`zeroshot@views2`), plus `eval_s@MODE`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from flip.sweep.plan import Job
+from flip.sweep.spec import SweepSpec
+from flip.sweep.store import RunStore
+
+METRICS = {  # column name -> (task, key in the evaluation record's metrics)
+    "zeroshot": ("zeroshot", "top1"),
+    "zeroshot_top5": ("zeroshot", "top5"),
+    "retrieval_i2t": ("retrieval", "image_to_text_R@1"),
+    "retrieval_t2i": ("retrieval", "text_to_image_R@1"),
+    "linear_probe": ("linear-probe", "top1"),
+}
+
+
+def _train_time(summary: dict) -> float | None:
+    """Training seconds, without the time of any evaluation the trainer ran on the way."""
+    if summary.get("train_time_s") is not None:
+        return summary["train_time_s"]
+    wall = summary.get("wall_time_s")
+    return None if wall is None else wall - summary.get("eval_time_s", 0.0)
+
+
+def collect(spec: SweepSpec, jobs: list[Job], store: RunStore) -> pd.DataFrame:
+    axes = spec.axis_fields()
+    records, by_id = [], {}
+    for job in jobs:
+        status = store.status(job.run_id) or {}
+        summary = store.summary(job.run_id) or {}
+        rec = {"row": job.row, "seed": job.seed, "variant": job.variant, "run_id": job.run_id,
+               "run_dir": str(store.run_dir(job.run_id)), "status": status.get("state", "pending"),
+               "error": status.get("error")}
+        for axis in axes:
+            rec[axis] = getattr(job.config, axis)
+        rec.update(batch_size=job.config.batch_size, steps=summary.get("steps", job.steps),
+                   samples_seen=summary.get("samples_seen"), train_time_s=_train_time(summary),
+                   train_flops=summary.get("train_flops_total"), peak_memory=job.peak_memory)
+        if rec["status"] == "done" and not summary:
+            rec["status"] = "pending"
+        for ev in job.evals:
+            record = store.eval_record(job.run_id, ev.key)
+            if record is None:
+                continue
+            suffix = "" if ev.mode == "full" else f"@{ev.mode}"
+            for column, (task, key) in METRICS.items():
+                if task == ev.task and key in record.get("metrics", {}):
+                    rec[column + suffix] = record["metrics"][key]
+            if ev.task == "zeroshot":
+                rec[f"eval_s@{ev.mode}"] = record.get("speed", {}).get("seconds")
+        if job.variant == "tuned" and job.parent in by_id:
+            parent = by_id[job.parent]
+            rec["tune_time_s"], rec["tune_flops"] = rec["train_time_s"], rec["train_flops"]
+            for key in ("train_time_s", "train_flops"):
+                if rec[key] is not None and parent.get(key) is not None:
+                    rec[key] = rec[key] + parent[key]
+        by_id[job.run_id] = rec
+        records.append(rec)
+    return pd.DataFrame.from_records(records)

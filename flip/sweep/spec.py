@@ -1,0 +1,375 @@
+"""Sweep specifications: one TOML file per study, expanded into ordinary `TrainConfig`s.
+
+A spec names the paper table it mirrors, a base config, the rows (an explicit list, a grid of
+axes, or both crossed), seeds, what to evaluate, optional unmasked tuning of every run, optional
+memory-matched batches (Table 1a), the report's columns and plots, and presets (`smoke`, `tiny`,
+`paper`) that are deep-merged over the spec. Everything is checked when the spec is loaded, so a
+bad spec fails before anything trains:
+
+    [sweep]                      name, title, paper, description, baseline (a row label), seeds
+    [base]                       TrainConfig fields shared by every run
+    [[rows]]                     label, TrainConfig fields, and [rows.paper] numbers
+    [axes]                       field = [values, ...]: a grid (crossed with the rows, if any)
+    [memory_match]               reference (row label), multiple_of: batch at equal peak memory
+    [tuning]                     enabled, samples_fraction, lr_factor: unmasked tuning of each run
+    [eval]                       zeroshot, retrieval, linear_probe, modes = ["full", "masked", "views:2"]
+    [report]                     columns = [...]
+    [[plots]]                    kind, x, y, series, ...
+    [presets.NAME]               any of the above, merged over the spec
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flip.train.config import ConfigError, TrainConfig
+
+SPEC_DIR = Path(__file__).resolve().parents[2] / "sweeps"
+TOP_LEVEL = {"sweep", "base", "rows", "axes", "memory_match", "tuning", "eval", "report", "plots", "presets"}
+SWEEP_KEYS = {"name", "title", "paper", "description", "baseline", "seeds"}
+MEMORY_KEYS = {"reference", "multiple_of"}
+TUNING_KEYS = {"enabled", "samples_fraction", "lr_factor"}
+EVAL_KEYS = {"zeroshot", "retrieval", "linear_probe", "modes", "zeroshot_images", "batch_size"}
+PLOT_KINDS = {"metric_vs_axis", "curves", "scaling"}
+PLOT_KEYS = {"kind", "x", "y", "series", "title", "logx", "paper", "fit", "extrapolate", "name"}
+# Run-bookkeeping fields a sweep owns: a spec may not set them.
+RESERVED = {"out", "resume", "init_from", "parent"}
+
+
+class SpecError(ConfigError):
+    """A sweep spec is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class EvalMode:
+    """How images are shown at evaluation: full, masked at a ratio (None: the run's own), or K views."""
+
+    name: str
+    mask_ratio: float | None = 0.0
+    views: int = 1
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> "EvalMode":
+        kind, _, arg = text.partition(":")
+        try:
+            if kind == "full" and not arg:
+                return cls("full")
+            if kind == "masked":
+                return cls("masked", float(arg) if arg else None)
+            if kind == "views" and arg:
+                views = int(arg)
+                if views >= 2:
+                    return cls(f"views{views}", 0.0, views)
+        except ValueError:
+            pass
+        raise SpecError(f"{where}: unknown eval mode {text!r}; use full, masked, masked:R or views:K (K >= 2)")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    zeroshot: bool = True
+    retrieval: bool = True
+    linear_probe: bool = False
+    modes: tuple[EvalMode, ...] = (EvalMode("full"),)
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    fields: dict[str, Any]  # TrainConfig overrides of this row
+    paper: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MemoryMatch:
+    reference: str  # label of the row whose peak memory the others match
+    multiple_of: int = 8
+
+
+@dataclass(frozen=True)
+class Tuning:
+    enabled: bool = False
+    samples_fraction: float = 0.1  # of the parent's training samples (the paper: 0.32 of 6.4 epochs = 5%)
+    lr_factor: float = 0.01  # of the parent's peak lr (the paper: 4e-8 vs 4e-6)
+
+
+@dataclass(frozen=True)
+class Plot:
+    kind: str
+    x: str
+    y: str
+    series: str | None = None
+    title: str | None = None
+    logx: bool = False
+    fit: bool = False
+    extrapolate: float = 4.0  # target budget of the power-law fit, as a multiple of the largest run
+    name: str | None = None
+
+    @property
+    def stem(self) -> str:
+        return self.name or f"{self.y}-vs-{self.x}".replace("@", "-").replace("_", "-")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    title: str
+    paper: str
+    description: str
+    source: Path
+    preset: str | None
+    base: dict[str, Any]
+    rows: tuple[Row, ...]
+    seeds: int
+    baseline: str | None
+    evals: EvalSpec
+    memory_match: MemoryMatch | None
+    tuning: Tuning
+    columns: tuple[str, ...]
+    plots: tuple[Plot, ...]
+    presets: tuple[str, ...]
+
+    def row(self, label: str) -> Row:
+        return next(r for r in self.rows if r.label == label)
+
+    def axis_fields(self) -> list[str]:
+        """TrainConfig fields that vary between rows, in first-seen order."""
+        seen: dict[str, set] = {}
+        for r in self.rows:
+            for k, v in r.fields.items():
+                seen.setdefault(k, set()).add(repr(v))
+        return [k for k, values in seen.items() if len(values) > 1 or len(self.rows) == 1]
+
+    def config(self, row: Row, seed: int, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """The run's TrainConfig: base, then the row, then `overrides` (e.g. a memory-matched batch)."""
+        values = {**self.base, **row.fields, **(overrides or {}), "seed": seed}
+        return TrainConfig.from_dict(values)
+
+
+# -- loading -------------------------------------------------------------------------------------------------
+
+def shipped_specs() -> dict[str, Path]:
+    """Shipped sweeps by name: every `sweeps/*.toml` with a [sweep] table."""
+    specs = {}
+    for path in sorted(SPEC_DIR.glob("*.toml")):
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError:
+            continue
+        if isinstance(raw.get("sweep"), dict):
+            specs[raw["sweep"].get("name", path.stem)] = path
+    return specs
+
+
+def resolve_spec_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise SpecError(f"sweep spec not found: {path}")
+        return path
+    specs = shipped_specs()
+    if name_or_path not in specs:
+        raise SpecError(f"unknown sweep {name_or_path!r}; shipped sweeps: {', '.join(specs)} "
+                        f"(or give a path to a .toml spec)")
+    return specs[name_or_path]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _keys(table: Any, allowed: set[str], where: str) -> dict:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where} must be a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return table
+
+
+def _typed(value: Any, kind: type | tuple, where: str) -> Any:
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise SpecError(f"{where}: expected {getattr(kind, '__name__', kind)}, got a boolean")
+    if not isinstance(value, kind):
+        names = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise SpecError(f"{where}: expected {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _check_fields(values: dict, where: str) -> dict:
+    """Spec-level TrainConfig overrides: known, not reserved, of a type the field accepts."""
+    out = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            raise SpecError(f"{where}: {key!r} is not a training config field")
+        if name in RESERVED:
+            raise SpecError(f"{where}: {key!r} is set by the sweep itself")
+        default = _FIELDS[name].default
+        if isinstance(default, bool):
+            _typed(value, bool, f"{where}.{key}")
+        elif isinstance(default, float):
+            _typed(value, (int, float), f"{where}.{key}")
+            value = float(value)
+        elif isinstance(default, int) and name != "samples":
+            _typed(value, int, f"{where}.{key}")
+        elif isinstance(default, str):
+            _typed(value, str, f"{where}.{key}")
+        out[name] = value
+    return out
+
+
+def _label(values: dict[str, Any]) -> str:
+    def show(k, v):
+        if k in ("mask_ratio", "text_mask_ratio") and isinstance(v, float):
+            return f"{v:.0%}"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    return ", ".join(show(k, v) if len(values) == 1 else f"{k}={show(k, v)}" for k, v in values.items())
+
+
+def _rows(raw: dict, where: str) -> tuple[Row, ...]:
+    if "rows" in raw and not raw["rows"]:
+        raise SpecError(f"{where}: rows is empty")
+    explicit = []
+    for i, row in enumerate(_typed(raw.get("rows", [{}]), list, f"{where}: rows")):
+        _typed(row, dict, f"{where}: rows[{i}]")
+        row = dict(row)
+        label = row.pop("label", None)
+        paper = _typed(row.pop("paper", {}), dict, f"{where}: rows[{i}].paper")
+        explicit.append((label, _check_fields(row, f"{where}: rows[{i}]"), paper))
+    axes = _typed(raw.get("axes", {}), dict, f"{where}: axes")
+    grid = []
+    for key, values in axes.items():
+        _typed(values, list, f"{where}: axes.{key}")
+        if not values:
+            raise SpecError(f"{where}: axes.{key} is empty")
+        checked = [_check_fields({key: v}, f"{where}: axes")[key.replace("-", "_")] for v in values]
+        grid.append([(key.replace("-", "_"), v) for v in checked])
+    rows = []
+    for label, fields, paper in explicit:
+        for combo in itertools.product(*grid) if grid else [()]:
+            values = {**fields, **dict(combo)}
+            name = label if label and not combo else ", ".join(x for x in (label, _label(dict(combo))) if x)
+            rows.append(Row(name or _label(values) or "base", values, paper))
+    labels = [r.label for r in rows]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise SpecError(f"{where}: duplicate row label(s) {', '.join(duplicates)}")
+    return tuple(rows)
+
+
+def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
+    """Load, merge the preset into, and validate a sweep spec (a shipped name or a .toml path)."""
+    path = resolve_spec_path(str(name_or_path))
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path} is not valid TOML: {exc}") from None
+    where = str(path)
+    _keys(raw, TOP_LEVEL, where)
+    presets = _typed(raw.pop("presets", {}), dict, f"{where}: presets")
+    if preset is not None:
+        if preset not in presets:
+            known = ", ".join(presets) or "none"
+            raise SpecError(f"{where}: unknown preset {preset!r}; this spec has: {known}")
+        over = _keys(_typed(presets[preset], dict, f"{where}: presets.{preset}"), TOP_LEVEL - {"presets"},
+                     f"{where}: presets.{preset}")
+        raw = _merge(raw, over)
+    elif presets:
+        raise SpecError(f"{where}: choose a preset with --preset ({', '.join(presets)})")
+
+    sweep = _keys(raw.get("sweep", {}), SWEEP_KEYS, f"{where}: [sweep]")
+    seeds = _typed(sweep.get("seeds", 1), int, f"{where}: sweep.seeds")
+    if seeds < 1:
+        raise SpecError(f"{where}: sweep.seeds must be >= 1")
+    base = _check_fields(_typed(raw.get("base", {}), dict, f"{where}: base"), f"{where}: base")
+    rows = _rows(raw, where)
+    labels = {r.label for r in rows}
+    baseline = sweep.get("baseline")
+    if baseline is not None and baseline not in labels:
+        raise SpecError(f"{where}: sweep.baseline {baseline!r} is not a row label ({', '.join(sorted(labels))})")
+
+    memory = None
+    if "memory_match" in raw:
+        mm = _keys(raw["memory_match"], MEMORY_KEYS, f"{where}: memory_match")
+        reference = _typed(mm.get("reference", baseline), str, f"{where}: memory_match.reference")
+        if reference not in labels:
+            raise SpecError(f"{where}: memory_match.reference {reference!r} is not a row label")
+        memory = MemoryMatch(reference, _typed(mm.get("multiple_of", 8), int, f"{where}: memory_match.multiple_of"))
+
+    tune_raw = _keys(raw.get("tuning", {}), TUNING_KEYS, f"{where}: tuning")
+    tuning = Tuning(
+        enabled=_typed(tune_raw.get("enabled", False), bool, f"{where}: tuning.enabled"),
+        samples_fraction=float(_typed(tune_raw.get("samples_fraction", 0.1), (int, float), f"{where}: tuning.samples_fraction")),
+        lr_factor=float(_typed(tune_raw.get("lr_factor", 0.01), (int, float), f"{where}: tuning.lr_factor")))
+    if not 0 < tuning.samples_fraction <= 1 or tuning.lr_factor <= 0:
+        raise SpecError(f"{where}: tuning.samples_fraction must be in (0, 1] and tuning.lr_factor > 0")
+
+    ev = _keys(raw.get("eval", {}), EVAL_KEYS, f"{where}: eval")
+    modes = _typed(ev.get("modes", ["full"]), list, f"{where}: eval.modes")
+    if not modes:
+        raise SpecError(f"{where}: eval.modes is empty")
+    evals = EvalSpec(
+        zeroshot=_typed(ev.get("zeroshot", True), bool, f"{where}: eval.zeroshot"),
+        retrieval=_typed(ev.get("retrieval", True), bool, f"{where}: eval.retrieval"),
+        linear_probe=_typed(ev.get("linear_probe", False), bool, f"{where}: eval.linear_probe"),
+        modes=tuple(EvalMode.parse(_typed(m, str, f"{where}: eval.modes"), f"{where}: eval.modes") for m in modes),
+        batch_size=_typed(ev.get("batch_size", 256), int, f"{where}: eval.batch_size"))
+
+    report = _keys(raw.get("report", {}), {"columns"}, f"{where}: report")
+    columns = tuple(_typed(report.get("columns", []), list, f"{where}: report.columns"))
+    plots = []
+    for i, p in enumerate(_typed(raw.get("plots", []), list, f"{where}: plots")):
+        p = _keys(p, PLOT_KEYS, f"{where}: plots[{i}]")
+        for key in ("kind", "x", "y"):
+            if key not in p:
+                raise SpecError(f"{where}: plots[{i}] needs {key!r}")
+        if p["kind"] not in PLOT_KINDS:
+            raise SpecError(f"{where}: plots[{i}].kind must be one of {', '.join(sorted(PLOT_KINDS))}")
+        plots.append(Plot(**{k: v for k, v in p.items() if k != "paper"}))
+
+    spec = SweepSpec(
+        name=_typed(sweep.get("name", path.stem), str, f"{where}: sweep.name"),
+        title=sweep.get("title", path.stem), paper=sweep.get("paper", ""),
+        description=sweep.get("description", "").strip(), source=path, preset=preset, base=base, rows=rows,
+        seeds=seeds, baseline=baseline, evals=evals, memory_match=memory, tuning=tuning, columns=columns,
+        plots=tuple(plots), presets=tuple(presets))
+    _validate_runs(spec)
+    return spec
+
+
+def _validate_runs(spec: SweepSpec) -> None:
+    """Every run's config must be valid before anything trains."""
+    for row in spec.rows:
+        try:
+            spec.config(row, 0).validate()
+        except ConfigError as exc:
+            raise SpecError(f"{spec.source}: row {row.label!r}: {exc}") from None
+
+
+def with_data(spec: SweepSpec, data: str | None, eval_data: str | None, eval_zeroshot: str | None) -> SweepSpec:
+    """Point a spec at the user's own shards and evaluation sets."""
+    base = dict(spec.base)
+    if data is not None:
+        base["data"] = data
+    if eval_data is not None:
+        base["eval_data"] = eval_data
+    if eval_zeroshot is not None and "eval_zeroshot" in _FIELDS:
+        base["eval_zeroshot"] = eval_zeroshot
+    return dataclasses.replace(spec, base=base)

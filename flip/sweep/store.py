@@ -1,0 +1,102 @@
+"""The run store shared by every sweep: one directory per run, named by what the run is.
+
+A run's id derives from its training config (only the fields that differ from the defaults, less
+bookkeeping such as the output path or log interval) and seed, so the same run asked for by two
+sweeps - Table 1d and 1e evaluate the checkpoints Table 1a trained - is trained once, a rerun
+finds it finished, and any changed setting makes a new run. Layout:
+
+    STORE/runs/<run_id>/            the trainer's run directory (config, metrics, checkpoints, summary)
+    STORE/runs/<run_id>/sweep/      job.json, status.json, evals/<key>.json, command.txt, train.toml
+    STORE/probes.json               cached measurements (memory-matched batches, step timings)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from flip.train.config import TrainConfig
+
+# Fields that change how a run is watched or where it is written, not what it computes.
+BOOKKEEPING = frozenset({"out", "log_every", "eval_every", "ckpt_every", "device", "report_to", "eval_images",
+                         "eval_data", "eval_zeroshot", "eval_zeroshot_images", "compile", "init_from", "parent"})
+SWEEP_DIR, JOB, STATUS, EVALS, COMMAND = "sweep", "job.json", "status.json", "evals", "command.txt"
+
+
+def _digest(payload: Any, n: int = 10) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings that define a run: every non-default field that is not bookkeeping."""
+    defaults = TrainConfig()
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.name not in BOOKKEEPING and getattr(cfg, f.name) != getattr(defaults, f.name)}
+
+
+def run_id(cfg: TrainConfig) -> str:
+    """Readable and stable: `tiny-m0.5-b128-s0-<hash of the identity>`."""
+    model = cfg.model.replace("/", "-")
+    return f"{model}-m{cfg.mask_ratio:g}-b{cfg.batch_size}-s{cfg.seed}-{_digest(identity(cfg))}"
+
+
+def tuned_run_id(parent_id: str, samples: int, lr: float) -> str:
+    return f"{parent_id}-tuned-{_digest({'samples': samples, 'lr': lr}, 6)}"
+
+
+def eval_key(task: str, mode: str, data: str | None) -> str:
+    return f"{task}-{mode}-{'builtin' if data is None else _digest(str(data), 8)}"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # absent or half-written by a killed process: treated as not there
+
+
+class RunStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def sweep_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / SWEEP_DIR
+
+    def status(self, run_id: str) -> dict | None:
+        return read_json(self.sweep_dir(run_id) / STATUS)
+
+    def summary(self, run_id: str) -> dict | None:
+        return read_json(self.run_dir(run_id) / "summary.json")
+
+    def eval_path(self, run_id: str, key: str) -> Path:
+        return self.sweep_dir(run_id) / EVALS / f"{key}.json"
+
+    def eval_record(self, run_id: str, key: str) -> dict | None:
+        return read_json(self.eval_path(run_id, key))
+
+    # -- cached measurements ---------------------------------------------------------------------------
+    @property
+    def probes_path(self) -> Path:
+        return self.root / "probes.json"
+
+    def probe(self, key: str) -> Any | None:
+        return (read_json(self.probes_path) or {}).get(key)
+
+    def save_probe(self, key: str, value: Any) -> None:
+        probes = read_json(self.probes_path) or {}
+        probes[key] = value
+        write_json_atomic(self.probes_path, probes)
