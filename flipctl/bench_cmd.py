@@ -14,10 +14,11 @@ from rich.console import Console
 from flip.bench.memory import parse_size
 from flip.bench.report import render
 from flip.bench.runner import BenchConfig, run_bench
+from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import user_errors
 
-console = Console()
+console = make_console()
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:

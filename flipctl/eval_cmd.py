@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,12 +31,13 @@ from flip.eval.retrieval import evaluate_retrieval
 from flip.eval.templates import as_text, resolve_classnames, resolve_templates
 from flip.eval.zeroshot import evaluate_zeroshot
 from flip.train.checkpoint import load_model, resolve_checkpoint
+from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import user_errors
 
 app = typer.Typer(help="Evaluate a checkpoint: zero-shot classification, retrieval, linear probe.",
                   no_args_is_help=True)
-console = Console()
+console = make_console()
 
 # Options shared by the commands.
 CKPT = typer.Option(..., "--ckpt", help="run directory (its latest checkpoint) or checkpoint directory.")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from flip.flops import forward_flops, parameter_count
 from flip.models import PRESETS
+from flipctl.console import make_console
 from flipctl.errors import user_errors
 
 MASKS = (0.0, 0.5, 0.75)
@@ -37,7 +37,7 @@ def models_command(json_out: Optional[str] = typer.Option(None, "--json", help="
         table.add_row(r["name"], f"{r['image_size']}/{r['patch']}", r["vision"], r["text"], str(r["embed_dim"]),
                       f"{r['params_M']:.1f}", f"{r['gflops_mask0']:.2f}", f"{r['gflops_mask50']:.2f}",
                       f"{r['gflops_mask75']:.2f}", f"{100 * r['text_share']:.1f}%")
-    Console().print(table)
+    make_console().print(table)
     if json_out:
         import json
         from pathlib import Path
