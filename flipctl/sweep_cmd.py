@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from flip.distributed import resolve_device
 from flip.sweep import estimate, execute, memory, plan, report
-from flip.sweep.spec import SpecError, load_spec, shipped_specs, with_data
+from flip.sweep.spec import SpecError, default_preset, load_spec, shipped_specs, with_data
 from flip.sweep.store import RunStore
+from flipctl.console import make_console
 from flipctl.errors import user_errors
 
-console = Console()
+console = make_console()
 
 
 class RichSweepProgress:
@@ -130,12 +130,7 @@ def sweep_command(
         raise SpecError("give a sweep name or spec file (flipctl sweep --list shows the shipped ones)")
     if jobs < 1:
         raise SpecError(f"--jobs must be >= 1, got {jobs}")
-    from flip.sweep.spec import resolve_spec_path
-    import tomllib
-
-    path = resolve_spec_path(spec_name)
-    has_presets = bool(tomllib.loads(path.read_text()).get("presets")) if path.is_file() else False
-    spec = load_spec(path, preset or ("tiny" if has_presets else None))
+    spec = load_spec(spec_name, preset or default_preset(spec_name))
     if seeds is not None:
         if seeds < 1:
             raise SpecError(f"--seeds must be >= 1, got {seeds}")

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from flipctl.main import app
@@ -100,7 +101,81 @@ def test_shipped_configs_are_valid():
 
     from flip.train.config import TrainConfig, load_toml
 
-    configs = sorted((Path(__file__).parent.parent / "sweeps").glob("*.toml"))
+    configs = sorted((Path(__file__).parent.parent / "sweeps" / "configs").glob("*.toml"))
     assert configs
     for path in configs:
         TrainConfig.from_dict(load_toml(path)).validate()
+
+
+# -- user errors and bugs ---------------------------------------------------------------------------
+def test_an_internal_value_error_is_a_bug_with_its_traceback(monkeypatch, tmp_path):
+    """Only FlipErrors are the user's: any other exception, a plain ValueError too, keeps its traceback."""
+    import traceback
+
+    import flip.eval.api
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(flip.eval.api, "load_model", broken)
+    from flip.models import FLIP, get_preset
+    from flip.train.checkpoint import save_checkpoint
+
+    model = FLIP(get_preset("tiny"))
+    save_checkpoint(tmp_path, 1, model, {"model": model.cfg.to_dict()}, None)
+    result = runner.invoke(app, ["eval", "zeroshot", "--ckpt", str(tmp_path), "--data", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, ValueError) and str(result.exception) == "boom"
+    assert "error:" not in result.output
+    assert "broken" in "".join(traceback.format_exception(result.exception))
+
+
+def test_the_flipctl_process_prints_a_bugs_traceback_and_exits_1(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import flip.eval.api as api\n"
+            "def broken(*a, **k): raise ValueError('boom')\n"
+            "api.resolve_checkpoint = broken\n"
+            "from flipctl.main import app\n"
+            f"app(['eval', 'retrieval', '--ckpt', {str(tmp_path)!r}])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "ValueError: boom" in result.stderr and "error:" not in result.stderr
+
+
+def test_user_errors_from_data_loader_workers_stay_one_line(capsys):
+    from torch.utils.data import DataLoader, Dataset
+
+    from flip.errors import DataError
+    from flipctl.errors import user_errors
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise DataError("sample.tar: no images in it")
+
+    @user_errors
+    def command():
+        list(DataLoader(Broken(), num_workers=1))
+
+    with pytest.raises(typer.Exit) as exc:
+        command()
+    assert exc.value.exit_code == 2
+    assert capsys.readouterr().err == "error: sample.tar: no images in it\n"
+
+
+def test_settings_are_named_as_the_user_gave_them():
+    from flip.errors import ConfigError
+    from flipctl.errors import error_line, setting_name, settings_from_file
+
+    exc = ConfigError("must be in [0, 1), got 1.0", key="mask_ratio")
+    assert str(exc) == "mask_ratio must be in [0, 1), got 1.0"
+    assert error_line(exc) == "--mask-ratio must be in [0, 1), got 1.0"
+    with pytest.raises(ConfigError) as caught, settings_from_file("run.toml", {"mask_ratio"}):
+        raise exc
+    assert error_line(caught.value) == "mask_ratio (in run.toml) must be in [0, 1), got 1.0"
+    assert setting_name("batch_size", {"mask_ratio"}, "run.toml") == "--batch-size"
+    assert isinstance(exc, ValueError)  # `except ValueError` in library code keeps working

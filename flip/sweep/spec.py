@@ -274,6 +274,17 @@ def _rows(raw: dict, where: str) -> tuple[Row, ...]:
     return tuple(rows)
 
 
+def default_preset(name_or_path: str | Path) -> str | None:
+    """`tiny` for a spec with presets (the CPU study whose results we commit), else None."""
+    path = resolve_spec_path(str(name_or_path))
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{path} is not valid TOML: {exc}") from None
+    presets = raw.get("presets") if isinstance(raw.get("presets"), dict) else {}
+    return "tiny" if "tiny" in presets else next(iter(presets), None)
+
+
 def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
     """Load, merge the preset into, and validate a sweep spec (a shipped name or a .toml path)."""
     path = resolve_spec_path(str(name_or_path))

@@ -53,12 +53,12 @@ class Cell:
     n: int = 0
     text: str | None = None  # for non-numeric cells (axis values)
 
-    def show(self, digits: int = 1) -> str:
+    def show(self, digits: int = 1, suffix: str = "") -> str:
         if self.text is not None:
             return self.text
         if self.mean is None or (isinstance(self.mean, float) and math.isnan(self.mean)):
             return "–"
-        body = f"{self.mean:.{digits}f}"
+        body = f"{self.mean:.{digits}f}{suffix}"
         if self.n > 1 and self.std is not None:
             body += f" ± {self.std:.{digits}f}"
         return body
@@ -119,6 +119,14 @@ def _cell(column: str, base: pd.DataFrame, tuned: pd.DataFrame, ref: pd.DataFram
     return Cell(None)
 
 
+def _show_paper(column: str, value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:.{_digits(column)}f}" + ("x" if column.endswith("_rel") else "")
+    return str(value)
+
+
 @dataclass
 class SweepTable:
     display: pd.DataFrame  # strings, in the paper's layout
@@ -146,14 +154,14 @@ def build_table(spec: SweepSpec, df: pd.DataFrame) -> SweepTable:
         numbers = {"row": row.label, "baseline": row.label == baseline}
         for column in columns:
             cell = _cell(column, base, tuned, ref)
-            shown[label(column)] = cell.show(_digits(column)) + ("x" if column.endswith("_rel") and cell.mean else "")
+            shown[label(column)] = cell.show(_digits(column), "x" if column.endswith("_rel") else "")
             if cell.text is not None:
                 numbers[column] = cell.text
             else:
                 numbers.update({f"{column}_mean": cell.mean, f"{column}_std": cell.std, f"{column}_n": cell.n})
             if column in row.paper or any(column in r.paper for r in spec.rows):
                 paper = row.paper.get(column)
-                shown[f"paper: {label(column)}"] = "–" if paper is None else str(paper)
+                shown[f"paper: {label(column)}"] = _show_paper(column, paper)
                 numbers[f"paper_{column}"] = paper
         failed = int((base.status == "failed").sum() + (tuned.status == "failed").sum())
         pending = int((base.status == "pending").sum() + (tuned.status == "pending").sum())

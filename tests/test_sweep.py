@@ -1,0 +1,249 @@
+"""`flipctl sweep` and `flip.sweep`: specs and their errors, run ids, skip / resume / failure, tables, report."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from flip.sweep import store as run_store
+from flip.sweep.spec import SpecError, load_spec, shipped_specs
+from flip.sweep.tables import build_table
+from flip.train.config import TrainConfig
+from flipctl.main import app
+
+FLIPCTL = [sys.executable, "-m", "flipctl.main"]
+SHIPPED = ["mask-ratio"]
+
+
+def _write_spec(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+SPEC = """
+[sweep]
+name = "wd"
+title = "Weight decay"
+baseline = "wd 0.2"
+seeds = 1
+
+[base]
+model = "tiny"
+batch_size = 16
+samples = 48
+workers = 0
+shuffle_buffer = 50
+eval_every = 1000
+ckpt_every = 1
+{extra_base}
+
+[[rows]]
+label = "wd 0.2"
+weight_decay = 0.2
+paper = {{ zeroshot = 50.0 }}
+
+[[rows]]
+label = "wd 0"
+weight_decay = 0.0
+{extra_row}
+
+[eval]
+zeroshot = true
+retrieval = true
+modes = ["full", "views:2"]
+batch_size = 64
+
+[report]
+columns = ["weight_decay", "steps", "time_rel", "zeroshot", "zeroshot@views2", "retrieval_i2t"]
+
+[[plots]]
+kind = "metric_vs_axis"
+x = "weight_decay"
+y = "zeroshot"
+"""
+
+
+def _user_spec(tmp_path, extra_base="", extra_row=""):
+    return _write_spec(tmp_path / "wd.toml", SPEC.format(extra_base=extra_base, extra_row=extra_row))
+
+
+def _data_args(ds):
+    return ["--data", str(ds / "train"), "--eval-data", str(ds / "retrieval" / "captions.csv"),
+            "--eval-zeroshot", str(ds / "zeroshot")]
+
+
+# -- specs ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "paper"])
+def test_shipped_specs_load_with_every_preset(name, preset):
+    assert name in shipped_specs()
+    spec = load_spec(name, preset)
+    assert spec.rows and spec.seeds >= 1 and spec.paper
+    for row in spec.rows:
+        spec.config(row, 0).validate()
+
+
+def test_tiny_presets_use_several_seeds():
+    assert load_spec("mask-ratio", "tiny").seeds >= 3
+
+
+BAD = {
+    "unknown top-level key": ("[sweep]\nname='x'\n[bogus]\na=1\n", "bogus"),
+    "unknown axis field": ("[sweep]\nname='x'\n[axes]\nmask_ratioo=[0.0]\n", "mask_ratioo"),
+    "wrong type": ("[sweep]\nname='x'\n[axes]\nmask_ratio=['half']\n", "mask_ratio"),
+    "empty axis": ("[sweep]\nname='x'\n[axes]\nmask_ratio=[]\n", "empty"),
+    "invalid value": ("[sweep]\nname='x'\n[[rows]]\nlabel='a'\nmask_ratio=1.5\n", "mask"),
+    "reserved field": ("[sweep]\nname='x'\n[base]\nout='x'\n", "out"),
+    "unknown eval mode": ("[sweep]\nname='x'\n[eval]\nmodes=['sideways']\n", "sideways"),
+    "bad toml": ("[sweep\n", "not valid TOML"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_spec_is_one_line_exit_2_and_trains_nothing(case, tmp_path):
+    body, needle = BAD[case]
+    spec = _write_spec(tmp_path / "bad.toml", body)
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--store", str(tmp_path / "store"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.output
+    assert str(spec) in lines[0] or case == "bad toml" or "bad.toml" in lines[0]
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sweep", "no-such-sweep"], "unknown sweep"),
+    (["sweep", "mask-ratio", "--preset", "huge"], "unknown preset"),
+    (["sweep", "missing.toml"], "not found"),
+    (["report", "nowhere"], "sweep.json"),
+])
+def test_bad_sweep_names_and_presets(args, needle, tmp_path):
+    result = CliRunner().invoke(app, args + (["--store", str(tmp_path / "s")] if args[0] == "sweep" else []))
+    assert result.exit_code == 2 and needle in result.output, result.output
+
+
+# -- run ids -------------------------------------------------------------------------------------------------
+
+def test_run_id_is_stable_and_changes_with_every_setting():
+    cfg = TrainConfig(model="tiny", mask_ratio=0.5, batch_size=64, samples=1000, seed=1)
+    assert run_store.run_id(cfg) == run_store.run_id(TrainConfig(**cfg.to_dict()))
+    assert run_store.run_id(cfg) == run_store.run_id(dataclasses.replace(cfg, out="elsewhere", log_every=3))
+    ids = {run_store.run_id(cfg)}
+    for change in ({"mask_ratio": 0.75}, {"batch_size": 32}, {"seed": 2}, {"samples": 2000}, {"weight_decay": 0.1},
+                   {"text_mask": "padding", "text_mask_ratio": 0.5}, {"recon_weight": 0.5}, {"base_lr": 2e-3},
+                   {"data": "/some/shards"}, {"precision": "bf16"}):
+        ids.add(run_store.run_id(dataclasses.replace(cfg, **change)))
+    assert len(ids) == 11
+
+
+# -- tables --------------------------------------------------------------------------------------------------
+
+def test_table_layout_from_hand_made_results(tmp_path):
+    spec = load_spec(_user_spec(tmp_path))
+    rows = []
+    for label, wd, accs, times in (("wd 0.2", 0.2, (40.0, 42.0, 44.0), (100.0, 100.0, 100.0)),
+                                   ("wd 0", 0.0, (50.0, 51.0, 52.0), (50.0, 50.0, 50.0))):
+        for seed, (acc, t) in enumerate(zip(accs, times)):
+            rows.append({"row": label, "seed": seed, "variant": "base", "run_id": f"{label}-{seed}", "status": "done",
+                         "error": None, "run_dir": "x", "weight_decay": wd, "batch_size": 16, "steps": 3,
+                         "train_time_s": t, "train_flops": 1e9, "zeroshot": acc, "zeroshot@views2": acc - 10,
+                         "retrieval_i2t": 5.0})
+    table = build_table(spec, pd.DataFrame(rows))
+    d = table.display
+    assert list(d["row"]) == ["wd 0.2 (baseline)", "wd 0"]
+    assert list(d.columns) == ["row", "weight decay", "steps", "time (rel.)", "zero-shot top-1",
+                               "paper: zero-shot top-1", "zero-shot top-1, views ×2", "I→T R@1"]
+    assert d.loc[0, "zero-shot top-1"] == "42.0 ± 2.0" and d.loc[1, "zero-shot top-1"] == "51.0 ± 1.0"
+    assert d.loc[1, "time (rel.)"] == "0.50x ± 0.00" and d.loc[0, "paper: zero-shot top-1"] == "50.0"
+    assert d.loc[1, "paper: zero-shot top-1"] == "–"
+    assert table.numbers.loc[1, "zeroshot_mean"] == 51.0 and table.numbers.loc[1, "zeroshot_n"] == 3
+    assert any("wd 0 vs wd 0.2: +9.0" in n and "higher" in n for n in table.notes)
+
+
+# -- running -------------------------------------------------------------------------------------------------
+
+def test_user_spec_runs_skips_when_done_and_reports(small_dataset, tmp_path):
+    spec, store, out = _user_spec(tmp_path), tmp_path / "store", tmp_path / "out"
+    args = FLIPCTL + ["sweep", str(spec), "--store", str(store), "--out", str(out)] + _data_args(small_dataset)
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for name in ("table.md", "table.tex", "table.csv", "results.csv", "report.html", "command.txt",
+                 "zeroshot-vs-weight-decay.png", "zeroshot-vs-weight-decay.pdf"):
+        assert (out / name).is_file(), name
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.status) == ["done", "done"] and results["zeroshot@views2"].notna().all()
+    assert "\\toprule" in (out / "table.tex").read_text()
+    for rid in results.run_id:  # each run keeps the command that reproduces it
+        assert "flipctl train --config" in (store / "runs" / rid / "sweep" / "command.txt").read_text()
+
+    started = time.perf_counter()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "0 runs executed, 2 already done" in " ".join(again.stdout.split())
+    assert time.perf_counter() - started < 60
+    before = (out / "table.md").read_text()
+    (out / "table.md").unlink()
+    report = subprocess.run(FLIPCTL + ["report", str(out)], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    assert (out / "table.md").read_text() == before
+
+
+def test_failed_run_is_reported_and_retried(small_dataset, tmp_path):
+    spec = _user_spec(tmp_path, extra_base=f'data = "{small_dataset / "train"}"',
+                      extra_row='data = "/nonexistent/shard-{0..1}.tar"')
+    store, out = tmp_path / "store", tmp_path / "out"
+    args = FLIPCTL + ["sweep", str(spec), "--store", str(store), "--out", str(out)] + _data_args(small_dataset)[2:]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1, first.stdout + first.stderr
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.status) == ["done", "failed"]
+    assert "nonexistent" in results.error[1]
+    assert "failed" in (out / "table.md").read_text() and "failed" in (out / "report.html").read_text()
+    failed_id = results.run_id[1]
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 1
+    status = json.loads((store / "runs" / failed_id / "sweep" / "status.json").read_text())
+    assert status["state"] == "failed" and status["attempts"] == 2
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(small_dataset, tmp_path):
+    spec = _user_spec(tmp_path, extra_base="log_every = 1", extra_row="samples = 640\nckpt_every = 3")
+    store, out = tmp_path / "store", tmp_path / "out"
+    args = FLIPCTL + ["sweep", str(spec), "--store", str(store), "--out", str(out)] + _data_args(small_dataset)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs = store / "runs"
+    deadline, long_run = time.time() + 300, None
+    while time.time() < deadline:  # kill the whole sweep once the long run has a checkpoint past step 3
+        candidates = [p for p in runs.glob("*") if (p / "latest").exists() and "-b16-" in p.name
+                      and json.loads((p / "sweep" / "job.json").read_text())["config"]["samples"] == 640]
+        if candidates and int((candidates[0] / "latest").read_text().split("-")[1]) >= 3:
+            long_run = candidates[0]
+            break
+        time.sleep(0.05)
+    assert long_run is not None, "the long run never checkpointed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    short_runs = [p for p in runs.glob("*") if p != long_run]
+    assert len(short_runs) == 1 and (short_runs[0] / "summary.json").exists()
+    finished_mtime = (short_runs[0] / "summary.json").stat().st_mtime
+    assert not (long_run / "summary.json").exists()
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "1 runs executed, 1 already done" in " ".join(again.stdout.split())
+    assert (short_runs[0] / "summary.json").stat().st_mtime == finished_mtime
+    summary = json.loads((long_run / "summary.json").read_text())
+    assert summary["steps"] == 40
+    assert json.loads((long_run / "sweep" / "status.json").read_text())["attempts"] == 2
+    logged = [json.loads(line)["step"] for line in (long_run / "metrics.jsonl").read_text().splitlines()
+              if "loss" in line]
+    assert logged.count(1) == 1 and logged[-1] == 40  # resumed from its checkpoint, never restarted from 0
