@@ -1,23 +1,32 @@
-"""`flipctl train` and `flipctl tune-unmasked`."""
+"""`flipctl train` and `flipctl tune-unmasked`.
+
+The flags of `flipctl train` are generated from `TrainConfig`'s fields (their help, choices
+and defaults live there): a new knob declared in flip/train/config.py is a flag here as is.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from flip.train.config import TrainConfig, load_toml
+from flip.errors import ConfigError
+from flip.train.config import TrainConfig, knob_help, load_toml
 from flip.train.reporting import RichReporter
 from flip.train.trainer import resolve, train, tune_unmasked
+from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
-from flipctl.errors import user_errors
+from flipctl.errors import flag, settings_from_file, user_errors
 
-console = Console()
+console = make_console()
 
 
 def print_summary(summary: dict) -> None:
@@ -32,60 +41,75 @@ def print_summary(summary: dict) -> None:
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     for key, value in summary.get("eval", {}).items():
         table.add_row(key, f"{value:.2f}")
+    if summary.get("eval_note"):
+        table.add_row("eval", summary["eval_note"])
     console.print(table)
 
 
+# -- flags from TrainConfig's fields -------------------------------------------------------------------
+def _flag_type(hint):
+    """The type a flag parses: `float | None` -> float, `list[str]` -> List[str]."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return List[typing.get_args(hint)[0]]
+    return hint
+
+
+def knob_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per TrainConfig field with a flag; None means "not given"."""
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        if not f.metadata["flag"]:
+            continue
+        kind = _flag_type(hints[f.name])
+        decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"] if kind is bool else [flag(f.name)]
+        choices = f.metadata["choices"]
+        option = typer.Option(None, *decls, help=knob_help(f), show_default=False,
+                              metavar="|".join(map(str, choices)) if choices else None)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=Optional[kind]))
+    return params
+
+
+def with_knob_flags(fn):
+    """Give `fn(..., **knobs)` one Typer option per TrainConfig knob, before its own parameters."""
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.kind != p.VAR_KEYWORD]
+    fn.__signature__ = inspect.Signature(
+        [*knob_parameters(), *(p.replace(kind=p.KEYWORD_ONLY) for p in own)])
+    return fn
+
+
 @user_errors
+@with_knob_flags
 def train_command(
-    data: Optional[str] = typer.Option(None, help="webdataset shards: brace pattern, dir or glob; several joined by '::'. Default: the built-in dataset."),
-    model: Optional[str] = typer.Option(None, help="model preset (see `flipctl models`). Default: tiny."),
-    mask_ratio: Optional[float] = typer.Option(None, help="fraction of image patches dropped, in [0, 1). Default 0.5."),
-    mask_strategy: Optional[str] = typer.Option(None, help="which patches are dropped: random (paper), block (BEiT-style rectangles) or grid (a regular sub-grid, random offset)."),
-    text_mask: Optional[str] = typer.Option(None, help="text token dropping: none (default), random, or padding (padding first, then random real tokens)."),
-    text_mask_ratio: Optional[float] = typer.Option(None, help="fraction of text positions dropped (32 -> 16 tokens at 0.5); the SOT token is always kept."),
-    recon_weight: Optional[float] = typer.Option(None, help="weight of an MAE pixel-reconstruction loss on the masked patches (0 = off, the paper's default)."),
-    decoder_depth: Optional[int] = typer.Option(None, help="reconstruction decoder blocks. Default 2."),
-    decoder_width: Optional[int] = typer.Option(None, help="reconstruction decoder width. Default 128."),
-    batch_size: Optional[int] = typer.Option(None, help="global batch size. Default 256."),
-    samples: Optional[int] = typer.Option(None, help="training budget in samples (default on built-in data: 60k for tiny)."),
-    epochs: Optional[float] = typer.Option(None, help="training budget in epochs of --data (instead of --samples)."),
-    lr: Optional[float] = typer.Option(None, help="peak learning rate. Default: base lr x batch/256."),
-    base_lr: Optional[float] = typer.Option(None, help="lr per 256 samples (paper presets 4e-6, tiny/small 1e-3)."),
-    warmup: Optional[int] = typer.Option(None, help="linear warm-up, in samples. Default: 5% of the budget."),
-    out: Optional[str] = typer.Option(None, help="run directory. Default: runs/<model>-mask<r>-<time>."),
+    config: Optional[Path] = typer.Option(None, help="TOML file of train settings (the keys are the flags' "
+                                                     "names, with _); flags given here override it."),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint."),
-    seed: Optional[int] = typer.Option(None, help="random seed; the same seed repeats a run exactly."),
-    precision: Optional[str] = typer.Option(None, help="fp32 (default, as the paper) or bf16 autocast."),
-    workers: Optional[int] = typer.Option(None, help="data loader worker processes. Default 2."),
-    grad_clip: Optional[float] = typer.Option(None, help="clip the gradient norm to this value."),
-    context_length: Optional[int] = typer.Option(None, help="text tokens per caption. Default 32."),
-    resampled: Optional[bool] = typer.Option(None, "--resampled/--no-resampled", help="draw shards with replacement (endless corpora)."),
-    eval_data: Optional[str] = typer.Option(None, help="retrieval CSV (filepath,caption) for the periodic quick eval."),
-    eval_every: Optional[int] = typer.Option(None, help="steps between quick retrieval evals. Default 100."),
-    ckpt_every: Optional[int] = typer.Option(None, help="steps between checkpoints. Default 100."),
-    log_every: Optional[int] = typer.Option(None, help="steps between metric log lines. Default 10."),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    config: Optional[Path] = typer.Option(None, help="TOML file of train settings; flags given here override it."),
+    **knobs,
 ) -> None:
     """Train a FLIP model. With no flags: the tiny model on the built-in dataset, in minutes on a CPU."""
-    flags = {k: v for k, v in locals().items() if v is not None and k not in ("config", "resume")}
+    flags = {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items() if v is not None and v != ()}
     if resume:
+        out = flags.get("out")
         if out is None:
-            raise ValueError("--resume needs --out RUN_DIR: the run to continue")
+            raise ConfigError("needs --out RUN_DIR: the run to continue", key="resume")
         ignored = sorted(k for k in flags if k != "out") + (["config"] if config else [])
         if ignored:
-            names = ", ".join("--" + k.replace("_", "-") for k in ignored)
-            raise ValueError(f"--resume continues {out} with its saved config; drop {names}")
+            raise ConfigError(f"continues {out} with its saved config; drop {', '.join(map(flag, ignored))}",
+                              key="resume")
         summary = train(TrainConfig(out=out), resume=True, reporter=RichReporter())
     else:
         values = load_toml(config) if config else {}
+        file_keys = set(values) - set(flags)
         values.update(flags)
-        cfg = resolve(TrainConfig.from_dict(values))
-        if data is None and "data" not in values:
-            ensure_builtin_with_progress()
-        console.print(f"run directory: [bold]{cfg.out}[/bold]")
-        summary = train(cfg, reporter=RichReporter())
+        with settings_from_file(config, file_keys):
+            cfg = resolve(TrainConfig.from_dict(values))
+            if values.get("data") is None:
+                ensure_builtin_with_progress()
+            console.print(f"run directory: [bold]{cfg.out}[/bold]")
+            summary = train(cfg, reporter=RichReporter())
     print_summary(summary)
 
 

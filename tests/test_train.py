@@ -75,12 +75,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(small_dataset, tmp_path):
 
 
 def test_tune_unmasked_records_parent_and_uses_mask_zero(small_dataset, tmp_path):
-    train(_cfg(small_dataset, tmp_path / "parent", samples=16 * 4))
+    train(_cfg(small_dataset, tmp_path / "parent", samples=16 * 4, text_mask="padding", text_mask_ratio=0.5))
     summary = tune_unmasked(str(tmp_path / "parent"), samples=16 * 3, out=str(tmp_path / "tuned"))
     assert summary["mask_ratio"] == 0.0
     assert summary["parent"] == str(resolve_checkpoint(tmp_path / "parent"))
     saved = json.loads((tmp_path / "tuned" / "config.json").read_text())["train"]
     assert saved["mask_ratio"] == 0.0 and saved["parent"]
+    assert saved["text_mask"] == "none" and saved["text_mask_ratio"] == 0.0  # ablation knobs back to plain CLIP
     assert saved["lr"] == pytest.approx(1e-3 * 16 / 256 / 100)
     model, _ = load_model(tmp_path / "tuned")
     assert model.cfg.name == "tiny"

@@ -1,79 +1,138 @@
-"""Training configuration: one plain dataclass, resolved once, saved with the run.
+"""Training configuration: one plain dataclass, the one place a setting is declared.
 
-Fields left as None are filled in by `resolve()` from the model and data (the lr from
-the batch size, the built-in dataset's paths, the budget's warm-up), and the resolved
-config is what the run directory records and what `--resume` reads back.
+Each field is a `knob`: its default, help text, allowed values and range live in the field's
+metadata, and everything else follows from it - the `flipctl train` flags and their help
+(`flipctl/train_cmd.py` builds them from the fields), validation, the TOML keys, the saved
+config, the training step's settings (`StepConfig`) and what unmasked tuning resets.
+
+Fields left as None are filled in by `resolve()` (flip.train.trainer) from the model and data
+(the lr from the batch size, the built-in dataset's paths, the budget's warm-up), and the
+resolved config is what the run directory records and what `--resume` reads back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
+from flip.masking import MASK_STRATEGIES, TEXT_MASKS, grid_strides
 from flip.models.config import get_preset
 
 PAPER_PRESETS = {"B/16", "L/16", "L/14", "H/14"}
 PRECISIONS = ("fp32", "bf16")
+REPORTERS = ("jsonl", "tensorboard")  # where training curves go; metrics.jsonl is always written
 
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message says which and how to fix it."""
+def knob(default: Any = None, help: str = "", *, choices: Sequence[Any] | None = None,
+         ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+         flag: bool = True, step: bool = False, ablation: bool = False) -> Any:
+    """A TrainConfig field with what the CLI, validation and tools need to know about it.
+
+    `choices` and the bounds `ge`/`gt`/`le`/`lt` are checked by `TrainConfig.validate`.
+    flag=False: a setting for config files (and Python) only, with no command-line flag.
+    step=True: the training step reads it (a field of `StepConfig`).
+    ablation=True: one of the paper's ablation knobs; unmasked tuning resets it to its default.
+    """
+    metadata = {"help": help, "choices": tuple(choices) if choices else None,
+                "ge": ge, "gt": gt, "le": le, "lt": lt, "flag": flag, "step": step, "ablation": ablation}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class TrainConfig:
     # what to train on
-    data: str | None = None  # webdataset spec; None = the built-in dataset
-    eval_data: str | None = None  # retrieval CSV for the periodic quick eval; None = built-in
-    model: str = "tiny"
-    context_length: int = 32
+    data: str | None = knob(None, "webdataset shards: brace pattern, dir or glob; several joined by '::'. "
+                                  "Default: the built-in dataset.")
+    model: str = knob("tiny", "model preset (see `flipctl models`).")
+    context_length: int = knob(32, "text tokens per caption.", ge=3)
     # masking (image), and the paper's ablation knobs (Table 1c, 1f)
-    mask_ratio: float = 0.5
-    mask_strategy: str = "random"  # random | block | grid
-    text_mask: str = "none"  # none | random | padding
-    text_mask_ratio: float = 0.0
-    recon_weight: float = 0.0  # MAE reconstruction loss weight; 0 = no decoder
-    decoder_depth: int = 2
-    decoder_width: int = 128
-    decoder_heads: int = 4
+    mask_ratio: float = knob(0.5, "fraction of image patches dropped.", ge=0, lt=1, step=True)
+    mask_strategy: str = knob("random", "which patches are dropped: random (paper), block (BEiT-style "
+                                        "rectangles) or grid (a regular sub-grid, random offset).",
+                              choices=MASK_STRATEGIES, step=True, ablation=True)
+    text_mask: str = knob("none", "text token dropping: none, random, or padding (padding first, then "
+                                  "random real tokens).", choices=TEXT_MASKS, step=True, ablation=True)
+    text_mask_ratio: float = knob(0.0, "fraction of text positions dropped (32 -> 16 tokens at 0.5); the SOT "
+                                       "token is always kept.", ge=0, lt=1, step=True, ablation=True)
+    recon_weight: float = knob(0.0, "weight of an MAE pixel-reconstruction loss on the masked patches "
+                                    "(0 = off, the paper's default).", ge=0, step=True, ablation=True)
+    decoder_depth: int = knob(2, "reconstruction decoder blocks.", ge=1, ablation=True)
+    decoder_width: int = knob(128, "reconstruction decoder width (a multiple of --decoder-heads).", ge=1,
+                              ablation=True)
+    decoder_heads: int = knob(4, "reconstruction decoder attention heads.", ge=1, ablation=True)
     # budget: samples, or epochs of the training data
-    samples: int | None = None
-    epochs: float | None = None
-    batch_size: int = 256  # global batch
+    samples: int | None = knob(None, "training budget in samples (default on the built-in data: 60k for "
+                                     "tiny, 40k otherwise).", ge=1)
+    epochs: float | None = knob(None, "training budget in epochs of --data (instead of --samples).", gt=0)
+    batch_size: int = knob(256, "global batch size (a contrastive batch needs at least 2).", ge=2)
     # optimisation (the paper's recipe, lr scaled per 256)
-    lr: float | None = None  # absolute peak lr; None = base_lr * batch / 256
-    base_lr: float | None = None  # None = 4e-6 for the paper's presets, 1e-3 for tiny/small
-    warmup: int | None = None  # warm-up samples; None = warmup_fraction of the budget
-    warmup_fraction: float = 0.05
-    min_lr_ratio: float = 0.0
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float | None = None
-    precision: str = "fp32"
-    compile: bool = False
-    seed: int = 0
+    lr: float | None = knob(None, "peak learning rate. Default: base lr x batch/256.", gt=0)
+    base_lr: float | None = knob(None, "lr per 256 samples. Default: 4e-6 for the paper's presets, 1e-3 for "
+                                       "tiny/small.", gt=0)
+    warmup: int | None = knob(None, "linear warm-up, in samples. Default: --warmup-fraction of the budget.",
+                              ge=0)
+    warmup_fraction: float = knob(0.05, "warm-up as a fraction of the budget (when --warmup is not given).",
+                                  ge=0, le=1)
+    min_lr_ratio: float = knob(0.0, "the cosine schedule ends at this fraction of the peak lr.", ge=0, le=1)
+    weight_decay: float = knob(0.2, "AdamW weight decay (not on biases, norms, position embeddings, CLS "
+                                    "and temperature).", ge=0)
+    beta1: float = knob(0.9, "AdamW beta1.", ge=0, lt=1)
+    beta2: float = knob(0.95, "AdamW beta2.", ge=0, lt=1)
+    eps: float = knob(1e-8, "AdamW epsilon.", gt=0)
+    grad_clip: float | None = knob(None, "clip the gradient norm to this value. Default: no clipping.", gt=0,
+                                   step=True)
+    precision: str = knob("fp32", "fp32 (as the paper) or bf16 autocast.", choices=PRECISIONS, step=True)
+    compile: bool = knob(False, "torch.compile the model.")
+    seed: int = knob(0, "random seed; the same seed repeats a run exactly.")
     # data pipeline
-    workers: int = 2
-    shuffle_buffer: int = 2000
-    resampled: bool = False
-    crop_scale_min: float | None = None  # None: 0.5 (paper); 0.9 on the built-in data
-    hflip: bool | None = None  # None: on (paper); off on the built-in data, whose captions say left/right
+    workers: int = knob(2, "data loader worker processes.", ge=0)
+    shuffle_buffer: int = knob(2000, "samples in the streaming shuffle buffer.", ge=1)
+    resampled: bool = knob(False, "draw shards with replacement (endless corpora).")
+    crop_scale_min: float | None = knob(None, "smallest random-resized-crop area fraction. Default: 0.5 (paper); "
+                                              "0.9 on the built-in data.", gt=0, le=1)
+    hflip: bool | None = knob(None, "random horizontal flips. Default: on (paper); off on the built-in data, "
+                                    "whose captions say left/right.")
+    # periodic evaluation, every eval_every steps and at the end
+    eval_data: str | None = knob(None, "retrieval set for the periodic evaluation: a CSV of filepath,caption, "
+                                       "a Karpathy JSON or webdataset shards. Default: the built-in retrieval "
+                                       "split on the built-in data; none with --data.")
+    eval_zeroshot: str | None = knob(None, "zero-shot classification set for the periodic evaluation (class "
+                                           "folders or CLIP_benchmark webdataset), as OpenCLIP's ImageNet "
+                                           "zero-shot. Default: the built-in zero-shot set on the built-in data; "
+                                           "none with --data.")
+    eval_templates: str | None = knob(None, "prompt templates of the periodic zero-shot: dataset, simple, openai, "
+                                            "builtin or a file of {c} lines. Default: the data's own, else simple.")
+    eval_every: int = knob(100, "steps between periodic evaluations.", ge=1)
+    eval_images: int = knob(1000, "retrieval images per periodic evaluation (the first ones).", ge=1)
+    eval_zeroshot_images: int = knob(1000, "zero-shot images per periodic evaluation (spread evenly over the "
+                                           "classes).", ge=1)
     # bookkeeping
-    out: str | None = None
-    log_every: int = 10
-    eval_every: int = 100
-    ckpt_every: int = 100
-    eval_images: int = 1000
-    device: str = "auto"
+    out: str | None = knob(None, "run directory. Default: runs/<model>-mask<r>-<time>.")
+    log_every: int = knob(10, "steps between metric log lines.", ge=1)
+    ckpt_every: int = knob(100, "steps between checkpoints.", ge=1)
+    report_to: list[str] = knob(["jsonl"], "where training curves go besides metrics.jsonl (always written): "
+                                           "tensorboard writes event files to <out>/tensorboard. Repeat the flag "
+                                           "or separate with commas.", choices=REPORTERS)
+    device: str = knob("auto", "auto, cpu, cuda or cuda:N.")
     # lineage: weights to start from (unmasked tuning), and the run they came from
-    init_from: str | None = None
-    parent: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = knob(None, "checkpoint or run directory whose weights the model starts from "
+                                       "(fresh optimizer and schedule).")
+    parent: str | None = knob(None, "the checkpoint this run continues (set by unmasked tuning).", flag=False)
+
+    def __post_init__(self):
+        if isinstance(self.report_to, str):  # `report_to = "tensorboard"` in TOML, `--report-to a,b`
+            self.report_to = [self.report_to]
+        if isinstance(self.report_to, list):
+            self.report_to = [name.strip() for item in self.report_to for name in str(item).split(",")
+                              if name.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,54 +140,36 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        if not d.get("extra", True):  # runs saved before the unused `extra` field was removed
+            d = {k: v for k, v in d.items() if k != "extra"}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
         return cls(**d)
 
     def validate(self) -> None:
+        """Check every field against its declared type, choices and range, then the cross-field rules."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_knob(f, hints[f.name], getattr(self, f.name))
         try:
-            get_preset(self.model)
+            preset = get_preset(self.model)
         except KeyError as exc:
             raise ConfigError(exc.args[0]) from None
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ConfigError(f"--mask-ratio must be in [0, 1), got {self.mask_ratio}")
-        from flip.masking import MASK_STRATEGIES, TEXT_MASKS, grid_strides
-
-        if self.mask_strategy not in MASK_STRATEGIES:
-            raise ConfigError(f"--mask-strategy must be one of {', '.join(MASK_STRATEGIES)}, got {self.mask_strategy!r}")
         if self.mask_strategy == "grid" and self.mask_ratio > 0:
             try:
-                grid_strides(get_preset(self.model).vision.grid_size, self.mask_ratio)
+                grid_strides(preset.vision.grid_size, self.mask_ratio)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-        if self.text_mask not in TEXT_MASKS:
-            raise ConfigError(f"--text-mask must be one of {', '.join(TEXT_MASKS)}, got {self.text_mask!r}")
-        if not 0.0 <= self.text_mask_ratio < 1.0:
-            raise ConfigError(f"--text-mask-ratio must be in [0, 1), got {self.text_mask_ratio}")
-        if self.recon_weight < 0:
-            raise ConfigError(f"--recon-weight must be >= 0, got {self.recon_weight}")
         if self.recon_weight > 0 and self.mask_ratio == 0:
-            raise ConfigError("--recon-weight needs masked patches to reconstruct: set --mask-ratio > 0")
-        if self.decoder_depth < 1 or self.decoder_width < 1 or self.decoder_width % self.decoder_heads:
-            raise ConfigError("--decoder-depth must be >= 1 and --decoder-width a positive multiple of decoder_heads")
-        if self.batch_size < 2:
-            raise ConfigError(f"--batch-size must be at least 2 (a contrastive batch needs negatives), got {self.batch_size}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError("needs masked patches to reconstruct: use a mask ratio > 0", key="recon_weight")
+        if self.decoder_width % self.decoder_heads:
+            raise ConfigError(f"must be a multiple of the decoder heads ({self.decoder_heads}), got "
+                              f"{self.decoder_width}", key="decoder_width")
         if self.samples is not None and self.samples < self.batch_size:
-            raise ConfigError(f"--samples ({self.samples}) must be at least one batch ({self.batch_size})")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+            raise ConfigError(f"({self.samples}) must be at least one batch ({self.batch_size})", key="samples")
         if self.samples is not None and self.epochs is not None:
-            raise ConfigError("give the budget as --samples or --epochs, not both")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        if self.context_length < 3:
-            raise ConfigError(f"--context-length must be at least 3, got {self.context_length}")
-        for name in ("log_every", "eval_every", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
+            raise ConfigError("and samples both set a budget: give one of them", key="epochs")
 
     def default_base_lr(self) -> float:
         return 4e-6 if get_preset(self.model).name in PAPER_PRESETS else 1e-3
@@ -138,6 +179,105 @@ class TrainConfig:
         if self.lr is not None:
             return self.lr
         return (self.base_lr or self.default_base_lr()) * self.batch_size / 256
+
+    def step_config(self) -> "StepConfig":
+        """The settings the training step reads (the `step=True` knobs)."""
+        return StepConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(StepConfig)})
+
+    @classmethod
+    def ablation_defaults(cls) -> dict[str, Any]:
+        """The paper's ablation knobs at their defaults (what unmasked tuning resets them to)."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.metadata["ablation"]}
+
+
+# The settings one training step reads (flip.train.step.TrainStep, and `flipctl bench`), with
+# TrainConfig's defaults: declared once above (`step=True`), never copied by hand.
+StepConfig = dataclasses.make_dataclass(
+    "StepConfig",
+    [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(TrainConfig) if f.metadata["step"]],
+    frozen=True)
+StepConfig.__module__ = __name__  # make_dataclass's `module=` needs Python 3.12
+
+
+# -- what a knob's metadata says ------------------------------------------------------------------------
+def knob_help(f: dataclasses.Field) -> str:
+    """The user-facing description of a knob: its help, allowed values and default."""
+    meta, parts = f.metadata, [f.metadata["help"]]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if meta["choices"]:
+        parts.append(f"{'Any' if isinstance(default, list) else 'One'} of: {', '.join(map(str, meta['choices']))}.")
+    if range_text(meta):
+        parts.append(f"Must be {range_text(meta)}.")
+    if default is not None:
+        shown = ",".join(default) if isinstance(default, list) else str(default).lower() if isinstance(
+            default, bool) else default
+        parts.append(f"Default: {shown}.")
+    return " ".join(parts)
+
+
+def _number(x: float) -> str:
+    return f"{x:g}"
+
+
+def range_text(meta: Any) -> str | None:
+    """'in [0, 1)', '>= 1', ... from a knob's bounds; None when it has none."""
+    low = f"[{_number(meta['ge'])}" if meta["ge"] is not None else (
+        f"({_number(meta['gt'])}" if meta["gt"] is not None else None)
+    high = f"{_number(meta['le'])}]" if meta["le"] is not None else (
+        f"{_number(meta['lt'])})" if meta["lt"] is not None else None)
+    if low and high:
+        return f"in {low}, {high}"
+    if low:
+        return f"{'>=' if meta['ge'] is not None else '>'} {low[1:]}"
+    if high:
+        return f"{'<=' if meta['le'] is not None else '<'} {high[:-1]}"
+    return None
+
+
+def _in_range(value: float, meta: Any) -> bool:
+    return ((meta["ge"] is None or value >= meta["ge"]) and (meta["gt"] is None or value > meta["gt"])
+            and (meta["le"] is None or value <= meta["le"]) and (meta["lt"] is None or value < meta["lt"]))
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    if args:
+        return _type_name(args[0])
+    return _TYPE_NAMES.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_knob(f: dataclasses.Field, hint: Any, value: Any) -> None:
+    meta = f.metadata
+    if not _type_ok(value, hint):
+        raise ConfigError(f"must be {_type_name(hint)}, got {value!r}", key=f.name)
+    if value is None:
+        return
+    if meta["choices"]:
+        for item in value if isinstance(value, list) else [value]:
+            if item not in meta["choices"]:
+                raise ConfigError(f"must be one of {', '.join(map(str, meta['choices']))}, got {item!r}", key=f.name)
+    bounds = range_text(meta)
+    if bounds and not _in_range(value, meta):
+        raise ConfigError(f"must be {bounds}, got {value}", key=f.name)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

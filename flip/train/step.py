@@ -7,8 +7,6 @@ and AdamW is the fused kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -17,17 +15,7 @@ from flip.masking import image_keep_indices, num_kept, text_keep_indices
 from flip.models import FLIP
 from flip.models.decoder import MAEDecoder
 from flip.models.pretrainer import Pretrainer
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    mask_ratio: float = 0.5
-    mask_strategy: str = "random"  # random | block | grid
-    text_mask: str = "none"  # none | random | padding
-    text_mask_ratio: float = 0.0
-    recon_weight: float = 0.0  # weight of the MAE reconstruction loss (needs a decoder)
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
-    grad_clip: float | None = None
+from flip.train.config import StepConfig  # declared once, as TrainConfig's step=True knobs
 
 
 class TrainStep:

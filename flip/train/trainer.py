@@ -24,7 +24,6 @@ from flip.data import builtin
 from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_loader
 from flip.data.shards import count_samples, expand_urls
 from flip.distributed import DistInfo, init_distributed, resolve_device
-from flip.eval.retrieval import evaluate_retrieval, load_csv_retrieval_set
 from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
@@ -32,8 +31,10 @@ from flip.models.pretrainer import Pretrainer
 from flip.train import checkpoint as ckpt
 from flip.train.config import ConfigError, TrainConfig
 from flip.train.optim import lr_at, make_optimizer
+from flip.train.periodic_eval import PeriodicEval, headline
 from flip.train.reporting import Reporter
-from flip.train.step import StepConfig, TrainStep, time_text_tower
+from flip.train.step import TrainStep, time_text_tower
+from flip.train.tensorboard_log import TensorBoardLog
 
 METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
 DECODER_FILE = "decoder.safetensors"
@@ -57,11 +58,16 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg = dataclasses.replace(cfg)
     builtin_data = cfg.data is None
     if builtin_data:
-        cfg.data = builtin.train_spec(builtin.builtin_dir())
+        root = builtin.builtin_dir()
+        cfg.data = builtin.train_spec(root)
         if cfg.samples is None and cfg.epochs is None:
             cfg.samples = 60_000 if get_preset(cfg.model).name == "tiny" else 40_000
-    if cfg.eval_data is None:
-        cfg.eval_data = str(builtin.retrieval_csv(builtin.builtin_dir()))
+        # The built-in held-out sets say something only about a model trained on the built-in data:
+        # with the user's --data, only the eval sets the user names run.
+        if cfg.eval_data is None:
+            cfg.eval_data = str(builtin.retrieval_csv(root))
+        if cfg.eval_zeroshot is None:
+            cfg.eval_zeroshot = str(builtin.zeroshot_dir(root))
     if cfg.crop_scale_min is None:
         cfg.crop_scale_min = 0.9 if builtin_data else 0.5
     if cfg.hflip is None:
@@ -72,12 +78,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         model = get_preset(cfg.model).name.replace("/", "-")
         cfg.out = f"runs/{model}-mask{cfg.mask_ratio:g}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg
-
-
-def step_config(cfg: TrainConfig) -> StepConfig:
-    return StepConfig(mask_ratio=cfg.mask_ratio, mask_strategy=cfg.mask_strategy, text_mask=cfg.text_mask,
-                      text_mask_ratio=cfg.text_mask_ratio, recon_weight=cfg.recon_weight,
-                      precision=cfg.precision, grad_clip=cfg.grad_clip)
 
 
 def _budget_samples(cfg: TrainConfig, urls: list[str]) -> int:
@@ -101,7 +101,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(device_type)
         self.device = resolve_device(cfg.device, self.dist)
         if cfg.batch_size % self.dist.world_size:
-            raise ConfigError(f"--batch-size {cfg.batch_size} must divide by the {self.dist.world_size} processes")
+            raise ConfigError(f"({cfg.batch_size}) must divide by the {self.dist.world_size} processes",
+                              key="batch_size")
         self.local_batch = cfg.batch_size // self.dist.world_size
 
         torch.manual_seed(cfg.seed + self.dist.rank)
@@ -117,6 +118,12 @@ class Trainer:
         self.urls = expand_urls(cfg.data)
         self.total_samples = _budget_samples(cfg, self.urls)
         self.total_steps = max(1, self.total_samples // cfg.batch_size)
+        # Loaded before the first step: unusable eval data stops the run before it trains.
+        self.periodic_eval = PeriodicEval.load(cfg, self.model_cfg.vision.image_size) if self.dist.is_main \
+            else PeriodicEval()
+        self.eval_metrics: dict[str, float] = {}
+        self.eval_step: int | None = None
+        self.eval_errors: list[dict[str, Any]] = []
         warmup = cfg.warmup if cfg.warmup is not None else int(cfg.warmup_fraction * self.total_samples)
         self.warmup_steps = max(1, warmup // cfg.batch_size)
         self.optimizer = make_optimizer(self.pretrainer, cfg.peak_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
@@ -134,8 +141,7 @@ class Trainer:
                 forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             forward_model = torch.compile(forward_model)
-        self.step_fn = TrainStep(self.model, self.optimizer, step_config(cfg), forward_model=forward_model)
-        self.eval_set = None
+        self.step_fn = TrainStep(self.model, self.optimizer, cfg.step_config(), forward_model=forward_model)
 
     # -- run directory and resume -------------------------------------------------------------
     def _prepare_run_dir(self, resume: bool) -> None:
@@ -199,11 +205,35 @@ class Trainer:
 
     # -- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        if self.eval_set is None:
-            self.eval_set = load_csv_retrieval_set(self.cfg.eval_data, self.model_cfg.vision.image_size,
-                                                   limit=self.cfg.eval_images)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
-            return evaluate_retrieval(self.model, self.eval_set, self.device)
+        """The periodic evaluation's metrics for the model as it is now (main process)."""
+        return self.periodic_eval.run(self.model, self.device, self.cfg.precision)
+
+    def _periodic_eval(self, log, tensorboard: TensorBoardLog | None) -> None:
+        """Evaluate and record; a failure is logged as a warning and training goes on."""
+        p = self.progress
+        try:
+            metrics = self.evaluate()
+        except Exception as exc:  # noqa: BLE001 - an evaluation problem must never cost the training run
+            error = f"{type(exc).__name__}: {exc}"
+            self.eval_errors.append({"step": p.step, "error": error})
+            self.reporter.message(f"warning: step {p.step}: periodic evaluation failed ({error}); training goes on")
+            record = {"step": p.step, "samples": p.samples_seen, "eval_error": error}
+        else:
+            self.eval_metrics, self.eval_step = metrics, p.step
+            self.reporter.message(f"step {p.step}: {headline(metrics)}")
+            record = {"step": p.step, "samples": p.samples_seen, "eval": metrics}
+            if tensorboard:
+                tensorboard.log("eval", p.step, p.samples_seen, metrics)
+                tensorboard.flush()
+        if log:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+
+    def _eval_summary(self) -> dict[str, Any]:
+        """The summary's evaluation entries besides `eval` (the last successful metrics)."""
+        if self.cfg.eval_data is None and self.cfg.eval_zeroshot is None:
+            return {"eval_note": "no eval data given"}
+        return {"eval_step": self.eval_step, **({"eval_errors": self.eval_errors} if self.eval_errors else {})}
 
     def _checkpoint(self, skipped: int) -> None:
         ranks = [self._rank_state(skipped)]
@@ -228,6 +258,8 @@ class Trainer:
             p.positions = [SlotPosition() for _ in range(num_slots)]
         skipped_by_slot = [0] * num_slots
         log = (self.run_dir / METRICS_FILE).open("a") if main else None
+        tensorboard = TensorBoardLog(self.run_dir, p.step, p.samples_seen) \
+            if main and "tensorboard" in cfg.report_to else None
         title = f"train {self.model_cfg.name} mask {cfg.mask_ratio:g}"
         self.reporter.start(self.total_steps, p.step, title)
         loader = iter(self._loader())
@@ -235,7 +267,6 @@ class Trainer:
         interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
         loss_sums: dict[str, torch.Tensor] = {}
         last_metrics: dict[str, Any] = {}
-        eval_metrics: dict[str, float] = {}
         try:
             while p.step < self.total_steps:
                 t0 = time.perf_counter()
@@ -268,24 +299,25 @@ class Trainer:
                     if log:
                         log.write(json.dumps(last_metrics) + "\n")
                         log.flush()
+                    if tensorboard:
+                        tensorboard.log("train", p.step, p.samples_seen,
+                                        {k: v for k, v in last_metrics.items() if k not in ("step", "samples")})
                     loss_sums = {}
                     interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
-                if main and (p.step % cfg.eval_every == 0 or done):
-                    eval_metrics = self.evaluate()
-                    self.reporter.message(f"step {p.step}: retrieval " + "  ".join(
-                        f"{k} {v:.1f}" for k, v in eval_metrics.items() if k.endswith("@1") or k.endswith("@5")))
-                    if log:
-                        log.write(json.dumps({"step": p.step, "samples": p.samples_seen, "eval": eval_metrics}) + "\n")
-                        log.flush()
+                # The checkpoint first: whatever happens in the evaluation, the step's work is kept.
                 if p.step % cfg.ckpt_every == 0 or done:
                     p.elapsed_s = time.perf_counter() - start_time
                     self._checkpoint(p.skipped_before + sum(skipped_by_slot))
+                if main and self.periodic_eval and (p.step % cfg.eval_every == 0 or done):
+                    self._periodic_eval(log, tensorboard)
                 self.reporter.step(p.step, last_metrics if p.step % cfg.log_every == 0 or done else None)
         finally:
             self.reporter.close()
             if log:
                 log.close()
-        return self._summary(time.perf_counter() - start_time, last_metrics, eval_metrics,
+            if tensorboard:
+                tensorboard.close()
+        return self._summary(time.perf_counter() - start_time, last_metrics, self.eval_metrics,
                              p.skipped_before + sum(skipped_by_slot))
 
     def _summary(self, wall_s: float, last: dict, eval_metrics: dict, skipped: int) -> dict[str, Any]:
@@ -303,6 +335,7 @@ class Trainer:
             "skipped_samples": skipped, "eval": eval_metrics, "parent": self.cfg.parent,
             "final_losses": {k: last[k] for k in ("contrastive", "recon") if k in last},
         }
+        summary.update(self._eval_summary())
         if self.cfg.text_mask != "none" and getattr(self, "_last_tokens", None) is not None:
             summary["text_masking"] = time_text_tower(self.model, self._last_tokens.to(self.device),
                                                       self.cfg.text_mask, self.cfg.text_mask_ratio)
@@ -332,10 +365,13 @@ def tune_unmasked(ckpt_path: str, samples: int | None = None, epochs: float | No
         samples = max(parent.batch_size, (parent.samples or 0) // 10) if parent.samples else None
         epochs = None if samples else 0.32
     tuned_lr = lr if lr is not None else parent.peak_lr / 100  # 4e-6 -> 4e-8 per 256 in the paper
-    cfg = dataclasses.replace(
-        parent, mask_ratio=0.0, recon_weight=0.0, text_mask="none", samples=samples, epochs=epochs, lr=tuned_lr, base_lr=None,
-        warmup=warmup, warmup_fraction=0.2,  # the paper warms up 25.6M of its 128M tuning samples
-        init_from=str(ckpt_dir), parent=str(ckpt_dir), out=out or f"{parent.out}-unmasked", **overrides)
+    settings = {
+        **TrainConfig.ablation_defaults(),  # text masking, the decoder, ...: back to plain CLIP
+        "mask_ratio": 0.0, "samples": samples, "epochs": epochs, "lr": tuned_lr, "base_lr": None,
+        "warmup": warmup, "warmup_fraction": 0.2,  # the paper warms up 25.6M of its 128M tuning samples
+        "init_from": str(ckpt_dir), "parent": str(ckpt_dir), "out": out or f"{parent.out}-unmasked",
+        **overrides}
+    cfg = dataclasses.replace(parent, **settings)
     cfg.validate()
     return Trainer(cfg, resume=False, reporter=reporter).run()
 

@@ -1,0 +1,94 @@
+"""One home per knob: TrainConfig's fields declare the flags, their help, validation and the step's settings."""
+
+import dataclasses
+import re
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from flip.errors import ConfigError
+from flip.train.config import StepConfig, TrainConfig, knob_help
+from flipctl.main import app
+
+runner = CliRunner()
+
+
+def _train_options() -> dict[str, str]:
+    """{flag: parameter name} of `flipctl train`."""
+    command = typer.main.get_command(app).commands["train"]
+    return {opt: param.name for param in command.params for opt in param.opts}
+
+
+def test_every_field_has_a_flag_or_is_marked_file_only():
+    options = _train_options()
+    for f in dataclasses.fields(TrainConfig):
+        # a field declared without knob() has no "flag" entry: it must say whether it has a flag
+        assert "flag" in f.metadata, f"TrainConfig.{f.name}: declare it with knob(...)"
+        flag = "--" + f.name.replace("_", "-")
+        if f.metadata["flag"]:
+            assert options.get(flag) == f.name, f"TrainConfig.{f.name} has no {flag} flag"
+        else:
+            assert flag not in options, f"TrainConfig.{f.name} is file-only but has a flag"
+    assert "--decoder-heads" in options
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", text))
+
+
+def test_train_help_shows_each_flags_help_from_the_dataclass():
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "120", "TERMINAL_WIDTH": "120"})
+    assert result.exit_code == 0, result.output
+    shown = _plain(result.output)
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata["flag"]:
+            assert _plain(knob_help(f)) in shown, f.name
+    assert "Default: 0.5." in _plain(knob_help(next(f for f in dataclasses.fields(TrainConfig)
+                                                   if f.name == "mask_ratio")))
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"mask_ratio": 1.0}, "mask_ratio must be in [0, 1), got 1.0"),
+    ({"mask_strategy": "diagonal"}, "mask_strategy must be one of random, block, grid"),
+    ({"batch_size": 1}, "batch_size must be >= 2"),
+    ({"samples": 6e4}, "samples must be an integer"),
+    ({"report_to": ["wandb"]}, "report_to must be one of jsonl, tensorboard"),
+    ({"decoder_width": 100, "decoder_heads": 3}, "decoder_width must be a multiple of the decoder heads (3)"),
+])
+def test_validation_follows_the_declared_metadata(settings, needle):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(**settings).validate()
+    assert needle in str(info.value)
+    assert info.value.key in settings
+
+
+def test_report_to_takes_a_name_a_list_or_commas():
+    assert TrainConfig().report_to == ["jsonl"]
+    assert TrainConfig(report_to="tensorboard").report_to == ["tensorboard"]
+    assert TrainConfig(report_to=["jsonl,tensorboard"]).report_to == ["jsonl", "tensorboard"]
+
+
+def test_step_settings_and_unmasked_reset_come_from_the_fields():
+    cfg = TrainConfig(mask_ratio=0.75, text_mask="padding", text_mask_ratio=0.5, recon_weight=1.0, grad_clip=1.0)
+    step = cfg.step_config()
+    assert isinstance(step, StepConfig)
+    for f in dataclasses.fields(StepConfig):
+        assert getattr(step, f.name) == getattr(cfg, f.name)
+        assert f.default == TrainConfig.__dataclass_fields__[f.name].default  # one default, not a copy
+    assert {f.name for f in dataclasses.fields(StepConfig)} >= {"mask_ratio", "text_mask", "recon_weight"}
+    reset = TrainConfig.ablation_defaults()
+    assert reset["text_mask"] == "none" and reset["recon_weight"] == 0.0 and "decoder_heads" in reset
+    assert "extra" not in TrainConfig.__dataclass_fields__
+
+
+def test_cli_names_the_setting_as_given(tmp_path):
+    result = runner.invoke(app, ["train", "--decoder-heads", "3", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "--decoder-width must be a multiple of the decoder heads (3)" in result.output
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("mask_ratio = 1.5\n")
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"mask_ratio (in {cfg}) must be in [0, 1), got 1.5" in _plain(result.output)
+    result = runner.invoke(app, ["train", "--config", str(cfg), "--mask-ratio", "2", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "--mask-ratio must be in [0, 1), got 2.0" in result.output
