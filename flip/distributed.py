@@ -1,4 +1,4 @@
-"""torch.distributed set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
+"""torch.distributed set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); torchrun only."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from flip.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -21,7 +23,11 @@ class DistInfo:
 
 
 def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group when launched by torchrun (or SLURM via submitit); else single process."""
+    """Join the process group when launched by torchrun (its WORLD_SIZE, RANK and LOCAL_RANK); else one process.
+
+    Only torchrun's variables are read: a job started another way (e.g. plain srun or submitit)
+    without them trains as independent single processes.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
@@ -38,9 +44,9 @@ def resolve_device(name: str, info: DistInfo = DistInfo()) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+        raise ConfigError(f"must be auto, cpu or cuda, got {name!r}", key="device")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
     if name == "cuda":
         return torch.device("cuda", info.local_rank)
     return torch.device(name)

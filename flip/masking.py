@@ -14,11 +14,13 @@ import random
 
 import torch
 
+from flip.errors import ConfigError
+
 
 def num_kept(length: int, mask_ratio: float) -> int:
     """Positions kept at `mask_ratio`, as FLIP/MAE count them: int(L * (1 - r))."""
     if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask ratio must be in [0, 1), got {mask_ratio}")
+        raise ConfigError(f"mask ratio must be in [0, 1), got {mask_ratio}")
     return max(1, int(length * (1.0 - mask_ratio)))
 
 
@@ -49,7 +51,7 @@ def complementary_views(length: int, views: int, batch: int, device: torch.devic
     Table 1d ensemble of complementary masked views).
     """
     if not 1 <= views <= length:
-        raise ValueError(f"views must be in [1, {length}], got {views}")
+        raise ConfigError(f"views must be in [1, {length}], got {views}")
     perm = torch.rand(batch, length, device=device, generator=generator).argsort(dim=1)
     return list(perm.tensor_split(views, dim=1))
 
@@ -70,7 +72,7 @@ def image_keep_indices(strategy: str, batch: int, grid_size: int, mask_ratio: fl
         return grid_keep_indices(batch, grid_size, mask_ratio, device)
     if strategy == "block":
         return block_keep_indices(batch, grid_size, length - keep, device)
-    raise ValueError(f"unknown mask strategy {strategy!r}; choose one of {', '.join(MASK_STRATEGIES)}")
+    raise ConfigError(f"unknown mask strategy {strategy!r}; choose one of {', '.join(MASK_STRATEGIES)}")
 
 
 def grid_strides(grid_size: int, mask_ratio: float) -> tuple[int, int]:
@@ -80,7 +82,7 @@ def grid_strides(grid_size: int, mask_ratio: float) -> tuple[int, int]:
             if grid_size % sy or grid_size % sx:
                 break
             return sy, sx
-    raise ValueError(f"grid masking keeps a regular sub-grid: mask ratio must be 1 - 1/n for n in 1, 2, 4, 8, "
+    raise ConfigError(f"grid masking keeps a regular sub-grid: mask ratio must be 1 - 1/n for n in 1, 2, 4, 8, "
                      f"16, 32, 64 dividing the {grid_size}x{grid_size} patch grid, got {mask_ratio}")
 
 
@@ -170,7 +172,7 @@ def text_keep_indices(tokens: torch.Tensor, strategy: str, mask_ratio: float, pa
     if strategy == "none" or mask_ratio == 0:
         return None
     if strategy not in TEXT_MASKS:
-        raise ValueError(f"unknown text mask {strategy!r}; choose one of {', '.join(TEXT_MASKS)}")
+        raise ConfigError(f"unknown text mask {strategy!r}; choose one of {', '.join(TEXT_MASKS)}")
     batch, length = tokens.shape
     keep = num_kept(length, mask_ratio)
     score = torch.rand(batch, length, device=tokens.device)

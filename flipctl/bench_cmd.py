@@ -14,6 +14,7 @@ from rich.console import Console
 from flip.bench.memory import parse_size
 from flip.bench.report import render
 from flip.bench.runner import BenchConfig, run_bench
+from flip.errors import ConfigError
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import user_errors
@@ -25,7 +26,8 @@ def parse_ratios(text: str) -> tuple[float, ...]:
     try:
         ratios = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"--mask-ratios must be numbers separated by commas, e.g. 0,0.5,0.75; got {text!r}") from None
+        raise ConfigError(f"must be numbers separated by commas, e.g. 0,0.5,0.75; got {text!r}",
+                          key="mask_ratios") from None
     return ratios
 
 
@@ -33,7 +35,7 @@ def make_config(model: str, batch_size: int, mask_ratios: str, device: str, prec
                 compile_backend: str, steps: int, warmup: int, compare: Optional[str], split: bool, data: bool,
                 data_path: Optional[str], workers: int, max_batch: bool, memory_limit: Optional[str],
                 peak_tflops: Optional[float], seed: int, ablations: bool = False) -> BenchConfig:
-    """CLI values -> a validated BenchConfig; bad input raises ValueError naming the flag."""
+    """CLI values -> a validated BenchConfig; bad input raises ConfigError naming the setting."""
     cfg = BenchConfig(
         model=model, batch_size=batch_size, mask_ratios=parse_ratios(mask_ratios), device=device,
         precision=precision, compile=compile, compile_backend=compile_backend, steps=steps, warmup=warmup,
@@ -41,10 +43,7 @@ def make_config(model: str, batch_size: int, mask_ratios: str, device: str, prec
         memory_limit=parse_size(memory_limit) if memory_limit is not None else None, peak_tflops=peak_tflops,
         seed=seed, ablations=ablations,
     )
-    try:
-        return cfg.validate()
-    except KeyError as exc:  # unknown preset
-        raise ValueError(exc.args[0]) from None
+    return cfg.validate()
 
 
 @user_errors
@@ -78,7 +77,7 @@ def bench_command(
                       ablations)
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {threads}")
+            raise ConfigError(f"must be at least 1, got {threads}", key="threads")
         torch.set_num_threads(threads)
     if data and data_path is None:
         ensure_builtin_with_progress()

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flip.data import builtin
 from flip.data.synth import SynthConfig, is_complete, total_items, write_builtin_dataset
+from flip.errors import ConfigError
 from flipctl.errors import user_errors
 
 app = typer.Typer(help="Datasets: generate the built-in one.", no_args_is_help=True)
@@ -44,13 +45,13 @@ def synth(
     workers: int = typer.Option(SynthConfig.workers, help="generator processes"),
 ) -> None:
     """Generate the built-in procedural dataset: webdataset train shards plus zero-shot and retrieval sets."""
-    for name, value in (("--train-samples", train_samples), ("--shard-size", shard_size),
-                        ("--retrieval-images", retrieval_images), ("--captions-per-image", captions_per_image),
-                        ("--zeroshot-per-class", zeroshot_per_class)):
+    for name, value in (("train_samples", train_samples), ("shard_size", shard_size),
+                        ("retrieval_images", retrieval_images), ("captions_per_image", captions_per_image),
+                        ("zeroshot_per_class", zeroshot_per_class)):
         if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+            raise ConfigError(f"must be at least 1, got {value}", key=name)
     if image_size < 16:
-        raise ValueError(f"--image-size must be at least 16, got {image_size}")
+        raise ConfigError(f"must be at least 16, got {image_size}", key="image_size")
     cfg = SynthConfig(seed=seed, train_samples=train_samples, shard_size=shard_size, image_size=image_size,
                       zeroshot_per_class=zeroshot_per_class, retrieval_images=retrieval_images,
                       captions_per_image=captions_per_image, workers=max(1, workers))

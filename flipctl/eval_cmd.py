@@ -17,20 +17,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from flip.data import builtin
-from flip.distributed import resolve_device
-from flip.eval.datasets import (
-    load_classification,
-    load_probe_splits,
-    load_retrieval,
-    with_classnames,
-)
-from flip.eval.features import IMAGES, Masking, Meter, Runtime
-from flip.eval.linear_probe import ProbeConfig, evaluate_linear_probe
-from flip.eval.retrieval import evaluate_retrieval
-from flip.eval.templates import as_text, resolve_classnames, resolve_templates
-from flip.eval.zeroshot import evaluate_zeroshot
-from flip.train.checkpoint import load_model, resolve_checkpoint
+from flip.eval.api import evaluate_checkpoint
+from flip.eval.features import Masking, Runtime
+from flip.eval.linear_probe import ProbeConfig
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import user_errors
@@ -72,48 +61,25 @@ def _progress_bar() -> Progress:
                     TimeElapsedColumn(), console=console, transient=True)
 
 
-def _setup(ckpt: str, device: str, batch_size: int, precision: str, workers: int, mask_ratio: float = 0.0,
-           views: int = 1, seed: int = 0):
-    """Validate the options, then load the model: (model, saved config, checkpoint dir, runtime, masking)."""
-    runtime = Runtime(resolve_device(device), batch_size, precision, max(0, workers))
-    masking = Masking(mask_ratio, views, seed)
-    ckpt_dir = resolve_checkpoint(ckpt)
-    model, config = load_model(ckpt_dir, runtime.device)
-    if views > model.cfg.vision.num_patches:
-        raise ValueError(f"--views {views}: the model has only {model.cfg.vision.num_patches} patches")
-    return model, config, ckpt_dir, runtime, masking
-
-
-def _run_info(task: str, ckpt_dir: Path, config: dict, model, runtime: Runtime, masking: Masking | None) -> dict:
-    train = config.get("train", {})
-    info = {"task": task, "checkpoint": str(ckpt_dir.resolve()), "model": model.cfg.name,
-            "train_mask_ratio": train.get("mask_ratio"), "train_samples": train.get("samples"),
-            "settings": {"device": str(runtime.device), "batch_size": runtime.batch_size,
-                         "precision": runtime.precision, "workers": runtime.workers}}
-    if masking is not None:
-        info["settings"]["masking"] = masking.to_dict(model.cfg.vision.num_patches)
-    return info
-
-
-def _report(title: str, info: dict, metrics: dict, meter: Meter, json_out: Optional[Path]) -> None:
-    info = {**info, "metrics": metrics,
-            "speed": {"images_per_s": meter.rate(IMAGES), "images": meter.items.get(IMAGES, 0),
-                      "seconds": meter.seconds.get(IMAGES, 0.0)}}
+def _evaluate(ckpt: str, task: str, title: str, json_out: Optional[Path], **kwargs) -> None:
+    """Run the evaluation with progress bars, print its table and write its record to `json_out`."""
+    with _progress_bar() as bar:
+        record = evaluate_checkpoint(ckpt, task, progress=RichProgress(bar), log=console.print, **kwargs)
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in metrics.items():
+    for key, value in record["metrics"].items():
         table.add_row(key, f"{value:.4g}" if key == "l2" else f"{value:.2f}")
-    table.add_row("images/s", f"{info['speed']['images_per_s']:.1f}")
+    table.add_row("images/s", f"{record['speed']['images_per_s']:.1f}")
     console.print(table)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(info, indent=2) + "\n")
+        json_out.write_text(json.dumps(record, indent=2) + "\n")
         console.print(f"wrote {json_out}")
 
 
-def _masking_note(masking: Masking) -> str:
-    return masking.describe() + (f", seed {masking.seed}" if masking.mode != "full" else "")
+def _runtime(device: str, batch_size: int, precision: str, workers: int) -> Runtime:
+    return Runtime(device, batch_size, precision, max(0, workers))
 
 
 @app.command("zeroshot")
@@ -134,25 +100,12 @@ def zeroshot(
     precision: str = PRECISION, device: str = DEVICE, workers: int = WORKERS, json_out: Optional[Path] = JSON_OUT,
 ) -> None:
     """Zero-shot classification: top-1, top-5, mean per-class recall (CLIP_benchmark's protocol)."""
-    model, config, ckpt_dir, runtime, masking = _setup(ckpt, device, batch_size, precision, workers, mask_ratio,
-                                                       views, seed)
+    masking = Masking(mask_ratio, views, seed)
+    runtime = _runtime(device, batch_size, precision, workers)
     if data is None:
-        data = builtin.zeroshot_dir(ensure_builtin_with_progress())
-    dataset = load_classification(data, split)
-    if classnames is not None:
-        dataset = with_classnames(dataset, resolve_classnames(classnames), f"--classnames {classnames}")
-    template_name, template_fns = resolve_templates(templates, dataset.templates)
-    console.print(f"zero-shot: {len(dataset.images)} images, {len(dataset.classnames)} classes from {dataset.source}; "
-                  f"{len(template_fns)} templates ({template_name}); {_masking_note(masking)}")
-    with _progress_bar() as bar:
-        meter = Meter(RichProgress(bar))
-        metrics = evaluate_zeroshot(model, dataset, template_fns, masking, runtime, meter)
-    info = _run_info("zeroshot", ckpt_dir, config, model, runtime, masking)
-    info["data"] = {"path": str(data), "source": dataset.source, "format": dataset.format,
-                    "images": len(dataset.images), "classes": len(dataset.classnames), "classnames": dataset.classnames}
-    info["settings"]["templates"] = {"name": template_name, "count": len(template_fns),
-                                     "templates": as_text(template_fns)}
-    _report(f"zero-shot, {masking.mode}", info, metrics, meter, json_out)
+        ensure_builtin_with_progress()
+    _evaluate(ckpt, "zeroshot", f"zero-shot, {masking.mode}", json_out, data=data, masking=masking,
+              runtime=runtime, templates=templates, classnames=classnames, split=split)
 
 
 @app.command("retrieval")
@@ -170,21 +123,12 @@ def retrieval(
     precision: str = PRECISION, device: str = DEVICE, workers: int = WORKERS, json_out: Optional[Path] = JSON_OUT,
 ) -> None:
     """Image-text retrieval: R@1/5/10 image->text and text->image (CLIP_benchmark's protocol)."""
-    model, config, ckpt_dir, runtime, masking = _setup(ckpt, device, batch_size, precision, workers, mask_ratio,
-                                                       views, seed)
+    masking = Masking(mask_ratio, views, seed)
+    runtime = _runtime(device, batch_size, precision, workers)
     if data is None:
-        data = str(builtin.retrieval_csv(ensure_builtin_with_progress()))
-    dataset = load_retrieval(data, images_root, split)
-    console.print(f"retrieval: {len(dataset.images)} images, {len(dataset.captions)} captions from "
-                  f"{dataset.source}; {_masking_note(masking)}")
-    with _progress_bar() as bar:
-        meter = Meter(RichProgress(bar))
-        metrics = evaluate_retrieval(model, dataset, masking=masking, runtime=runtime, progress=meter)
-    info = _run_info("retrieval", ckpt_dir, config, model, runtime, masking)
-    info["data"] = {"path": data, "format": dataset.format, "images": len(dataset.images),
-                    "captions": len(dataset.captions), "images_root": str(images_root) if images_root else None,
-                    "split": split if dataset.format == "karpathy-json" else None}
-    _report(f"retrieval, {masking.mode}", info, metrics, meter, json_out)
+        ensure_builtin_with_progress()
+    _evaluate(ckpt, "retrieval", f"retrieval, {masking.mode}", json_out, data=data, masking=masking,
+              runtime=runtime, images_root=images_root, split=split)
 
 
 @app.command("linear-probe")
@@ -203,17 +147,6 @@ def linear_probe(
     json_out: Optional[Path] = JSON_OUT,
 ) -> None:
     """Linear probe: logistic regression on frozen image features, L2 strength chosen on a validation split."""
-    model, config, ckpt_dir, runtime, _ = _setup(ckpt, device, batch_size, precision, workers)
-    train, val, test = load_probe_splits(data, val_fraction, test_fraction, seed)
-    console.print(f"linear probe: {len(train.classnames)} classes; train {len(train.images)}, val {len(val.images)}, "
-                  f"test {len(test.images)} images")
-    with _progress_bar() as bar:
-        meter = Meter(RichProgress(bar))
-        metrics = evaluate_linear_probe(model, train, val, test, runtime=runtime, progress=meter,
-                                        config=ProbeConfig(max_iter=max_iter))
-    info = _run_info("linear-probe", ckpt_dir, config, model, runtime, None)
-    info["data"] = {"path": str(data), "classes": len(train.classnames), "train_images": len(train.images),
-                    "val_images": len(val.images), "test_images": len(test.images),
-                    "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
-    info["settings"]["probe"] = {"max_iter": max_iter, "l2_grid": list(ProbeConfig().l2_grid)}
-    _report("linear probe (test split)", info, metrics, meter, json_out)
+    _evaluate(ckpt, "linear-probe", "linear probe (test split)", json_out, data=data,
+              runtime=_runtime(device, batch_size, precision, workers), probe=ProbeConfig(max_iter=max_iter),
+              val_fraction=val_fraction, test_fraction=test_fraction, probe_seed=seed)

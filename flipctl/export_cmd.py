@@ -8,8 +8,9 @@ import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
+from flip.checkpoint import load_model, resolve_checkpoint
+from flip.errors import ConfigError
 from flip.export.open_clip import export_open_clip
-from flip.train.checkpoint import load_model, resolve_checkpoint
 from flipctl.errors import user_errors
 
 console = Console()
@@ -26,7 +27,7 @@ def export_command(
 ) -> None:
     """Export a checkpoint so that open_clip (and CLIP_benchmark) build the same model."""
     if format not in FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise ConfigError(f"must be one of {', '.join(FORMATS)}, got {format!r}", key="format")
     ckpt_dir = resolve_checkpoint(ckpt)
     model, _ = load_model(ckpt_dir, "cpu")
     export = export_open_clip(model, out, name=name, weights_format=weights, source=str(ckpt_dir.resolve()))

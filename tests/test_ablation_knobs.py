@@ -178,7 +178,7 @@ def test_knobs_work_from_cli_and_config_and_are_recorded(small_dataset, tmp_path
     # a decoder checkpoint sits beside the model weights, which stay a plain FLIP model
     ckpt = out / (out / "latest").read_text().strip()
     assert (ckpt / "decoder.safetensors").exists()
-    from flip.train.checkpoint import load_model
+    from flip.checkpoint import load_model
 
     model, _ = load_model(out)
     assert isinstance(model, FLIP)

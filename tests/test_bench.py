@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from flip.flops import step_flops
 from flip.bench.memory import find_max_batch, measure_peak, parse_size, step_peak_memory
 from flip.bench.timing import synthetic_batch
+from flip.errors import ConfigError
 from flip.masking import gather_tokens, num_kept, random_keep_indices
 from flip.models import FLIP
 from flipctl.main import app
@@ -95,7 +96,7 @@ def test_parse_size():
     assert parse_size("4GiB") == 4 * 2**30 and parse_size("1500MB") == 1_500_000_000
     assert parse_size("2e9") == 2_000_000_000 and parse_size("512") == 512
     for bad in ("", "lots", "-1G", "0", "3 parsecs"):
-        with pytest.raises(ValueError, match="--memory-limit"):
+        with pytest.raises(ConfigError, match="memory_limit"):
             parse_size(bad)
 
 

@@ -8,7 +8,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from flip.train.checkpoint import resolve_checkpoint
+from flip.checkpoint import resolve_checkpoint
 
 STEPS = 12
 
@@ -33,7 +33,7 @@ def test_torchrun_two_processes_killed_and_resumed_match_an_uninterrupted_run(sm
     subprocess.run(_cmd(small_dataset, full), env=env, check=True, capture_output=True, timeout=300)
     summary = json.loads((full / "summary.json").read_text())
     assert summary["samples_seen"] == 16 * STEPS
-    state = torch.load(resolve_checkpoint(full) / "state.pt", weights_only=False)
+    state = torch.load(resolve_checkpoint(full) / "state.pt", weights_only=True)
     assert len(state["ranks"]) == 2
 
     killed = tmp_path / "killed"

@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from flip.checkpoint import load_model
 from flip.eval.datasets import load_classification, load_probe_splits, load_retrieval
 from flip.eval.features import Runtime
 from flip.eval.retrieval import evaluate_retrieval, load_csv_retrieval_set
 from flip.eval.templates import resolve_templates
 from flip.eval.zeroshot import evaluate_zeroshot
 from flip.models import FLIP, get_preset
-from flip.train.checkpoint import load_model, save_checkpoint
+from flip.train.checkpoint import save_checkpoint
 from flipctl.main import app
 
 runner = CliRunner()
@@ -130,6 +131,57 @@ def test_quick_eval_limit_keeps_whole_images(small_dataset):
     data = load_csv_retrieval_set(small_dataset / "retrieval" / "captions.csv", 64, limit=5)
     assert data.images.shape == (5, 3, 64, 64) and len(data.captions) == 15
     assert data.text_to_image.max().item() == 4
+
+
+# -- the JSON record, and the library call that makes it ---------------------------------------------
+RECORD_KEYS = {"task", "checkpoint", "model", "train_mask_ratio", "train_samples", "settings", "data", "metrics",
+               "speed"}
+SETTINGS_KEYS = {"device", "batch_size", "precision", "workers", "masking"}
+MASKING_KEYS = {"mask_ratio", "views", "seed", "mode", "patches", "kept_per_view"}
+SPEED_KEYS = {"images_per_s", "images", "seconds"}
+TASK_KEYS = {
+    "zeroshot": ({"path", "source", "format", "images", "classes", "classnames"}, {"templates"},
+                 {"top1", "top5", "mean_per_class_recall"}),
+    "retrieval": ({"path", "format", "images", "captions", "images_root", "split"}, set(),
+                  {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}),
+}
+
+
+@pytest.mark.parametrize("task", ["zeroshot", "retrieval"])
+def test_json_record_keys_and_the_library_call_agree(small_dataset, ckpt, tmp_path, task):
+    """`flipctl eval ... --json` writes a fixed set of keys, and `flip.eval.evaluate_checkpoint`
+    returns the same record (all but the timings) without the command line."""
+    from flip.eval import Masking, evaluate_checkpoint
+
+    data = small_dataset / ("zeroshot" if task == "zeroshot" else "retrieval/captions.csv")
+    out = tmp_path / "r.json"
+    code, output = _run("eval", task, "--ckpt", ckpt, "--data", data, "--workers", 0, "--batch-size", 16,
+                        "--mask-ratio", 0.5, "--seed", 3, "--json", out)
+    assert code == 0, output
+    cli = json.loads(out.read_text())
+    data_keys, extra_settings, metric_keys = TASK_KEYS[task]
+    assert set(cli) == RECORD_KEYS and cli["task"] == task
+    assert set(cli["settings"]) == SETTINGS_KEYS | extra_settings
+    assert set(cli["settings"]["masking"]) == MASKING_KEYS and set(cli["speed"]) == SPEED_KEYS
+    assert set(cli["data"]) == data_keys and set(cli["metrics"]) == metric_keys
+    if extra_settings:
+        assert set(cli["settings"]["templates"]) == {"name", "count", "templates"}
+
+    lines = []
+    record = evaluate_checkpoint(ckpt, task, data=data, masking=Masking(mask_ratio=0.5, seed=3),
+                                 runtime=Runtime(device="auto", batch_size=16), log=lines.append)
+    assert record["metrics"] == cli["metrics"]
+    assert json.loads(json.dumps({**record, "speed": None})) == {**cli, "speed": None}
+    assert len(lines) == 1 and "".join(lines[0].split()) in "".join(output.split())  # the line the CLI shows
+
+
+def test_evaluation_library_stands_below_training_and_the_cli():
+    import subprocess
+    import sys
+
+    code = "import sys, flip.eval; print(sorted(m for m in sys.modules if m.startswith(('flip.train', 'flipctl'))))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 # -- linear probe -----------------------------------------------------------------------------------

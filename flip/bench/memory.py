@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flip.bench.timing import synthetic_batch
+from flip.errors import ConfigError
 from flip.models import FLIP, ModelConfig
 from flip.train.optim import make_optimizer
 from flip.train.step import StepConfig, TrainStep
@@ -44,10 +45,10 @@ def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+]?[0-9]+)?)\s*([a-zA-Z]*)\s*", text or "")
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
-        raise ValueError(f"--memory-limit must be a size such as 4GiB, 1500MB or 2e9 bytes, got {text!r}")
+        raise ConfigError(f"must be a size such as 4GiB, 1500MB or 2e9 bytes, got {text!r}", key="memory_limit")
     value = float(match.group(1)) * _UNITS[unit]
     if value <= 0:
-        raise ValueError(f"--memory-limit must be positive, got {text!r}")
+        raise ConfigError(f"must be positive, got {text!r}", key="memory_limit")
     return int(value)
 
 

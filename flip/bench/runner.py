@@ -21,6 +21,7 @@ import torch
 from flip.bench.memory import MaxBatch, find_max_batch, step_peak_memory
 from flip.bench.timing import part_functions, synthetic_batch, time_interleaved
 from flip.distributed import resolve_device
+from flip.errors import ConfigError
 from flip.flops import step_flops
 from flip.masking import num_kept
 from flip.models import FLIP, get_preset
@@ -69,33 +70,37 @@ class BenchConfig:
     seed: int = 0
 
     def validate(self) -> "BenchConfig":
-        """Check every setting before any work starts; errors name the flag."""
-        get_preset(self.model)  # KeyError -> caller
+        """Check every setting before any work starts; a `ConfigError` names the setting (its `key`)."""
+        try:
+            get_preset(self.model)
+        except KeyError as exc:
+            raise ConfigError(exc.args[0]) from None
         if not self.mask_ratios:
-            raise ValueError("--mask-ratios needs at least one ratio, e.g. 0,0.5,0.75")
+            raise ConfigError("needs at least one ratio, e.g. 0,0.5,0.75", key="mask_ratios")
         for r in self.mask_ratios:
             if not 0.0 <= r < 1.0 or math.isnan(r):
-                raise ValueError(f"--mask-ratios must each be in [0, 1), got {r:g}")
+                raise ConfigError(f"must each be in [0, 1), got {r:g}", key="mask_ratios")
         if self.batch_size < 2:
-            raise ValueError(f"--batch-size must be at least 2 (a contrastive batch needs negatives), got {self.batch_size}")
+            raise ConfigError(f"must be at least 2 (a contrastive batch needs negatives), got {self.batch_size}",
+                              key="batch_size")
         if self.device not in DEVICES:
-            raise ValueError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+            raise ConfigError(f"must be one of {', '.join(DEVICES)}, got {self.device!r}", key="device")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available here; use --device cpu")
+            raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError(f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}", key="precision")
         if self.steps < 1:
-            raise ValueError(f"--steps must be at least 1, got {self.steps}")
+            raise ConfigError(f"must be at least 1, got {self.steps}", key="steps")
         if self.warmup < 0:
-            raise ValueError(f"--warmup must be >= 0, got {self.warmup}")
+            raise ConfigError(f"must be >= 0, got {self.warmup}", key="warmup")
         if self.compare is not None and self.compare not in COMPARE_CHOICES:
-            raise ValueError(f"--compare must be one of {', '.join(COMPARE_CHOICES)}, got {self.compare!r}")
+            raise ConfigError(f"must be one of {', '.join(COMPARE_CHOICES)}, got {self.compare!r}", key="compare")
         if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+            raise ConfigError(f"must be >= 0, got {self.workers}", key="workers")
         if self.memory_limit is not None and not self.max_batch:
-            raise ValueError("--memory-limit applies to the max-batch search: add --max-batch")
+            raise ConfigError("--memory-limit applies to the max-batch search: add --max-batch")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
-            raise ValueError(f"--peak-tflops must be positive, got {self.peak_tflops}")
+            raise ConfigError(f"must be positive, got {self.peak_tflops}", key="peak_tflops")
         return self
 
     def ratios(self) -> list[float]:
@@ -199,7 +204,7 @@ class _Runner:
         if cfg.max_batch:
             limit = cfg.memory_limit if cfg.memory_limit is not None else peaks[0.0]
             if limit is None:
-                raise ValueError(f"--batch-size {batch} does not fit in memory at mask 0: pass --memory-limit")
+                raise ConfigError(f"--batch-size {batch} does not fit in memory at mask 0: pass --memory-limit")
             max_batch = {}
             for r in ratios:
                 def probe(b: int, r=r) -> int | None:

@@ -15,9 +15,7 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-
-class DataError(ValueError):
-    """The data a user pointed at cannot be used; the message says why and what to do."""
+from flip.errors import DataError  # noqa: F401  (its home was here; kept importable)
 
 
 def expand_urls(spec: str) -> list[str]:

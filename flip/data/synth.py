@@ -56,6 +56,8 @@ from types import MappingProxyType
 
 from PIL import Image, ImageDraw
 
+from flip.errors import ConfigError
+
 __all__ = [
     "BACKGROUND_COLOURS",
     "MAX_CAPTION_TOKENS",
@@ -766,13 +768,13 @@ def _execute(
 
 def _validate(cfg: SynthConfig) -> None:
     if cfg.shard_size <= 0:
-        raise ValueError("shard_size must be positive")
+        raise ConfigError("must be positive", key="shard_size")
     if cfg.image_size < 16:
-        raise ValueError("image_size must be at least 16")
+        raise ConfigError("must be at least 16", key="image_size")
     if min(cfg.train_samples, cfg.zeroshot_per_class, cfg.retrieval_images) < 0:
-        raise ValueError("sample counts must be non-negative")
+        raise ConfigError("sample counts must be non-negative")
     if cfg.captions_per_image < 1:
-        raise ValueError("captions_per_image must be at least 1")
+        raise ConfigError("must be at least 1", key="captions_per_image")
 
 
 def write_builtin_dataset(

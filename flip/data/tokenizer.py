@@ -7,6 +7,8 @@ import functools
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 
+from flip.errors import ConfigError
+
 
 @functools.lru_cache(maxsize=None)
 def _bpe() -> SimpleTokenizer:
@@ -23,7 +25,7 @@ class Tokenizer:
 
     def __init__(self, context_length: int = 32):
         if context_length < 3:
-            raise ValueError("context length must be at least 3 (SOT, one token, EOT)")
+            raise ConfigError("must be at least 3 (SOT, one token, EOT)", key="context_length")
         self.context_length = context_length
         self.pad_id = 0
 

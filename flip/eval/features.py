@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from flip.data.tokenizer import Tokenizer
+from flip.errors import ConfigError
 from flip.eval.datasets import ImageDataset, ImageRef
 from flip.masking import complementary_views, num_kept, random_keep_indices
 
@@ -35,11 +36,11 @@ class Masking:
 
     def __post_init__(self):
         if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask ratio must be in [0, 1), got {self.mask_ratio}")
+            raise ConfigError(f"mask ratio must be in [0, 1), got {self.mask_ratio}")
         if self.views < 1:
-            raise ValueError(f"views must be at least 1, got {self.views}")
+            raise ConfigError(f"views must be at least 1, got {self.views}")
         if self.views > 1 and self.mask_ratio > 0:
-            raise ValueError("use either a mask ratio or complementary views, not both "
+            raise ConfigError("use either a mask ratio or complementary views, not both "
                              "(K views each keep 1/K of the patches)")
 
     @property
@@ -75,9 +76,9 @@ class Runtime:
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+            raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+            raise ConfigError(f"batch size must be positive, got {self.batch_size}")
 
     def autocast(self):
         # fp32 leaves an enclosing autocast alone (the trainer's quick eval runs inside its own).

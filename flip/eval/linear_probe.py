@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from flip.errors import DataError
 from flip.eval.datasets import ClassificationSet
 from flip.eval.features import Masking, Progress, Runtime, encode_images
 from flip.eval.metrics import classification_metrics
@@ -87,7 +88,7 @@ def evaluate_linear_probe(model, train: ClassificationSet, val: ClassificationSe
     """Test top1 (top5 with >= 5 classes), mean_per_class_recall (percent), the chosen l2 and its val top1."""
     num_classes = len(train.classnames)
     if not len(val.classnames) == len(test.classnames) == num_classes:
-        raise ValueError(f"the splits have different classes ({num_classes}, {len(val.classnames)}, "
+        raise DataError(f"the splits have different classes ({num_classes}, {len(val.classnames)}, "
                          f"{len(test.classnames)})")
     x = {name: encode_images(model, split.images, masking, runtime, progress)
          for name, split in (("train", train), ("val", val), ("test", test))}

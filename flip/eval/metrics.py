@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from flip.errors import DataError
+
 
 def stable_ranks(scores: torch.Tensor, target: torch.Tensor, rows: torch.Tensor | None = None,
                  chunk: int = 1024) -> torch.Tensor:
@@ -39,7 +41,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     """
     n, num_classes = logits.shape
     if n == 0:
-        raise ValueError("no samples to score")
+        raise DataError("no samples to score")
     ranks = stable_ranks(logits.float(), labels)
     metrics = {"top1": 100.0 * (ranks < 1).float().mean().item()}
     if num_classes >= 5:
@@ -64,7 +66,7 @@ def retrieval_recall(scores: torch.Tensor, text_to_image: torch.Tensor,
     captions_per_image = torch.bincount(text_to_image, minlength=n_images)
     if (captions_per_image == 0).any():
         missing = int((captions_per_image == 0).nonzero()[0])
-        raise ValueError(f"image {missing} has no caption: image->text recall is undefined")
+        raise DataError(f"image {missing} has no caption: image->text recall is undefined")
     scores = scores.float()
     text_ranks = stable_ranks(scores.T, text_to_image)  # [n_texts]: rank of the caption's image
     # Rank of each caption within its own image's row, then the best caption per image.

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from flip.errors import DataError
 from flip.eval.datasets import ClassificationSet
 from flip.eval.features import Masking, Progress, Runtime, encode_images, encode_texts
 from flip.eval.metrics import classification_metrics
@@ -22,7 +23,7 @@ def zeroshot_classifier(model, classnames: Sequence[str], templates: Sequence[Te
                         runtime: Runtime = Runtime(), progress: Progress | None = None) -> torch.Tensor:
     """[classes, D] unit class embeddings."""
     if not templates:
-        raise ValueError("no templates")
+        raise DataError("no templates")
     texts = [template(name) for name in classnames for template in templates]
     features = encode_texts(model, texts, runtime, progress, description="encoding class prompts")
     per_class = features.view(len(classnames), len(templates), -1).mean(dim=1)

@@ -44,6 +44,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
+from flip.errors import ConfigError
 from flip.models import FLIP, ModelConfig
 
 WEIGHTS = "open_clip_model.safetensors"
@@ -140,7 +141,7 @@ def export_open_clip(model: FLIP, out_dir: str | Path, name: str | None = None, 
                      source: str | None = None) -> Export:
     """Write `<name>.json`, `open_clip_config.json` and the weights into `out_dir`."""
     if weights_format not in ("safetensors", "bin"):
-        raise ValueError(f"weights format must be safetensors or bin, got {weights_format!r}")
+        raise ConfigError(f"weights format must be safetensors or bin, got {weights_format!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or model_name(model.cfg)

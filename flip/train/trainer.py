@@ -28,7 +28,8 @@ from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
-from flip.train import checkpoint as ckpt
+from flip import checkpoint as ckpt
+from flip.train.checkpoint import load_state, save_checkpoint
 from flip.train.config import ConfigError, TrainConfig
 from flip.train.optim import lr_at, make_optimizer
 from flip.train.periodic_eval import PeriodicEval, headline
@@ -167,7 +168,7 @@ class Trainer:
         ckpt.load_weights(self.model, self.resume_from)
         if self.decoder is not None:
             ckpt.load_weights(self.decoder, self.resume_from, DECODER_FILE)
-        state = ckpt.load_state(self.resume_from)
+        state = load_state(self.resume_from)
         self.optimizer.load_state_dict(state["optimizer"])
         ranks = state["ranks"]
         if len(ranks) != self.dist.world_size:
@@ -243,8 +244,8 @@ class Trainer:
         if self.dist.is_main:
             extra = {DECODER_FILE.removesuffix(".safetensors"): self.decoder} if self.decoder is not None else None
             state = {"optimizer": self.optimizer.state_dict(), "ranks": ranks}
-            ckpt.save_checkpoint(self.run_dir, self.progress.step, self.model, self._saved_config(), state,
-                                 extra_modules=extra)
+            save_checkpoint(self.run_dir, self.progress.step, self.model, self._saved_config(), state,
+                            extra_modules=extra)
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""One call from a checkpoint to a full evaluation record, for the command line and sweeps alike.
+
+`evaluate_checkpoint` loads the checkpoint, resolves the data (the built-in sets by default)
+and the prompt templates, runs one task and returns everything that identifies the result:
+the checkpoint, the model and its training mask ratio, the settings, the data, the metrics
+and the speed. `flipctl eval ... --json` writes exactly this record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from flip.checkpoint import load_model, resolve_checkpoint
+from flip.data import builtin
+from flip.distributed import resolve_device
+from flip.errors import ConfigError
+from flip.eval.datasets import load_classification, load_probe_splits, load_retrieval, with_classnames
+from flip.eval.features import IMAGES, Masking, Meter, Progress, Runtime
+from flip.eval.linear_probe import ProbeConfig, evaluate_linear_probe
+from flip.eval.retrieval import evaluate_retrieval
+from flip.eval.templates import as_text, resolve_classnames, resolve_templates
+from flip.eval.zeroshot import evaluate_zeroshot
+
+TASKS = ("zeroshot", "retrieval", "linear-probe")
+
+
+def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None = None,
+                        masking: Masking = Masking(), runtime: Runtime = Runtime(),
+                        templates: str | None = None, classnames: str | None = None, split: str = "test",
+                        images_root: str | Path | None = None, probe: ProbeConfig | None = None,
+                        val_fraction: float = 0.2, test_fraction: float = 0.3, probe_seed: int = 0,
+                        progress: Progress | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Evaluate the checkpoint at `ckpt` (a run directory, a checkpoint directory or its weights file).
+
+    task: `zeroshot` (data: a class-folder set or CLIP_benchmark webdataset folder, default the
+    built-in set; `templates`, `classnames`, `split`), `retrieval` (data: Karpathy JSON, CSV/TSV
+    or webdataset shards, default the built-in set; `images_root`, `split`) or `linear-probe`
+    (data required; `probe`, `val_fraction`, `test_fraction`, `probe_seed`).
+    `masking` applies to zeroshot and retrieval; `runtime.device` may be `auto`.
+    `progress` sees each phase (encoding images, texts, ...); `log` gets a one-line
+    description of the data and settings before the work starts.
+    Returns the record: task, checkpoint, model, train_mask_ratio, train_samples, settings,
+    data, metrics, speed.
+    """
+    if task not in TASKS:
+        raise ConfigError(f"unknown evaluation task {task!r}; choose one of {', '.join(TASKS)}")
+    if task == "linear-probe":
+        if data is None:
+            raise ConfigError("linear-probe needs data: a class-folder set with train/ and test/ split folders, "
+                              "or one class-folder set to split")
+        if masking.mode != "full":
+            raise ConfigError("masked inference (mask ratio, views) applies to zeroshot and retrieval, "
+                              "not the linear probe")
+    runtime = replace(runtime, device=resolve_device(str(runtime.device)))
+    ckpt_dir = resolve_checkpoint(ckpt)
+    model, config = load_model(ckpt_dir, runtime.device)
+    num_patches = model.cfg.vision.num_patches
+    if masking.views > num_patches:
+        raise ConfigError(f"{masking.views}: the model has only {num_patches} patches", key="views")
+    log = log or (lambda line: None)
+    meter = Meter(progress)
+
+    train = config.get("train", {})
+    record: dict[str, Any] = {
+        "task": task, "checkpoint": str(ckpt_dir.resolve()), "model": model.cfg.name,
+        "train_mask_ratio": train.get("mask_ratio"), "train_samples": train.get("samples"),
+        "settings": {"device": str(runtime.device), "batch_size": runtime.batch_size,
+                     "precision": runtime.precision, "workers": runtime.workers}}
+    if task != "linear-probe":
+        record["settings"]["masking"] = masking.to_dict(num_patches)
+
+    if task == "zeroshot":
+        if data is None:
+            data = builtin.zeroshot_dir(builtin.ensure_builtin())
+        dataset = load_classification(data, split)
+        if classnames is not None:
+            dataset = with_classnames(dataset, resolve_classnames(classnames), f"--classnames {classnames}")
+        template_name, template_fns = resolve_templates(templates, dataset.templates)
+        log(f"zero-shot: {len(dataset.images)} images, {len(dataset.classnames)} classes from {dataset.source}; "
+            f"{len(template_fns)} templates ({template_name}); {_masking_note(masking)}")
+        metrics = evaluate_zeroshot(model, dataset, template_fns, masking, runtime, meter)
+        record["data"] = {"path": str(data), "source": dataset.source, "format": dataset.format,
+                          "images": len(dataset.images), "classes": len(dataset.classnames),
+                          "classnames": dataset.classnames}
+        record["settings"]["templates"] = {"name": template_name, "count": len(template_fns),
+                                           "templates": as_text(template_fns)}
+    elif task == "retrieval":
+        if data is None:
+            data = builtin.retrieval_csv(builtin.ensure_builtin())
+        dataset = load_retrieval(str(data), images_root, split)
+        log(f"retrieval: {len(dataset.images)} images, {len(dataset.captions)} captions from "
+            f"{dataset.source}; {_masking_note(masking)}")
+        metrics = evaluate_retrieval(model, dataset, masking=masking, runtime=runtime, progress=meter)
+        record["data"] = {"path": str(data), "format": dataset.format, "images": len(dataset.images),
+                          "captions": len(dataset.captions),
+                          "images_root": str(images_root) if images_root else None,
+                          "split": split if dataset.format == "karpathy-json" else None}
+    else:
+        probe = probe or ProbeConfig()
+        train_set, val_set, test_set = load_probe_splits(data, val_fraction, test_fraction, probe_seed)
+        log(f"linear probe: {len(train_set.classnames)} classes; train {len(train_set.images)}, "
+            f"val {len(val_set.images)}, test {len(test_set.images)} images")
+        metrics = evaluate_linear_probe(model, train_set, val_set, test_set, runtime=runtime, progress=meter,
+                                        config=probe)
+        record["data"] = {"path": str(data), "classes": len(train_set.classnames),
+                          "train_images": len(train_set.images), "val_images": len(val_set.images),
+                          "test_images": len(test_set.images), "val_fraction": val_fraction,
+                          "test_fraction": test_fraction, "seed": probe_seed}
+        record["settings"]["probe"] = {"max_iter": probe.max_iter, "l2_grid": list(probe.l2_grid)}
+
+    record["metrics"] = metrics
+    record["speed"] = {"images_per_s": meter.rate(IMAGES), "images": meter.items.get(IMAGES, 0),
+                       "seconds": meter.seconds.get(IMAGES, 0.0)}
+    return record
+
+
+def _masking_note(masking: Masking) -> str:
+    return masking.describe() + (f", seed {masking.seed}" if masking.mode != "full" else "")
