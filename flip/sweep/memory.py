@@ -11,6 +11,7 @@ from flip.bench.memory import find_max_batch, step_peak_memory
 from flip.models import get_preset
 from flip.sweep.spec import SweepSpec
 from flip.sweep.store import RunStore
+from flip.train.config import TrainConfig
 
 
 def _probe_key(model: str, mask_ratio: float, batch: int, precision: str, device: torch.device) -> str:
@@ -31,27 +32,34 @@ def matched_batches(spec: SweepSpec, store: RunStore, device: torch.device,
                     log=lambda text: None) -> dict[str, tuple[int, int | None]]:
     """Row label -> (batch, measured peak bytes) for every row of a memory-matched spec.
 
-    The reference row keeps its batch; each other row gets the largest multiple of `multiple_of`
+    A row at the reference's mask ratio keeps the reference batch; each other row gets the largest multiple of `multiple_of`
     whose step fits the reference's peak. Results are cached in the store: the same spec gives the
     same batches (and so the same run ids) every time it is planned.
     """
     if spec.memory_match is None:
         return {}
     mm = spec.memory_match
-    ref = spec.config(spec.row(mm.reference), 0)
+    if isinstance(mm.reference, dict):
+        ref = TrainConfig.from_dict({**spec.base, **mm.reference})
+        name = ", ".join(f"{k}={v}" for k, v in mm.reference.items())
+    else:
+        ref, name = spec.config(spec.row(mm.reference), 0), mm.reference
     limit = step_peak(store, ref.model, ref.mask_ratio, ref.batch_size, ref.precision, device)
     if limit is None:
-        raise MemoryError(f"the reference row {mm.reference!r} (batch {ref.batch_size}) does not fit in memory")
-    out = {mm.reference: (ref.batch_size, limit)}
+        raise MemoryError(f"the memory reference {name!r} (batch {ref.batch_size}) does not fit in memory")
+    out = {}
     for row in spec.rows:
-        if row.label == mm.reference or "batch_size" in row.fields:
+        if "batch_size" in row.fields:
             continue
         cfg = spec.config(row, 0)
+        if cfg.model == ref.model and cfg.mask_ratio == ref.mask_ratio:
+            out[row.label] = (ref.batch_size, limit)
+            continue
         key = f"match:{_probe_key(cfg.model, cfg.mask_ratio, ref.batch_size, cfg.precision, device)}" \
               f":ref{ref.mask_ratio:g}:x{mm.multiple_of}"
         cached = store.probe(key)
         if cached is None:
-            log(f"probing the batch at mask {cfg.mask_ratio:g} that fits the memory of {mm.reference!r}")
+            log(f"probing the batch at mask {cfg.mask_ratio:g} that fits the memory of {name!r}")
             found = find_max_batch(lambda b: step_peak(store, cfg.model, cfg.mask_ratio, b, cfg.precision, device),
                                    limit, start=ref.batch_size)
             batch = max(mm.multiple_of, found.batch // mm.multiple_of * mm.multiple_of)

@@ -89,7 +89,7 @@ class Row:
 
 @dataclass(frozen=True)
 class MemoryMatch:
-    reference: str  # label of the row whose peak memory the others match
+    reference: str | dict  # label of the row whose peak memory the others match, or fields over the base
     multiple_of: int = 8
 
 
@@ -319,8 +319,10 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
     memory = None
     if "memory_match" in raw:
         mm = _keys(raw["memory_match"], MEMORY_KEYS, f"{where}: memory_match")
-        reference = _typed(mm.get("reference", baseline), str, f"{where}: memory_match.reference")
-        if reference not in labels:
+        reference = _typed(mm.get("reference", baseline), (str, dict), f"{where}: memory_match.reference")
+        if isinstance(reference, dict):  # a config that is not itself a row: base + these fields
+            reference = _check_fields(reference, f"{where}: memory_match.reference")
+        elif reference not in labels:
             raise SpecError(f"{where}: memory_match.reference {reference!r} is not a row label")
         memory = MemoryMatch(reference, _typed(mm.get("multiple_of", 8), int, f"{where}: memory_match.multiple_of"))
 

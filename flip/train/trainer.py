@@ -51,6 +51,7 @@ class Progress:
     next_slot: int = 0
     skipped_before: int = 0  # bad samples counted by data workers of earlier (killed) processes
     elapsed_s: float = 0.0
+    eval_time_s: float = 0.0  # part of elapsed_s spent in periodic evaluation, not training
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -310,7 +311,9 @@ class Trainer:
                     p.elapsed_s = time.perf_counter() - start_time
                     self._checkpoint(p.skipped_before + sum(skipped_by_slot))
                 if main and self.periodic_eval and (p.step % cfg.eval_every == 0 or done):
+                    eval_start = time.perf_counter()
                     self._periodic_eval(log, tensorboard)
+                    p.eval_time_s += time.perf_counter() - eval_start
                 self.reporter.step(p.step, last_metrics if p.step % cfg.log_every == 0 or done else None)
         finally:
             self.reporter.close()
@@ -328,7 +331,9 @@ class Trainer:
         flops = step_flops / self.cfg.batch_size
         summary = {
             "run_dir": str(self.run_dir), "model": self.model_cfg.name, "mask_ratio": self.cfg.mask_ratio,
-            "wall_time_s": wall_s, "steps": self.progress.step, "samples_seen": self.progress.samples_seen,
+            "wall_time_s": wall_s, "train_time_s": wall_s - self.progress.eval_time_s,
+            "eval_time_s": self.progress.eval_time_s,
+            "steps": self.progress.step, "samples_seen": self.progress.samples_seen,
             "train_flops_per_step": step_flops, "train_flops_per_sample": flops,
             "train_flops_total": step_flops * self.progress.step,
             "final_loss": last.get("loss"), "final_temperature": last.get("temperature"),
