@@ -20,7 +20,8 @@ from flip.train.config import TrainConfig
 from flipctl.main import app
 
 FLIPCTL = [sys.executable, "-m", "flipctl.main"]
-SHIPPED = ["mask-ratio"]
+SHIPPED = ["mask-ratio", "batch-size", "text-mask", "inference", "unmasked-tuning", "recon-loss",
+           "time-accuracy", "scaling"]
 
 
 def _write_spec(path: Path, body: str) -> Path:
@@ -247,3 +248,31 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(small_dataset, tmp_p
     logged = [json.loads(line)["step"] for line in (long_run / "metrics.jsonl").read_text().splitlines()
               if "loss" in line]
     assert logged.count(1) == 1 and logged[-1] == 40  # resumed from its checkpoint, never restarted from 0
+
+
+def test_data_fraction_trains_on_the_leading_shards(small_dataset, tmp_path):
+    from flip.train.trainer import Trainer, resolve
+
+    cfg = resolve(TrainConfig(data=str(small_dataset / "train"), samples=32, batch_size=16, workers=0,
+                              data_fraction=0.5, out=str(tmp_path / "run")))
+    trainer = Trainer(cfg)
+    all_shards = sorted((small_dataset / "train").glob("*.tar"))
+    assert len(all_shards) == 4 and [Path(u).name for u in trainer.urls] == [p.name for p in all_shards[:2]]
+
+
+def test_sweeps_reuse_each_others_runs():
+    """Table 1d / 1e / 1f evaluate the checkpoints Table 1a trains: same configs, same run ids."""
+    from flip.sweep.plan import build_plan
+    from flip.sweep.store import RunStore
+
+    batches = {"0%": (64, None), "50%": (112, None), "75%": (200, None)}
+    store = RunStore("unused")
+
+    def ids(name, rows):
+        spec = load_spec(name, "tiny")
+        return {j.run_id for j in build_plan(spec, store, {r: batches[r[:3]] for r in rows}) if j.kind == "train"}
+
+    table_1a = ids("mask-ratio", ["0%", "50%", "75%"])
+    assert ids("inference", ["50%", "75%"]) <= table_1a
+    assert ids("unmasked-tuning", ["50%", "75%"]) <= table_1a
+    assert len(ids("recon-loss", ["50%", "75%", "50% + recon", "75% + recon"]) & table_1a) == 6

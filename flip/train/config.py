@@ -51,6 +51,8 @@ class TrainConfig:
     # what to train on
     data: str | None = knob(None, "webdataset shards: brace pattern, dir or glob; several joined by '::'. "
                                   "Default: the built-in dataset.")
+    data_fraction: float = knob(1.0, "train on only this leading fraction of the shards (the scaling study's "
+                                     "data axis: fewer distinct samples, the same samples seen).", gt=0, le=1)
     model: str = knob("tiny", "model preset (see `flipctl models`).")
     context_length: int = knob(32, "text tokens per caption.", ge=3)
     # masking (image), and the paper's ablation knobs (Table 1c, 1f)

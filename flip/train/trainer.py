@@ -118,6 +118,8 @@ class Trainer:
         self.pretrainer = Pretrainer(self.model, self.decoder)
         _ensure_builtin_data(cfg)
         self.urls = expand_urls(cfg.data)
+        if cfg.data_fraction < 1:  # a smaller dataset, in whole shards: the first ceil(f * n) of them
+            self.urls = self.urls[:max(1, math.ceil(cfg.data_fraction * len(self.urls)))]
         self.total_samples = _budget_samples(cfg, self.urls)
         self.total_steps = max(1, self.total_samples // cfg.batch_size)
         # Loaded before the first step: unusable eval data stops the run before it trains.
