@@ -76,6 +76,18 @@ def _user_spec(tmp_path, extra_base="", extra_row=""):
     return _write_spec(tmp_path / "wd.toml", SPEC.format(extra_base=extra_base, extra_row=extra_row))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited; only its parent has not reaped it
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _data_args(ds):
     return ["--data", str(ds / "train"), "--eval-data", str(ds / "retrieval" / "captions.csv"),
             "--eval-zeroshot", str(ds / "zeroshot")]
@@ -220,7 +232,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(small_dataset, tmp_p
     spec = _user_spec(tmp_path, extra_base="log_every = 1", extra_row="samples = 640\nckpt_every = 3")
     store, out = tmp_path / "store", tmp_path / "out"
     args = FLIPCTL + ["sweep", str(spec), "--store", str(store), "--out", str(out)] + _data_args(small_dataset)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs = store / "runs"
     deadline, long_run = time.time() + 300, None
     while time.time() < deadline:  # kill the whole sweep once the long run has a checkpoint past step 3
@@ -231,8 +243,13 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(small_dataset, tmp_p
             break
         time.sleep(0.05)
     assert long_run is not None, "the long run never checkpointed"
-    os.killpg(proc.pid, signal.SIGKILL)
+    worker_pid = json.loads((long_run / "sweep" / "lock.json").read_text())["pid"]
+    os.kill(proc.pid, signal.SIGKILL)  # the sweep process alone: its worker must not live on as an orphan
     proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(worker_pid):
+        time.sleep(0.1)
+    assert not _alive(worker_pid), "the run's worker outlived the killed sweep"
     short_runs = [p for p in runs.glob("*") if p != long_run]
     assert len(short_runs) == 1 and (short_runs[0] / "summary.json").exists()
     finished_mtime = (short_runs[0] / "summary.json").stat().st_mtime

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from flip.sweep.plan import Job
-from flip.sweep.store import COMMAND, JOB, RunStore, read_json, write_json_atomic
+from flip.sweep.store import COMMAND, JOB, LOCK, RunStore, read_json, write_json_atomic
 from flip.train.config import TrainConfig
 
 TERMINAL = ("done", "failed", "skipped")
@@ -115,6 +116,8 @@ def run_jobs(jobs: list[Job], store: RunStore, parallel: int = 1, progress: Swee
                 parent_state = outcome.states.get(job.parent) if job.parent else "done"
                 if parent_state is None:
                     continue  # parent still to run
+                if held_by_live_process(store, job.run_id):
+                    continue  # another sweep sharing the store is running it: wait for that
                 waiting.remove(job)
                 if parent_state != "done":
                     outcome.states[job.run_id] = "skipped"
@@ -124,7 +127,7 @@ def run_jobs(jobs: list[Job], store: RunStore, parallel: int = 1, progress: Swee
                 running[job.run_id] = (job, _spawn(job, store))
                 outcome.ran.append(job.run_id)
             progress.update({rid: _steps(store, job) for rid, (job, _) in running.items()}, dict(outcome.states))
-            if running:
+            if running or waiting:
                 time.sleep(poll_s)
     except BaseException:
         for _, proc in running.values():
@@ -137,12 +140,35 @@ def run_jobs(jobs: list[Job], store: RunStore, parallel: int = 1, progress: Swee
     return outcome
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when the sweep process dies (even by SIGKILL),
+    so no orphaned run keeps writing into the store; elsewhere, a no-op."""
+    try:
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def held_by_live_process(store: RunStore, run_id: str) -> int | None:
+    """The pid of a live worker that holds this run (e.g. another sweep sharing the store), else None."""
+    lock = read_json(store.sweep_dir(run_id) / LOCK)
+    if not lock:
+        return None
+    try:
+        os.kill(lock["pid"], 0)
+    except (ProcessLookupError, PermissionError, KeyError, TypeError):
+        return None
+    return lock["pid"]
+
+
 def _spawn(job: Job, store: RunStore) -> subprocess.Popen:
     job_path = write_job(job, store)
     log = (job_path.parent / "worker.log").open("ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "flip.sweep.worker", str(job_path)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=False)
+                            stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
 
 
 def _steps(store: RunStore, job: Job) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from flip.train.config import TrainConfig
 # Fields that change how a run is watched or where it is written, not what it computes.
 BOOKKEEPING = frozenset({"out", "log_every", "eval_every", "ckpt_every", "device", "report_to", "eval_images",
                          "eval_data", "eval_zeroshot", "eval_zeroshot_images", "compile", "init_from", "parent"})
-SWEEP_DIR, JOB, STATUS, EVALS, COMMAND = "sweep", "job.json", "status.json", "evals", "command.txt"
+SWEEP_DIR, JOB, STATUS, EVALS, COMMAND, LOCK = "sweep", "job.json", "status.json", "evals", "command.txt", "lock.json"
 
 
 def _digest(payload: Any, n: int = 10) -> str:

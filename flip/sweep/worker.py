@@ -9,6 +9,7 @@ previous attempt was killed), then each evaluation whose record is not yet writt
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -19,7 +20,7 @@ from flip.data import builtin
 from flip.distributed import resolve_device
 from flip.eval import evaluate_checkpoint
 from flip.eval.features import Masking, Runtime
-from flip.sweep.store import STATUS, read_json, write_json_atomic
+from flip.sweep.store import LOCK, STATUS, read_json, write_json_atomic
 from flip.train.config import TrainConfig
 from flip.train.reporting import Reporter
 from flip.train.trainer import SUMMARY_FILE, train, tune_unmasked
@@ -86,6 +87,7 @@ def run_job(job_path: Path) -> int:
     previous = read_json(status_path) or {}
     attempts = previous.get("attempts", 0) + 1
     write_json_atomic(status_path, {"state": "running", "attempts": attempts, "started": time.time()})
+    write_json_atomic(sweep_dir / LOCK, {"pid": os.getpid()})  # while this lives, no one else runs this job
     try:
         _train(job, run_dir, FileReporter(sweep_dir / PROGRESS))
         _evaluate(job, run_dir, sweep_dir)
@@ -96,6 +98,8 @@ def run_job(job_path: Path) -> int:
         write_json_atomic(status_path, {"state": "failed", "attempts": attempts, "error": error,
                                         "finished": time.time()})
         return 1
+    finally:
+        (sweep_dir / LOCK).unlink(missing_ok=True)
     write_json_atomic(status_path, {"state": "done", "attempts": attempts, "finished": time.time()})
     return 0
 
