@@ -161,12 +161,13 @@ def sweep_command(
         return
 
     out.mkdir(parents=True, exist_ok=True)
-    report.manifest_for(spec, jobs_list, run_store, overrides, command).write(out)
+    manifest = report.manifest_for(spec, jobs_list, run_store, overrides, command)
+    manifest.write(out)
     start = time.perf_counter()
     outcome = execute.run_jobs(jobs_list, run_store, parallel=jobs, progress=RichSweepProgress())
     console.print(f"sweep {spec.name}: {len(outcome.ran)} runs executed, {len(outcome.skipped_done)} already done, "
                   f"{len(outcome.failed)} failed or skipped, in {_fmt_s(time.perf_counter() - start)}")
-    _print_report(report.write_report(out, spec, jobs_list, run_store, command), out)
+    _print_report(report.write_report(out, spec, jobs_list, run_store, command, manifest.commit), out)
     if outcome.failed:
         for rid in outcome.failed:
             console.print(f"[red]{outcome.states[rid]}[/red] {rid}: {(run_store.status(rid) or {}).get('error', '')} "

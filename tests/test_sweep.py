@@ -42,7 +42,7 @@ batch_size = 16
 samples = 48
 workers = 0
 shuffle_buffer = 50
-eval_every = 1000
+periodic_eval = false
 ckpt_every = 1
 {extra_base}
 
@@ -293,3 +293,23 @@ def test_sweeps_reuse_each_others_runs():
     assert ids("inference", ["50%", "75%"]) <= table_1a
     assert ids("unmasked-tuning", ["50%", "75%"]) <= table_1a
     assert len(ids("recon-loss", ["50%", "75%", "50% + recon", "75% + recon"]) & table_1a) == 6
+
+
+def test_committed_results_match_specs_that_still_load():
+    """Every committed sweep result names a shipped spec and preset that load, and plans the same runs."""
+    import shlex
+
+    from flip.sweep.plan import build_plan
+    from flip.sweep.store import RunStore
+
+    root = Path(__file__).parent.parent / "results" / "sweeps"
+    commands = sorted(root.glob("*/command.txt"))
+    assert (root / "mask-ratio" / "command.txt") in commands
+    for path in commands:
+        line = next(line for line in path.read_text().splitlines() if line.startswith("flipctl sweep"))
+        argv = shlex.split(line)
+        spec = load_spec(argv[2], argv[argv.index("--preset") + 1])
+        results = pd.read_csv(path.parent / "results.csv")
+        batches = {row: (int(group.batch_size.iloc[0]), None) for row, group in results.groupby("row")}
+        planned = {job.run_id for job in build_plan(spec, RunStore("unused"), batches)}
+        assert planned == set(results.run_id), f"{path.parent}: the spec now plans other runs; rerun the sweep"

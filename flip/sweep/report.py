@@ -31,6 +31,7 @@ class Manifest:
     store: str
     command: str
     jobs: list[dict] = field(default_factory=list)
+    commit: str | None = None  # the flipctl source the sweep ran with
 
     def write(self, out_dir: Path) -> None:
         write_json_atomic(out_dir / MANIFEST, self.__dict__)
@@ -94,7 +95,24 @@ def _plots(spec: SweepSpec, df: pd.DataFrame, out_dir: Path) -> tuple[list[Path]
     return written, notes, fits
 
 
-def write_report(out_dir: Path, spec: SweepSpec, jobs: list[Job], store: RunStore, command: str) -> dict:
+def source_commit() -> str | None:
+    """`<sha>` of the flipctl checkout this runs from (`<sha>+changes` if it has uncommitted ones), or None."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if sha.returncode != 0:
+        return None
+    return sha.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def write_report(out_dir: Path, spec: SweepSpec, jobs: list[Job], store: RunStore, command: str,
+                 commit: str | None = None) -> dict:
     """Write results.csv, the paper-style table (md/tex/csv), the plots, fits and report.html; return a summary."""
     from flip.sweep import html
 
@@ -116,7 +134,7 @@ def write_report(out_dir: Path, spec: SweepSpec, jobs: list[Job], store: RunStor
     html_path = html.write_report(out_dir, title=f"{spec.name}: {caption}", description=spec.description,
                                   tables=[(caption, table.display)], plots=[p for p in plot_paths if p.suffix == ".png"],
                                   commands=commands, runs=runs, notes=notes)
-    (out_dir / "command.txt").write_text(command + "\n")
+    (out_dir / "command.txt").write_text(f"# ran at flipctl commit {commit or 'unknown'}\n{command}\n")
     (out_dir / "notes.txt").write_text("\n".join(notes) + ("\n" if notes else ""))
     return {"table": table, "results": df, "paths": table_paths + plot_paths + [html_path], "notes": notes}
 
@@ -133,12 +151,14 @@ def regenerate(out_dir: Path) -> dict:
         spec_file.write_text(manifest.spec_text)
         spec = load_spec(spec_file, manifest.preset)
     spec = with_data(spec, **manifest.data)
-    return write_report(Path(out_dir), spec, jobs_from_manifest(manifest), RunStore(manifest.store), manifest.command)
+    return write_report(Path(out_dir), spec, jobs_from_manifest(manifest), RunStore(manifest.store), manifest.command,
+                        manifest.commit)
 
 
 def manifest_for(spec: SweepSpec, jobs: list[Job], store: RunStore, data: dict, command: str) -> Manifest:
     return Manifest(spec_text=spec.source.read_text(), spec_path=str(spec.source), preset=spec.preset, data=data,
-                    store=str(store.root.resolve()), command=command, jobs=[j.to_dict() for j in jobs])
+                    store=str(store.root), command=command, jobs=[j.to_dict() for j in jobs],
+                    commit=source_commit())
 
 
 def dump_json(obj) -> str:

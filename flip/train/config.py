@@ -112,6 +112,8 @@ class TrainConfig:
                                            "none with --data.")
     eval_templates: str | None = knob(None, "prompt templates of the periodic zero-shot: dataset, simple, openai, "
                                             "builtin or a file of {c} lines. Default: the data's own, else simple.")
+    periodic_eval: bool = knob(True, "evaluate during training (--no-periodic-eval: never; a sweep evaluates "
+                                     "the finished checkpoint itself).")
     eval_every: int = knob(100, "steps between periodic evaluations.", ge=1)
     eval_images: int = knob(1000, "retrieval images per periodic evaluation (the first ones).", ge=1)
     eval_zeroshot_images: int = knob(1000, "zero-shot images per periodic evaluation (spread evenly over the "

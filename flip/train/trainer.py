@@ -123,8 +123,8 @@ class Trainer:
         self.total_samples = _budget_samples(cfg, self.urls)
         self.total_steps = max(1, self.total_samples // cfg.batch_size)
         # Loaded before the first step: unusable eval data stops the run before it trains.
-        self.periodic_eval = PeriodicEval.load(cfg, self.model_cfg.vision.image_size) if self.dist.is_main \
-            else PeriodicEval()
+        self.periodic_eval = PeriodicEval.load(cfg, self.model_cfg.vision.image_size) \
+            if self.dist.is_main and cfg.periodic_eval else PeriodicEval()
         self.eval_metrics: dict[str, float] = {}
         self.eval_step: int | None = None
         self.eval_errors: list[dict[str, Any]] = []
@@ -235,6 +235,8 @@ class Trainer:
 
     def _eval_summary(self) -> dict[str, Any]:
         """The summary's evaluation entries besides `eval` (the last successful metrics)."""
+        if not self.cfg.periodic_eval:
+            return {"eval_note": "periodic evaluation off"}
         if self.cfg.eval_data is None and self.cfg.eval_zeroshot is None:
             return {"eval_note": "no eval data given"}
         return {"eval_step": self.eval_step, **({"eval_errors": self.eval_errors} if self.eval_errors else {})}
