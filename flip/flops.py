@@ -128,6 +128,7 @@ class StepKnobs(Protocol):
     decoder_depth: int
     decoder_width: int
     decoder_heads: int
+    # accum_steps (optional, 1 when absent): > 1 adds gradient accumulation's feature pass
 
 
 def train_step_flops(cfg: ModelConfig, knobs: StepKnobs, batch: int) -> dict[str, int]:
@@ -136,9 +137,12 @@ def train_step_flops(cfg: ModelConfig, knobs: StepKnobs, batch: int) -> dict[str
     decoder = None
     if knobs.recon_weight > 0:
         decoder = DecoderConfig(knobs.decoder_depth, knobs.decoder_width, knobs.decoder_heads)
-    return step_flops(cfg, knobs.mask_ratio, batch,
-                      text_keep=text_kept(cfg.text.context_length, knobs.text_mask, knobs.text_mask_ratio),
-                      decoder=decoder)
+    text_keep = text_kept(cfg.text.context_length, knobs.text_mask, knobs.text_mask_ratio)
+    counts = step_flops(cfg, knobs.mask_ratio, batch, text_keep=text_keep, decoder=decoder)
+    if getattr(knobs, "accum_steps", 1) > 1:  # gradient accumulation's first pass: one more forward of both towers
+        counts["accum_forward"] = forward_flops(cfg, knobs.mask_ratio, text_keep)["total"] * batch
+        counts["total"] += counts["accum_forward"]
+    return counts
 
 
 def parameter_count(cfg: ModelConfig) -> dict[str, int]:

@@ -35,7 +35,8 @@ def print_summary(summary: dict) -> None:
     table = Table(title=f"run {summary['run_dir']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("model", "mask_ratio", "steps", "samples_seen", "wall_time_s", "samples_per_s",
+    for key in ("model", "mask_ratio", "world_size", "per_device_batch", "accum_steps", "global_batch",
+                "steps", "samples_seen", "wall_time_s", "samples_per_s",
                 "final_loss", "final_temperature", "skipped_samples", "train_flops_total"):
         value = summary.get(key)
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))

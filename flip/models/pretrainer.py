@@ -20,7 +20,9 @@ class Pretrainer(nn.Module):
         self.decoder = decoder
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, image_keep: torch.Tensor | None = None,
-                text_keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                text_keep: torch.Tensor | None = None, recon: bool = True) -> dict[str, torch.Tensor]:
+        """The features, the logit scale and (with a decoder, when patches are masked and `recon`) the
+        reconstruction loss. `recon=False`: features only (gradient accumulation's first pass)."""
         visual = self.model.visual
         image_tokens = visual.forward_tokens(images, image_keep)
         out = {
@@ -28,7 +30,7 @@ class Pretrainer(nn.Module):
             "text_features": self.model.encode_text(tokens, text_keep),
             "logit_scale": self.model.logit_scale.exp(),
         }
-        if self.decoder is not None and image_keep is not None:
+        if recon and self.decoder is not None and image_keep is not None:
             out["recon_loss"] = self.decoder.loss(image_tokens, image_keep, images)
         return out
 

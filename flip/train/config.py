@@ -75,6 +75,10 @@ class TrainConfig:
                                      "tiny, 40k otherwise).", ge=1)
     epochs: float | None = knob(None, "training budget in epochs of --data (instead of --samples).", gt=0)
     batch_size: int = knob(256, "global batch size (a contrastive batch needs at least 2).", ge=2)
+    accum_steps: int = knob(1, "process each process's share of the batch in this many chunks per optimizer "
+                               "step, with the loss still over the whole global batch (features of all chunks "
+                               "first, then each chunk's backward: GradCache, OpenCLIP's --accum-freq); a large "
+                               "batch on few devices, exactly.", ge=1, step=True)
     # optimisation (the paper's recipe, lr scaled per 256)
     lr: float | None = knob(None, "peak learning rate. Default: base lr x batch/256.", gt=0)
     base_lr: float | None = knob(None, "lr per 256 samples. Default: 4e-6 for the paper's presets, 1e-3 for "
@@ -172,6 +176,8 @@ class TrainConfig:
                               f"{self.decoder_width}", key="decoder_width")
         if self.samples is not None and self.samples < self.batch_size:
             raise ConfigError(f"({self.samples}) must be at least one batch ({self.batch_size})", key="samples")
+        if self.batch_size % self.accum_steps:
+            raise ConfigError(f"({self.accum_steps}) must divide the batch size ({self.batch_size})", key="accum_steps")
         if self.samples is not None and self.epochs is not None:
             raise ConfigError("and samples both set a budget: give one of them", key="epochs")
 

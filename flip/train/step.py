@@ -3,12 +3,22 @@
 The step does device work only: masking noise is drawn on the device (no host RNG, no
 sync; `block` masking, an ablation, is the exception), losses stay tensors (no `.item()`),
 and AdamW is the fused kernel.
+
+With `accum_steps` K > 1 the batch goes through the model in K chunks and the gradient is still
+exactly that of the contrastive loss over the whole (global) batch, as GradCache and OpenCLIP's
+`--accum-freq` do it: a first pass computes every chunk's features without a graph, the loss is
+formed over all of them and its gradient with respect to the features (and the temperature) is
+kept, then each chunk runs again with a graph and is backpropagated with its rows of those
+gradients. Only one chunk's activations are alive at a time.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from flip.loss import ContrastiveLoss
 from flip.masking import image_keep_indices, num_kept, text_keep_indices
@@ -44,10 +54,13 @@ class TrainStep:
     def text_keep(self, tokens: torch.Tensor) -> torch.Tensor | None:
         return text_keep_indices(tokens, self.cfg.text_mask, self.cfg.text_mask_ratio, self.model.cfg.text.pad_id)
 
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
     def forward_loss(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         image_keep = self.image_keep(images.shape[0], images.device)
         text_keep = self.text_keep(tokens)
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"):
+        with self.autocast(images.device):
             out = self.forward_model(images, tokens, image_keep, text_keep)
             contrastive = self.loss_fn(out["image_features"].float(), out["text_features"].float(),
                                        out["logit_scale"].float())
@@ -57,17 +70,83 @@ class TrainStep:
             losses["loss"] = contrastive + self.cfg.recon_weight * out["recon_loss"]
         return losses
 
-    def __call__(self, images: torch.Tensor, tokens: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def backward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Set the parameters' gradients to those of this batch's loss; returns the losses."""
+        if self.cfg.accum_steps > 1:
+            self.optimizer.zero_grad(set_to_none=True)
+            return self.accumulate(images, tokens)
         losses = self.forward_loss(images, tokens)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
+        return losses
+
+    def accumulate(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch's gradient in `accum_steps` chunks, exactly (GradCache; see the module docstring)."""
+        k = self.cfg.accum_steps
+        if images.shape[0] % k:
+            raise ValueError(f"a batch of {images.shape[0]} does not split into {k} equal chunks")
+        # Masks are drawn once, for the whole batch, so both passes of a chunk see the same patches
+        # and tokens (and an unchunked step from the same RNG state would see them too).
+        image_keep = self.image_keep(images.shape[0], images.device)
+        text_keep = self.text_keep(tokens)
+        chunks = list(zip(images.chunk(k), tokens.chunk(k), _chunks(image_keep, k), _chunks(text_keep, k)))
+
+        with torch.no_grad(), self.autocast(images.device):
+            cached = [self.forward_model(*chunk, recon=False) for chunk in chunks]
+        image_features = torch.cat([out["image_features"].float() for out in cached]).requires_grad_()
+        text_features = torch.cat([out["text_features"].float() for out in cached]).requires_grad_()
+        logit_scale = cached[0]["logit_scale"].float().requires_grad_()
+        del cached
+        # No parameter is in this graph: its backward only fills the three leaves' gradients (under
+        # torch.distributed, through the all-gather, so every rank's loss reaches these features).
+        contrastive = self.loss_fn(image_features, text_features, logit_scale)
+        contrastive.backward()
+
+        ddp = _ddp_module(self.forward_model)
+        recon_sum, start = None, 0
+        for i, chunk in enumerate(chunks):
+            rows = slice(start, start + chunk[0].shape[0])
+            start = rows.stop
+            # DDP all-reduces once, in the last chunk's backward, what the chunks accumulated.
+            with ddp.no_sync() if ddp is not None and i < k - 1 else nullcontext():
+                with self.autocast(images.device):
+                    out = self.forward_model(*chunk)
+                # A scalar whose gradient with respect to this chunk's outputs is the loss's: the
+                # temperature's share is split evenly over the chunks.
+                surrogate = ((out["image_features"].float() * image_features.grad[rows]).sum()
+                             + (out["text_features"].float() * text_features.grad[rows]).sum()
+                             + out["logit_scale"].float() * (logit_scale.grad / k))
+                if "recon_loss" in out:  # a mean over each chunk's samples: the batch's is the chunks' mean
+                    surrogate = surrogate + self.cfg.recon_weight / k * out["recon_loss"]
+                    recon = out["recon_loss"].detach()
+                    recon_sum = recon if recon_sum is None else recon_sum + recon
+                surrogate.backward()
+        contrastive = contrastive.detach()
+        losses = {"loss": contrastive, "contrastive": contrastive}
+        if recon_sum is not None:
+            losses["recon"] = recon_sum / k
+            losses["loss"] = contrastive + self.cfg.recon_weight * losses["recon"]
+        return losses
+
+    def __call__(self, images: torch.Tensor, tokens: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        losses = self.backward(images, tokens)
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.optimizer.step()
         self.model.clamp_logit_scale()
         return {k: v.detach() for k, v in losses.items()}
+
+
+def _chunks(x: torch.Tensor | None, k: int) -> list[torch.Tensor | None]:
+    return [None] * k if x is None else list(x.chunk(k))
+
+
+def _ddp_module(module: nn.Module) -> DistributedDataParallel | None:
+    """The DDP wrapper inside `module` (possibly torch.compile'd), if any."""
+    module = getattr(module, "_orig_mod", module)
+    return module if isinstance(module, DistributedDataParallel) else None
 
 
 def time_text_tower(model: FLIP, tokens: torch.Tensor, text_mask: str, text_mask_ratio: float,

@@ -106,6 +106,10 @@ class Trainer:
             raise ConfigError(f"({cfg.batch_size}) must divide by the {self.dist.world_size} processes",
                               key="batch_size")
         self.local_batch = cfg.batch_size // self.dist.world_size
+        if self.local_batch % cfg.accum_steps:
+            raise ConfigError(f"({cfg.accum_steps}) must divide each process's share of the batch "
+                              f"({self.local_batch} = {cfg.batch_size} / {self.dist.world_size} processes)",
+                              key="accum_steps")
 
         torch.manual_seed(cfg.seed + self.dist.rank)
         random.seed(cfg.seed)
@@ -343,6 +347,9 @@ class Trainer:
             "final_loss": last.get("loss"), "final_temperature": last.get("temperature"),
             "samples_per_s": self.progress.samples_seen / wall_s if wall_s else None,
             "skipped_samples": skipped, "eval": eval_metrics, "parent": self.cfg.parent,
+            # the batch as it ran: each device's forward chunk x accumulation steps x processes
+            "world_size": self.dist.world_size, "per_device_batch": self.local_batch // self.cfg.accum_steps,
+            "accum_steps": self.cfg.accum_steps, "global_batch": self.cfg.batch_size,
             "final_losses": {k: last[k] for k in ("contrastive", "recon") if k in last},
         }
         summary.update(self._eval_summary())
