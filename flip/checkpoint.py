@@ -52,8 +52,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         path = path.parent
     if (path / LATEST).is_file():
         path = path / (path / LATEST).read_text().strip()
-    if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
-        raise CheckpointError(f"no checkpoint at {path}: expected a run directory or a folder with "
+    missing = [name for name in (WEIGHTS, CONFIG) if not (path / name).is_file()]
+    if missing:
+        found = f" ({' and '.join(missing)} missing)" if path.is_dir() else ""
+        raise CheckpointError(f"no checkpoint at {path}{found}: expected a run directory or a folder with "
                               f"{WEIGHTS} and {CONFIG}")
     return path
 

@@ -1,4 +1,6 @@
-"""torch.distributed set-up from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); torchrun only."""
+"""torch.distributed set-up from the launcher's environment: torchrun's variables (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT), or, in a job submitit started (SLURM or its local executor),
+submitit's `JobEnvironment`."""
 
 from __future__ import annotations
 
@@ -22,12 +24,32 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group when launched by torchrun (its WORLD_SIZE, RANK and LOCAL_RANK); else one process.
+def export_submitit_env() -> None:
+    """In a submitit job's task without torchrun's variables, set them from submitit's JobEnvironment:
+    its global rank, number of tasks, local rank, and the first node as the rendezvous address (on a
+    port derived from the job id, the same in every task; MASTER_PORT if set). Nothing otherwise."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    from submitit.helpers import TorchDistributedEnvironment
 
-    Only torchrun's variables are read: a job started another way (e.g. plain srun or submitit)
-    without them trains as independent single processes.
+    # CUDA_VISIBLE_DEVICES stays: each task picks its GPU by local rank (init_distributed).
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
+def process_rank() -> int:
+    """This process's global rank as its launcher (torchrun or submitit) set it; 0 for one process."""
+    export_submitit_env()
+    return int(os.environ.get("RANK", "0"))
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group when launched as one of several processes; else one process.
+
+    The rank, world size, local rank and rendezvous address are torchrun's variables (torchrun,
+    `flipctl train --nproc`), or in a job submitit started, those of its `JobEnvironment`
+    (`export_submitit_env`). A process started otherwise (e.g. plain srun) trains on its own.
     """
+    export_submitit_env()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()

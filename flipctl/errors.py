@@ -1,8 +1,10 @@
 """User errors become one line and exit code 2; anything else is a bug and keeps its traceback.
 
-A user error is a `flip.errors.FlipError` (bad settings, data or checkpoints). Any other
-exception, a plain `ValueError` included, propagates: Typer (pretty exceptions off) prints
-its traceback and exits with code 1.
+A user error is a `flip.errors.FlipError` (bad settings, data or checkpoints). A training run
+stopped by a fault (`flip.train.faults.TrainingStopped`: a non-finite loss, a failed write, too
+much bad data) is one line too, with its own exit code. Any other exception, a plain
+`ValueError` included, propagates: Typer (pretty exceptions off) prints its traceback and
+exits with code 1.
 
 A `ConfigError` with a `key` is named as the user gave the setting: `--mask-ratio` by
 default, or `mask_ratio (in run.toml)` inside `settings_from_file(...)` for the keys that
@@ -20,6 +22,7 @@ from typing import Collection, Iterator
 import typer
 
 from flip.errors import ConfigError, FlipError
+from flip.train.faults import TrainingStopped
 
 
 def fail(message: str) -> None:
@@ -91,6 +94,9 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except FlipError as exc:
             fail(error_line(exc))
+        except TrainingStopped as exc:  # a fault stopped a run; its message names the checkpoint it kept
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
         except RuntimeError as exc:  # a worker's user error that could not be re-raised as its own type
             text = _user_error_line(str(exc)) if "DataLoader worker" in str(exc) else None
             if text is None:

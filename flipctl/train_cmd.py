@@ -19,12 +19,14 @@ import typer
 from rich.table import Table
 
 from flip.errors import ConfigError
+from flip.launch import TrainJob
 from flip.train.config import TrainConfig, knob_help, load_toml
 from flip.train.reporting import RichReporter
-from flip.train.trainer import resolve, train, tune_unmasked
+from flip.train.trainer import resolve, train, tune_unmasked, unmasked_tuning_config
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import flag, settings_from_file, user_errors
+from flipctl.launch_opts import LaunchFlags, needs_shared_out, run_job, with_launch_flags
 
 console = make_console()
 
@@ -84,10 +86,12 @@ def with_knob_flags(fn):
 
 @user_errors
 @with_knob_flags
+@with_launch_flags
 def train_command(
     config: Optional[Path] = typer.Option(None, help="TOML file of train settings (the keys are the flags' "
                                                      "names, with _); flags given here override it."),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint."),
+    launch: LaunchFlags = LaunchFlags(),
     **knobs,
 ) -> None:
     """Train a FLIP model. With no flags: the tiny model on the built-in dataset, in minutes on a CPU."""
@@ -100,7 +104,9 @@ def train_command(
         if ignored:
             raise ConfigError(f"continues {out} with its saved config; drop {', '.join(map(flag, ignored))}",
                               key="resume")
-        summary = train(TrainConfig(out=out), resume=True, reporter=RichReporter())
+        summary = run_job(TrainJob(TrainConfig(out=out).to_dict(), resume=True, reporter=RichReporter), launch,
+                          lambda: train(TrainConfig(out=out), resume=True, reporter=RichReporter()),
+                          echo=console.print)
     else:
         values = load_toml(config) if config else {}
         file_keys = set(values) - set(flags)
@@ -109,12 +115,16 @@ def train_command(
             cfg = resolve(TrainConfig.from_dict(values))
             if values.get("data") is None:
                 ensure_builtin_with_progress()
+            needs_shared_out(launch, "out" in values)
             console.print(f"run directory: [bold]{cfg.out}[/bold]")
-            summary = train(cfg, reporter=RichReporter())
-    print_summary(summary)
+            summary = run_job(TrainJob(cfg.to_dict(), reporter=RichReporter), launch,
+                              lambda: train(cfg, reporter=RichReporter()), echo=console.print)
+    if summary is not None:  # None: submitted to SLURM
+        print_summary(summary)
 
 
 @user_errors
+@with_launch_flags
 def tune_unmasked_command(
     ckpt: str = typer.Option(..., help="run directory or checkpoint to continue from."),
     samples: Optional[int] = typer.Option(None, help="tuning budget in samples. Default: 10% of the parent's budget."),
@@ -122,9 +132,16 @@ def tune_unmasked_command(
     lr: Optional[float] = typer.Option(None, help="peak lr. Default: the parent's peak lr / 100 (paper: 4e-8 vs 4e-6 per 256)."),
     warmup: Optional[int] = typer.Option(None, help="warm-up samples. Default: 20% of the tuning budget."),
     out: Optional[str] = typer.Option(None, help="new run directory. Default: <parent run>-unmasked."),
+    launch: LaunchFlags = LaunchFlags(),
 ) -> None:
     """Unmasked tuning: continue a masked run with mask ratio 0 at a low lr (paper Table 1e)."""
-    summary = tune_unmasked(ckpt, samples=samples, epochs=epochs, lr=lr, warmup=warmup, out=out,
-                            reporter=RichReporter())
+    if launch.elsewhere:
+        job = TrainJob(unmasked_tuning_config(ckpt, samples, epochs, lr, warmup, out).to_dict(), reporter=RichReporter)
+        summary = run_job(job, launch, lambda: None, echo=console.print)
+    else:
+        summary = tune_unmasked(ckpt, samples=samples, epochs=epochs, lr=lr, warmup=warmup, out=out,
+                                reporter=RichReporter())
+    if summary is None:  # submitted to SLURM
+        return
     print_summary(summary)
     console.print(json.dumps({"parent": summary["parent"]}))

@@ -57,9 +57,27 @@ def test_resume_without_checkpoint(tmp_path):
     _assert_one_line_error(*_run("train", "--resume", "--out", str(tmp_path)), "nothing to resume")
 
 
-def test_resume_refuses_settings_it_would_ignore(tmp_path):
-    _assert_one_line_error(*_run("train", "--resume", "--out", str(tmp_path), "--samples", "100",
-                                 "--mask-ratio", "0.75"), "drop --mask-ratio, --samples")
+def test_resume_refuses_settings_that_differ_from_the_saved_run(tmp_path):
+    """A requeued command line may repeat the run's settings; one that differs is named with both values."""
+    from flip.models import FLIP, get_preset
+    from flip.train.checkpoint import save_checkpoint
+    from flip.train.config import TrainConfig
+
+    saved = TrainConfig(data="shards", samples=960, batch_size=16, out=str(tmp_path))
+    model = FLIP(get_preset("tiny"))
+    save_checkpoint(tmp_path, 5, model, {"model": model.cfg.to_dict(), "train": saved.to_dict()}, None)
+    code, output = _run("train", "--resume", "--out", str(tmp_path), "--data", "shards", "--batch-size", "16",
+                        "--samples", "100", "--mask-ratio", "0.75", "--keep-checkpoints", "3")
+    _assert_one_line_error(code, output, "--samples 100 (saved: 960)")
+    assert "--mask-ratio 0.75 (saved: 0.5)" in output and len(output.strip().splitlines()) == 1
+    assert "--batch-size" not in output and "--data" not in output and "--keep" not in output
+    toml = tmp_path / "run.toml"
+    toml.write_text("seed = 4\n")
+    _assert_one_line_error(*_run("train", "--resume", "--out", str(tmp_path), "--config", str(toml)),
+                           f"seed (in {toml}) 4 (saved: 0)")
+    _assert_one_line_error(*_run("train", "--resume", "--out", str(tmp_path), "--keep-checkpoints", "0"),
+                           "--keep-checkpoints must be >= 1")
+    _assert_one_line_error(*_run("train", "auto", "--out", str(tmp_path)), "unexpected argument 'auto'")
 
 
 def test_existing_run_directory_is_not_overwritten(small_dataset, tmp_path):

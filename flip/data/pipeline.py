@@ -14,15 +14,22 @@ slot in its checkpoint, and on resume each slot fast-forwards through raw bytes
 the trainer also knows which slot supplies the next batch and rotates the
 worker -> slot assignment to match.
 
-Bad data never stops training: an unreadable shard or a sample that does not decode
-is skipped and counted; the counts travel with the batches.
+Bad data does not stop the stream: an unreadable shard (missing, truncated, not a tar) or a
+sample that cannot be used is skipped and counted by kind (`SKIP_KINDS`); the counts travel
+with the batches, and the trainer decides when there is too much of it. Workers ignore the
+signals a job receives (SIGINT, SIGTERM, SIGUSR1), which the main process handles: it stops
+the run politely, and the workers exit with the loader.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import random
+import signal
+import threading
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -88,15 +95,43 @@ def train_transform(cfg: AugmentConfig) -> T.Compose:
     return T.Compose(ops)
 
 
-class _Counter:
-    """webdataset error handler that counts and continues instead of raising."""
+# What can be wrong with a shard or a sample, as counted in `skipped_by_kind`. A shard is counted
+# once per reading (each epoch), however many samples it lost.
+SKIP_KINDS = ("truncated_shard", "unreadable_shard", "no_image", "empty_image", "undecodable_image",
+              "no_caption", "empty_caption", "non_utf8_caption")
+
+
+class SkipCounter(Counter):
+    """Skipped shards and samples by kind. As a webdataset error handler it counts a failed shard
+    read (missing, not a tar, cut inside a member) and goes on, unless the shard was already
+    counted as truncated."""
 
     def __init__(self):
-        self.count = 0
+        super().__init__()
+        self.truncated: set[str] = set()
 
     def __call__(self, exc: Exception) -> bool:
-        self.count += 1
+        # webdataset appends the url to the exception's args
+        if not self.truncated.intersection(a for a in exc.args if isinstance(a, str)):
+            self["unreadable_shard"] += 1
         return True
+
+
+def tar_is_truncated(url: str) -> bool:
+    """Whether a local .tar starts as a tar but does not end as tar writes one (a multiple of 512
+    bytes ending in the zero blocks of the end-of-archive marker). Python's tarfile reads a tar cut
+    at a header as if it ended there: without this, a truncated shard would lose its tail silently.
+    Other urls, and files that are no tar at all (their read fails and is counted), are not judged."""
+    if not url.endswith(".tar") or not os.path.isfile(url):
+        return False
+    size = os.path.getsize(url)
+    with open(url, "rb") as f:
+        if f.read(512)[257:262] != b"ustar":  # POSIX / GNU / pax headers all carry this magic
+            return False
+        if size < 1536 or size % 512:
+            return True
+        f.seek(size - 1024)
+        return any(f.read(1024))
 
 
 class ShardStream(IterableDataset):
@@ -121,11 +156,19 @@ class ShardStream(IterableDataset):
             return urls[slot::num_slots], None
         return urls, slot  # every slot reads all shards and keeps every num_slots-th sample
 
-    def _raw_samples(self, epoch: int, slot: int, num_slots: int, errors: _Counter) -> Iterator[dict]:
+    def _raw_samples(self, epoch: int, slot: int, num_slots: int, errors: SkipCounter) -> Iterator[dict]:
         shards, stride_slot = self._epoch_shards(epoch, slot, num_slots)
         wanted = set(IMAGE_EXTENSIONS + TEXT_EXTENSIONS)
+
+        def sources():
+            for url in shards:
+                if tar_is_truncated(url):
+                    errors["truncated_shard"] += 1  # its complete samples are still read
+                    errors.truncated.add(url)
+                yield {"url": url}
+
         samples = wds.tariterators.tarfile_samples(
-            ({"url": url} for url in shards), handler=errors,
+            sources(), handler=errors,
             # Skip the .json metadata (and anything else) without reading it.
             select_files=lambda name: name.rsplit(".", 1)[-1].lower() in wanted,
         )
@@ -134,18 +177,26 @@ class ShardStream(IterableDataset):
                 yield sample
 
     # -- decoding ---------------------------------------------------------------------------
-    def _decode(self, sample: dict, epoch: int, transform: T.Compose) -> tuple[torch.Tensor, str] | None:
+    def _decode(self, sample: dict, epoch: int, transform: T.Compose) -> tuple[torch.Tensor, str] | str:
+        """(pixels, caption), or the kind of problem (one of `SKIP_KINDS`) that makes it unusable."""
         image_bytes = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
         text = sample.get("txt")
-        if image_bytes is None or text is None:
-            return None
+        if image_bytes is None:
+            return "no_image"
+        if text is None:
+            return "no_caption"
+        if not image_bytes:
+            return "empty_image"
+        try:
+            caption = text.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return "non_utf8_caption"
+        if not caption:
+            return "empty_caption"
         try:
             image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
-            caption = text.decode("utf-8").strip()
-        except Exception:  # any undecodable image or caption is skipped and counted
-            return None
-        if not caption:
-            return None
+        except Exception:  # PIL raises many types for bad bytes; any of them makes the image unusable
+            return "undecodable_image"
         # Per-sample augmentation seed: identical crops after a resume, whatever the batch layout.
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding, with a
@@ -166,7 +217,7 @@ class ShardStream(IterableDataset):
         torch.set_num_threads(1)  # workers decode; the trainer owns the cores' BLAS threads
         transform = train_transform(self.cfg.augment)
         tokenizer = Tokenizer(self.cfg.context_length)
-        errors = _Counter()
+        errors = SkipCounter()
         images: list[torch.Tensor] = []
         captions: list[str] = []
         keys: list[str] = []
@@ -179,20 +230,20 @@ class ShardStream(IterableDataset):
                 if read <= offset:
                     continue  # fast-forward after a resume: raw bytes only, nothing decoded
                 decoded = self._decode(sample, epoch, transform)
-                if decoded is None:
-                    errors.count += 1
+                if isinstance(decoded, str):
+                    errors[decoded] += 1
                     continue
                 images.append(decoded[0])
                 captions.append(decoded[1])
                 keys.append(sample["__key__"])
                 if len(images) == self.cfg.batch_size:
-                    meta = {"slot": local_slot, "epoch": epoch, "offset": read, "skipped": errors.count,
+                    meta = {"slot": local_slot, "epoch": epoch, "offset": read, "skipped": dict(errors),
                             "keys": keys}
                     yield torch.stack(images), tokenizer(captions), meta
                     images, captions, keys = [], [], []
             if read == 0 and offset == 0:
                 raise DataError(f"no readable samples in the shards of data slot {slot} "
-                                   f"({errors.count} errors); check the --data shards")
+                                   f"({errors.total()} errors); check the --data shards")
             epoch, offset = epoch + 1, 0
 
 
@@ -205,4 +256,23 @@ def make_loader(cfg: StreamConfig, workers: int, rank: int = 0, world_size: int 
     # or a resumed run would draw different masks.
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
-                      generator=torch.Generator().manual_seed(cfg.seed))
+                      generator=torch.Generator().manual_seed(cfg.seed), worker_init_fn=_leave_signals_to_main)
+
+
+def _leave_signals_to_main(worker_id: int) -> None:
+    """A job's stop signals reach every process (a terminal's Ctrl-C, SLURM's SIGTERM): a worker
+    that died of one would fail the main process's next batch, or raise in it mid-checkpoint
+    (DataLoader's SIGCHLD handler). The main process stops the run; the loader then ends its
+    workers, or they notice that it died. SIGTERM still ends a worker when its parent sends it:
+    that is how DataLoader and multiprocessing shut workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):  # Linux: who sent a signal is known
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)

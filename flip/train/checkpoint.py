@@ -11,8 +11,10 @@ unpickles no code.
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from flip.checkpoint import LATEST, CheckpointError, write_atomic, write_model
 from flip.models import FLIP
 
 STATE = "state.pt"
+PAUSE_ENV = "FLIP_FAULT_CKPT_PAUSE_S"  # tests only: see _fault_pause
 
 
 def save_checkpoint(run_dir: Path, step: int, model: FLIP, config: dict[str, Any],
@@ -34,22 +37,51 @@ def save_checkpoint(run_dir: Path, step: int, model: FLIP, config: dict[str, Any
     run_dir = Path(run_dir)
     final = run_dir / f"ckpt-{step:08d}"
     tmp = run_dir / f".ckpt-{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in run_dir.glob(".ckpt-*.tmp"):  # left by a process killed while writing
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_model(tmp, model, config, extra_modules)
-    if state is not None:
-        torch.save(state, tmp / STATE)
+    try:
+        write_model(tmp, model, config, extra_modules)
+        if state is not None:
+            torch.save(state, tmp / STATE)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # give back the space a failed write took
+        raise
+    _fault_pause()
     shutil.rmtree(final, ignore_errors=True)
     tmp.replace(final)
     write_atomic(run_dir / LATEST, final.name + "\n")
+    # Older checkpoints go only once the new one is complete and named in `latest`.
     older = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p != final)
     for path in older[: max(0, len(older) - (keep_last - 1))]:
         shutil.rmtree(path, ignore_errors=True)
     return final
 
 
+def checkpoint_bytes(ckpt_dir: Path) -> int:
+    """The size of a checkpoint directory's files."""
+    return sum(f.stat().st_size for f in Path(ckpt_dir).iterdir() if f.is_file())
+
+
+def _fault_pause() -> None:
+    """Fault injection for the kill tests: sleep between writing a checkpoint's files and renaming
+    it into place, so a test can SIGKILL the process inside a checkpoint write."""
+    pause = os.environ.get(PAUSE_ENV)
+    if pause:
+        time.sleep(float(pause))
+
+
 def load_state(ckpt_dir: Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / STATE
     try:
-        return torch.load(ckpt_dir / STATE, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"cannot resume from {ckpt_dir}: training state unreadable ({exc})") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message runs over several lines; the one naming what was refused is the useful one
+        refused = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line),
+                       str(exc).strip().splitlines()[-1] if str(exc).strip() else "not a flipctl state file")
+        raise CheckpointError(f"cannot resume from {ckpt_dir}: training state unreadable: {path} holds more than "
+                              f"tensors and plain values, which flipctl never writes, and was not loaded "
+                              f"({refused})") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        reason = " ".join(str(exc).split())
+        raise CheckpointError(f"cannot resume from {ckpt_dir}: training state unreadable ({reason})") from None

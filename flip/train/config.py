@@ -26,21 +26,25 @@ from flip.models.config import get_preset
 
 PAPER_PRESETS = {"B/16", "L/16", "L/14", "H/14"}
 PRECISIONS = ("fp32", "bf16")
+NONFINITE_POLICIES = ("stop", "skip")
 REPORTERS = ("jsonl", "tensorboard")  # where training curves go; metrics.jsonl is always written
 
 
 def knob(default: Any = None, help: str = "", *, choices: Sequence[Any] | None = None,
          ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
-         flag: bool = True, step: bool = False, ablation: bool = False) -> Any:
+         flag: bool = True, step: bool = False, ablation: bool = False, resume: bool = False) -> Any:
     """A TrainConfig field with what the CLI, validation and tools need to know about it.
 
     `choices` and the bounds `ge`/`gt`/`le`/`lt` are checked by `TrainConfig.validate`.
     flag=False: a setting for config files (and Python) only, with no command-line flag.
     step=True: the training step reads it (a field of `StepConfig`).
     ablation=True: one of the paper's ablation knobs; unmasked tuning resets it to its default.
+    resume=True: may differ when a run is resumed (it does not change what is trained: logging,
+    checkpointing, fault policy); any other setting given to a resume must equal the saved one.
     """
     metadata = {"help": help, "choices": tuple(choices) if choices else None,
-                "ge": ge, "gt": gt, "le": le, "lt": lt, "flag": flag, "step": step, "ablation": ablation}
+                "ge": ge, "gt": gt, "le": le, "lt": lt, "flag": flag, "step": step, "ablation": ablation,
+                "resume": resume}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -124,8 +128,17 @@ class TrainConfig:
                                            "classes).", ge=1)
     # bookkeeping
     out: str | None = knob(None, "run directory. Default: runs/<model>-mask<r>-<time>.")
-    log_every: int = knob(10, "steps between metric log lines.", ge=1)
-    ckpt_every: int = knob(100, "steps between checkpoints.", ge=1)
+    log_every: int = knob(10, "steps between metric log lines.", ge=1, resume=True)
+    ckpt_every: int = knob(100, "steps between checkpoints.", ge=1, resume=True)
+    keep_checkpoints: int = knob(2, "checkpoints kept on disk: the newest N (the final one is the newest); an "
+                                    "older one is deleted once a newer one is complete.", ge=1, resume=True)
+    # faults: what stops a run (its last checkpoint kept) and what is skipped and counted
+    on_nonfinite: str = knob("stop", "a NaN or infinite loss or gradient: stop (keep the last good checkpoint) "
+                                     "or skip (drop that step's update and count it). The update of such a step "
+                                     "is never applied.", choices=NONFINITE_POLICIES, resume=True)
+    max_bad_fraction: float = knob(0.05, "stop when more than this fraction of the samples read is unusable "
+                                         "(corrupt, empty or missing image or caption), checked once 1000 "
+                                         "samples have been read.", ge=0, le=1, resume=True)
     report_to: list[str] = knob(["jsonl"], "where training curves go besides metrics.jsonl (always written): "
                                            "tensorboard writes event files to <out>/tensorboard. Repeat the flag "
                                            "or separate with commas.", choices=REPORTERS)

@@ -33,13 +33,17 @@ class TrainStep:
 
     `forward_model` is what runs the forward: by default a `Pretrainer` over `model` (and
     `decoder`); the trainer passes its DDP / torch.compile wrapper of that Pretrainer.
+    `guard_nonfinite`: skip the update of a step whose loss or gradient is NaN or infinite, and
+    return `"nonfinite"` (1.0 for such a step) with the losses (see `guarded_update`).
     """
 
     def __init__(self, model: FLIP, optimizer: torch.optim.Optimizer, cfg: StepConfig,
-                 forward_model: nn.Module | None = None, decoder: MAEDecoder | None = None):
+                 forward_model: nn.Module | None = None, decoder: MAEDecoder | None = None,
+                 guard_nonfinite: bool = False):
         if cfg.recon_weight > 0 and decoder is None and forward_model is None:
             raise ValueError("a reconstruction weight > 0 needs a decoder")
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.guard_nonfinite = guard_nonfinite
         self.forward_model = forward_model or Pretrainer(model, decoder)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.loss_fn = ContrastiveLoss()
@@ -132,11 +136,33 @@ class TrainStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         losses = self.backward(images, tokens)
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip) if self.cfg.grad_clip else None
+        out = {k: v.detach() for k, v in losses.items()}
+        if self.guard_nonfinite:
+            out["nonfinite"] = self.guarded_update(out["loss"], grad_norm)
+        else:
+            self.optimizer.step()
         self.model.clamp_logit_scale()
-        return {k: v.detach() for k, v in losses.items()}
+        return out
+
+    def guarded_update(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> torch.Tensor:
+        """The optimizer step, skipped when the loss or the gradient is NaN or infinite; returns 1.0 for
+        a skipped step, else 0.0, as a device tensor.
+
+        No host sync: the fused AdamW takes the flag as `found_inf` (as under a GradScaler) and skips
+        the whole update on the device, moments and step count included. Under DDP the gradients are
+        all-reduced, so every process sees the same gradient norm and skips the same steps.
+        """
+        if grad_norm is None:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        nonfinite = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+        if self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = nonfinite
+            self.optimizer.step()
+        elif not nonfinite.item():  # other optimizers cannot skip on the device: one sync per step
+            self.optimizer.step()
+        return nonfinite
 
 
 def _chunks(x: torch.Tensor | None, k: int) -> list[torch.Tensor | None]:

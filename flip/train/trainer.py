@@ -376,6 +376,14 @@ def tune_unmasked(ckpt_path: str, samples: int | None = None, epochs: float | No
     Starts from the checkpoint's weights with a fresh optimizer and its own warm-up, in a new run
     directory that records its parent.
     """
+    cfg = unmasked_tuning_config(ckpt_path, samples, epochs, lr, warmup, out, **overrides)
+    return Trainer(cfg, resume=False, reporter=reporter).run()
+
+
+def unmasked_tuning_config(ckpt_path: str, samples: int | None = None, epochs: float | None = None,
+                           lr: float | None = None, warmup: int | None = None, out: str | None = None,
+                           **overrides) -> TrainConfig:
+    """The run `tune_unmasked` trains (a run on other processes trains it with `train`)."""
     ckpt_dir = ckpt.resolve_checkpoint(ckpt_path)
     parent = TrainConfig.from_dict(ckpt.read_config(ckpt_dir)["train"])
     if samples is None and epochs is None:
@@ -390,7 +398,7 @@ def tune_unmasked(ckpt_path: str, samples: int | None = None, epochs: float | No
         **overrides}
     cfg = dataclasses.replace(parent, **settings)
     cfg.validate()
-    return Trainer(cfg, resume=False, reporter=reporter).run()
+    return cfg
 
 
 def _ensure_builtin_data(cfg: TrainConfig) -> None:

@@ -1,0 +1,140 @@
+"""Where `flipctl train` and `flipctl tune-unmasked` run: the launch flags, and running a job by them.
+
+`--launcher local` (the default) trains in this process, or with `--nproc N` in N processes
+started by torchrun's launcher (`--nnodes`, `--node-rank`, `--rdzv-endpoint` for several
+machines); `--launcher slurm` submits a SLURM job through submitit (`--partition`, `--nodes`,
+`--gpus-per-node`, ...). The work itself is `flip.launch`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import os
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import typer
+
+from flip.errors import ConfigError
+from flip.launch import LAUNCHERS, LocalLaunch, SlurmLaunch, TrainJob, launch_local, submit
+from flipctl.errors import flag
+
+TORCHRUN_FLAGS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint")
+SLURM_FLAGS = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "time", "account", "qos", "constraint")
+
+
+@dataclass
+class LaunchFlags:
+    """The launch flags as given (None: not given)."""
+
+    launcher: str = "local"
+    nproc: Optional[int] = None
+    nnodes: Optional[int] = None
+    node_rank: Optional[int] = None
+    rdzv_endpoint: Optional[str] = None
+    partition: Optional[str] = None
+    nodes: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    cpus_per_task: Optional[int] = None
+    time: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+
+    def given(self, names) -> list[str]:
+        return [name for name in names if getattr(self, name) is not None]
+
+    def check(self) -> "LaunchFlags":
+        if self.launcher not in LAUNCHERS:
+            raise ConfigError(f"must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}", key="launcher")
+        wrong = self.given(SLURM_FLAGS if self.launcher == "local" else TORCHRUN_FLAGS)
+        if wrong:
+            other = "slurm" if self.launcher == "local" else "local"
+            raise ConfigError(f"is a setting of --launcher {other} (this is --launcher {self.launcher})", key=wrong[0])
+        if self.launcher == "local" and self.local().world_size > 1 and "WORLD_SIZE" in os.environ:
+            raise ConfigError("starts processes itself: do not also launch flipctl with torchrun", key="nproc")
+        return self
+
+    @property
+    def elsewhere(self) -> bool:
+        """Whether the job runs in other processes than this one."""
+        return self.launcher == "slurm" or self.local().world_size > 1
+
+    def local(self) -> LocalLaunch:
+        given = {name: getattr(self, name) for name in self.given(TORCHRUN_FLAGS)}
+        return LocalLaunch(**given).validate()
+
+    def slurm(self) -> SlurmLaunch:
+        given = {name: getattr(self, name) for name in self.given(SLURM_FLAGS)}
+        return SlurmLaunch(**given).validate()
+
+
+_HELP = {
+    "launcher": f"where the processes run: {' or '.join(LAUNCHERS)} (local: here, --nproc of them; slurm: a SLURM "
+                f"job through submitit, one task per GPU, requeued and resumed when preempted or out of time).",
+    "nproc": "processes on this machine, one per GPU (torchrun's --nproc-per-node): the batch is split over all "
+             "processes of all nodes. Default: 1, this process.",
+    "nnodes": "machines of a multi-node run; start the same command on each, with its --node-rank. Default: 1.",
+    "node_rank": "this machine's index in [0, --nnodes). Default: 0.",
+    "rdzv_endpoint": "HOST:PORT of node 0, where the processes meet (multi-node). Default: a free local port.",
+    "partition": "SLURM partition.",
+    "nodes": "SLURM nodes. Default: 1.",
+    "gpus_per_node": "GPUs per node, one task each. Default: 1.",
+    "cpus_per_task": "CPU cores per task (data-loader workers need them).",
+    "time": "SLURM time limit: MM, HH:MM:SS or D-HH:MM:SS. Default: 24:00:00. A job out of time is requeued "
+            "and resumes from its last checkpoint.",
+    "account": "SLURM account to charge.",
+    "qos": "SLURM quality of service.",
+    "constraint": "SLURM node constraint (e.g. a GPU type).",
+}
+
+
+def _parameters() -> list[inspect.Parameter]:
+    params, hints = [], typing.get_type_hints(LaunchFlags)
+    for f in dataclasses.fields(LaunchFlags):
+        option = typer.Option(f.default, help=_HELP[f.name], show_default=f.name == "launcher",
+                              rich_help_panel="Launch")
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=hints[f.name]))
+    return params
+
+
+def with_launch_flags(fn):
+    """Give a command the launch flags; it receives them as one `launch: LaunchFlags` argument."""
+    names = [f.name for f in dataclasses.fields(LaunchFlags)]
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        launch = LaunchFlags(**{name: kwargs.pop(name) for name in names if name in kwargs})
+        return fn(*args, launch=launch.check(), **kwargs)
+
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "launch"]
+    keyword = [p for p in own if p.kind == p.VAR_KEYWORD]
+    plain = [p.replace(kind=p.KEYWORD_ONLY) for p in own if p.kind != p.VAR_KEYWORD]
+    wrapper.__signature__ = inspect.Signature([*plain, *_parameters(), *keyword])
+    return wrapper
+
+
+def run_job(job: TrainJob, launch: LaunchFlags, here: Callable[[], dict[str, Any]], echo=print) -> dict | None:
+    """Run `job` as `launch` says: `here()` in this process, in --nproc processes, or submitted to SLURM
+    (then None: the job runs on; `echo` says where its logs and run are)."""
+    if launch.launcher == "slurm":
+        spec = launch.slurm()
+        handle = submit(job, spec, name=f"flipctl-{os.path.basename(os.path.normpath(job.out))}")
+        echo(f"submitted SLURM job {handle.job_id}: {spec.nodes} node(s) x {spec.tasks} task(s); logs in "
+             f"{handle.paths.folder}; the run: {job.out} (`flipctl train --launcher slurm --resume --out {job.out}` "
+             f"continues it after a failure)")
+        return None
+    if launch.elsewhere:
+        return launch_local(job, launch.local())
+    return here()
+
+
+def needs_shared_out(launch: LaunchFlags, out_given: bool) -> None:
+    """A run on several machines writes one run directory: its path must be given, the same on every node."""
+    if launch.launcher == "local" and (launch.nnodes or 1) > 1 and not out_given:
+        raise ConfigError(f"a multi-node run needs {flag('out')} on a filesystem every node sees",
+                          key="nnodes")
