@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import json
 import os
+import shlex
 import types
 import typing
 from pathlib import Path
@@ -22,13 +23,18 @@ from flip.errors import ConfigError
 from flip.launch import TrainJob
 from flip.train.config import TrainConfig, knob_help, load_toml
 from flip.train.reporting import RichReporter
-from flip.train.trainer import resolve, train, tune_unmasked, unmasked_tuning_config
+from flip.train.faults import StopRequested
+from flip.train.trainer import (SUMMARY_FILE, ResumeConflict, has_checkpoint, resolve, train, tune_unmasked,
+                                unmasked_tuning_config)
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
-from flipctl.errors import flag, settings_from_file, user_errors
+from flipctl.errors import flag, setting_name, settings_from_file, user_errors
 from flipctl.launch_opts import LaunchFlags, needs_shared_out, run_job, with_launch_flags
+from flipctl.stopping import StopOnSignals
 
 console = make_console()
+# The settings a resume may change (TrainConfig knobs declared with resume=True).
+RESUME_CHANGEABLE = [f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume"]]
 
 
 def print_summary(summary: dict) -> None:
@@ -39,7 +45,7 @@ def print_summary(summary: dict) -> None:
     table.add_column("value", justify="right")
     for key in ("model", "mask_ratio", "world_size", "per_device_batch", "accum_steps", "global_batch",
                 "steps", "samples_seen", "wall_time_s", "samples_per_s",
-                "final_loss", "final_temperature", "skipped_samples", "train_flops_total"):
+                "final_loss", "final_temperature", "skipped_samples", "nonfinite_steps", "train_flops_total"):
         value = summary.get(key)
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
     for key, value in summary.get("eval", {}).items():
@@ -84,41 +90,75 @@ def with_knob_flags(fn):
     return fn
 
 
+def run_stoppable(fn):
+    """`fn(stop_event)`, with SIGTERM, SIGINT and SIGUSR1 made polite stops: the run finishes its step
+    and writes a checkpoint, one line says how to resume, and the exit code is 128 + the signal's
+    number (143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1)."""
+    with StopOnSignals() as stopper:
+        try:
+            return fn(stopper.event)
+        except StopRequested as exc:
+            typer.echo(f"{stopper.name}: run {exc.run_dir} stopped at step {exc.step} and wrote its checkpoint "
+                       f"{exc.checkpoint}; resume with: flipctl train --resume --out {shlex.quote(str(exc.run_dir))}",
+                       err=True)
+            raise typer.Exit(stopper.exit_code) from None
+
+
 @user_errors
 @with_knob_flags
 @with_launch_flags
 def train_command(
     config: Optional[Path] = typer.Option(None, help="TOML file of train settings (the keys are the flags' "
                                                      "names, with _); flags given here override it."),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint. "
+                                "`--resume auto` starts the run when --out holds no checkpoint yet, so a requeued "
+                                "job can rerun one command line. Settings given with --resume must equal the "
+                                f"run's saved ones, except {', '.join(map(flag, RESUME_CHANGEABLE))}."),
+    # Typer options cannot take an optional value: `--resume auto` is the flag followed by this word.
+    resume_mode: Optional[str] = typer.Argument(None, hidden=True, metavar="[auto]"),
     launch: LaunchFlags = LaunchFlags(),
     **knobs,
 ) -> None:
     """Train a FLIP model. With no flags: the tiny model on the built-in dataset, in minutes on a CPU."""
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items() if v is not None and v != ()}
-    if resume:
-        out = flags.get("out")
-        if out is None:
-            raise ConfigError("needs --out RUN_DIR: the run to continue", key="resume")
-        ignored = sorted(k for k in flags if k != "out") + (["config"] if config else [])
-        if ignored:
-            raise ConfigError(f"continues {out} with its saved config; drop {', '.join(map(flag, ignored))}",
-                              key="resume")
-        summary = run_job(TrainJob(TrainConfig(out=out).to_dict(), resume=True, reporter=RichReporter), launch,
-                          lambda: train(TrainConfig(out=out), resume=True, reporter=RichReporter()),
-                          echo=console.print)
-    else:
-        values = load_toml(config) if config else {}
-        file_keys = set(values) - set(flags)
-        values.update(flags)
-        with settings_from_file(config, file_keys):
-            cfg = resolve(TrainConfig.from_dict(values))
-            if values.get("data") is None:
-                ensure_builtin_with_progress()
-            needs_shared_out(launch, "out" in values)
-            console.print(f"run directory: [bold]{cfg.out}[/bold]")
-            summary = run_job(TrainJob(cfg.to_dict(), reporter=RichReporter), launch,
-                              lambda: train(cfg, reporter=RichReporter()), echo=console.print)
+    if resume_mode is not None and not (resume and resume_mode == "auto"):
+        raise ConfigError(f"unexpected argument {resume_mode!r}: `flipctl train` takes flags only (`--resume auto` "
+                          f"is the one word allowed)")
+    values = load_toml(config) if config else {}
+    file_keys = set(values) - set(flags)
+    values.update(flags)
+
+    def start(stop):
+        cfg = resolve(TrainConfig.from_dict(values))
+        if values.get("data") is None:
+            ensure_builtin_with_progress()
+        needs_shared_out(launch, "out" in values)
+        console.print(f"run directory: [bold]{cfg.out}[/bold]")
+        return run_job(TrainJob(cfg.to_dict(), reporter=RichReporter), launch,
+                       lambda: train(cfg, reporter=RichReporter(), stop=stop), echo=console.print)
+
+    def cont(stop):
+        out = values["out"]
+        finished = (Path(out) / SUMMARY_FILE).exists()
+        summary = run_job(TrainJob(TrainConfig(out=out).to_dict(), resume=True, reporter=RichReporter, settings=values),
+                          launch, lambda: train(TrainConfig(out=out), resume=True, settings=values,
+                                                reporter=RichReporter(), stop=stop), echo=console.print)
+        if finished:
+            console.print(f"run {out} had already finished: nothing to train")
+        return summary
+
+    with settings_from_file(config, file_keys):
+        try:
+            if not resume:
+                summary = run_stoppable(start)
+            elif values.get("out") is None:
+                raise ConfigError("needs --out RUN_DIR: the run to continue", key="resume")
+            elif resume_mode == "auto" and not has_checkpoint(values["out"]):
+                summary = run_stoppable(start)
+            else:
+                summary = run_stoppable(cont)
+        except ResumeConflict as exc:
+            raise ConfigError(exc.describe(lambda key: setting_name(key, file_keys, config))) from None
     if summary is not None:  # None: submitted to SLURM
         print_summary(summary)
 
@@ -139,8 +179,8 @@ def tune_unmasked_command(
         job = TrainJob(unmasked_tuning_config(ckpt, samples, epochs, lr, warmup, out).to_dict(), reporter=RichReporter)
         summary = run_job(job, launch, lambda: None, echo=console.print)
     else:
-        summary = tune_unmasked(ckpt, samples=samples, epochs=epochs, lr=lr, warmup=warmup, out=out,
-                                reporter=RichReporter())
+        summary = run_stoppable(lambda stop: tune_unmasked(ckpt, samples=samples, epochs=epochs, lr=lr,
+                                                          warmup=warmup, out=out, reporter=RichReporter(), stop=stop))
     if summary is None:  # submitted to SLURM
         return
     print_summary(summary)

@@ -12,12 +12,14 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel
 
 from flip.data import builtin
@@ -29,8 +31,10 @@ from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
 from flip import checkpoint as ckpt
-from flip.train.checkpoint import load_state, save_checkpoint
+from flip.train.checkpoint import checkpoint_bytes, load_state, save_checkpoint
 from flip.train.config import ConfigError, TrainConfig
+from flip.train.faults import (NonFiniteStop, NonFiniteSteps, StopRequested, TooMuchBadData, WriteFailed,
+                               describe_checkpoint)
 from flip.train.optim import lr_at, make_optimizer
 from flip.train.periodic_eval import PeriodicEval, headline
 from flip.train.reporting import Reporter
@@ -39,6 +43,10 @@ from flip.train.tensorboard_log import TensorBoardLog
 
 METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
 DECODER_FILE = "decoder.safetensors"
+# The bad-data fraction is judged once this many samples have been read: a few bad samples at the
+# start of a good corpus must not stop a run (at a true rate of 3%, exceeding 5% in 1000 samples
+# is a 3.7-sigma event).
+BAD_FRACTION_MIN_SAMPLES = 1000
 
 
 @dataclass
@@ -49,7 +57,9 @@ class Progress:
     samples_seen: int = 0
     positions: list[SlotPosition] = field(default_factory=list)
     next_slot: int = 0
-    skipped_before: int = 0  # bad samples counted by data workers of earlier (killed) processes
+    skipped_before: dict[str, int] = field(default_factory=dict)  # bad samples by kind, counted by data
+    #                                                                 workers of earlier (stopped) processes
+    nonfinite_steps: int = 0  # steps whose update was skipped for a NaN or infinite loss or gradient
     elapsed_s: float = 0.0
     eval_time_s: float = 0.0  # part of elapsed_s spent in periodic evaluation, not training
 
@@ -90,14 +100,56 @@ def _budget_samples(cfg: TrainConfig, urls: list[str]) -> int:
     return max(cfg.batch_size, math.ceil(cfg.epochs * count_samples(urls)))
 
 
+class ResumeConflict(ConfigError):
+    """Settings given to a resume differ from the run's saved ones: `conflicts` holds (key, given, saved)."""
+
+    def __init__(self, run_dir: str | Path, conflicts: list[tuple[str, Any, Any]]):
+        self.run_dir, self.conflicts = run_dir, conflicts
+        super().__init__(self.describe())
+
+    def describe(self, name=lambda key: key) -> str:
+        """The message, each setting named by `name(key)` (the command line names flags)."""
+        listed = ", ".join(f"{name(key)} {given} (saved: {saved})" for key, given, saved in self.conflicts)
+        return (f"{self.run_dir} was started with other settings: {listed}; a resumed run keeps its settings, "
+                f"so drop these or start a new run in another directory")
+
+    def __reduce__(self):
+        return type(self), (self.run_dir, self.conflicts)
+
+
+def resumed_config(run_dir: str | Path, saved: dict[str, Any], settings: dict[str, Any]) -> TrainConfig:
+    """The saved config of the run being resumed, with `settings` (what a requeued command line gives)
+    checked against it: equal values are accepted, the settings that may change on resume (knobs with
+    resume=True: logging, checkpointing, fault policy) are applied, any other difference is refused."""
+    saved_cfg = TrainConfig.from_dict(saved)
+    given = TrainConfig.from_dict({**saved, **settings})  # normalised as a fresh run's settings are
+    changeable = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume"]}
+    conflicts = [(key, getattr(given, key), getattr(saved_cfg, key)) for key in settings
+                 if key != "out" and key not in changeable and getattr(given, key) != getattr(saved_cfg, key)]
+    if conflicts:
+        raise ResumeConflict(run_dir, conflicts)
+    given.out = saved_cfg.out
+    given.validate()
+    return given
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / ckpt.LATEST).exists()
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None):
+    """One training run. `stop` (anything with `is_set()`, e.g. a threading.Event), when set, makes
+    `run()` finish the step in flight, write a checkpoint and raise `StopRequested`."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None,
+                 stop=None, settings: dict[str, Any] | None = None):
         self.reporter = reporter or Reporter()
+        self.stop = stop
         self.run_dir = Path(cfg.out)
         self._prepare_run_dir(resume)
+        self.last_checkpoint: Path | None = self.resume_from if resume else None
         if resume:
-            saved = ckpt.read_config(self.resume_from)["train"]
-            cfg = TrainConfig.from_dict(saved)
+            cfg = resumed_config(self.run_dir, ckpt.read_config(self.resume_from)["train"], settings or {})
         self.cfg = cfg
         device_type = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.dist: DistInfo = init_distributed(device_type)
@@ -149,7 +201,10 @@ class Trainer:
                 forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             forward_model = torch.compile(forward_model)
-        self.step_fn = TrainStep(self.model, self.optimizer, cfg.step_config(), forward_model=forward_model)
+        self.step_fn = TrainStep(self.model, self.optimizer, cfg.step_config(), forward_model=forward_model,
+                                 guard_nonfinite=True)
+        self.nonfinite = NonFiniteSteps(self.device)
+        self._skipped_by_slot: list[dict[str, int]] = []
 
     # -- run directory and resume -------------------------------------------------------------
     def _prepare_run_dir(self, resume: bool) -> None:
@@ -182,17 +237,19 @@ class Trainer:
             raise ckpt.CheckpointError(f"{self.resume_from} was written by {len(ranks)} processes; resume it "
                                        f"with the same number (now {self.dist.world_size})")
         own = ranks[self.dist.rank]
-        self.progress = Progress(**{**own["progress"],
-                                    "positions": [SlotPosition(**p) for p in own["progress"]["positions"]]})
+        saved = dict(own["progress"])
+        if isinstance(saved.get("skipped_before"), int):  # checkpoints written before counts had kinds
+            saved["skipped_before"] = {"unknown": saved["skipped_before"]} if saved["skipped_before"] else {}
+        self.progress = Progress(**{**saved, "positions": [SlotPosition(**p) for p in saved["positions"]]})
         torch.set_rng_state(own["rng"]["torch"])
         if self.device.type == "cuda" and own["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(own["rng"]["cuda"], self.device)
         random.setstate(own["rng"]["python"])
 
-    def _rank_state(self, skipped_now: int) -> dict[str, Any]:
+    def _rank_state(self) -> dict[str, Any]:
         """What differs between ranks: data-stream positions and RNG states."""
         progress = dataclasses.asdict(self.progress)
-        progress["skipped_before"] = skipped_now
+        progress["skipped_before"] = self._skipped()
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         return {"progress": progress, "rng": rng}
@@ -234,8 +291,7 @@ class Trainer:
                 tensorboard.log("eval", p.step, p.samples_seen, metrics)
                 tensorboard.flush()
         if log:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            self._log(log, record)
 
     def _eval_summary(self) -> dict[str, Any]:
         """The summary's evaluation entries besides `eval` (the last successful metrics)."""
@@ -245,16 +301,127 @@ class Trainer:
             return {"eval_note": "no eval data given"}
         return {"eval_step": self.eval_step, **({"eval_errors": self.eval_errors} if self.eval_errors else {})}
 
-    def _checkpoint(self, skipped: int) -> None:
-        ranks = [self._rank_state(skipped)]
+    def _checkpoint(self) -> None:
+        self._check_nonfinite()  # a checkpoint holds only good steps: the check comes first
+        ranks = [self._rank_state()]
         if self.dist.world_size > 1:
             ranks = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(ranks, self._rank_state(skipped))
+            torch.distributed.all_gather_object(ranks, self._rank_state())
         if self.dist.is_main:
             extra = {DECODER_FILE.removesuffix(".safetensors"): self.decoder} if self.decoder is not None else None
             state = {"optimizer": self.optimizer.state_dict(), "ranks": ranks}
-            save_checkpoint(self.run_dir, self.progress.step, self.model, self._saved_config(), state,
-                            extra_modules=extra)
+            step = self.progress.step
+            try:
+                self.last_checkpoint = save_checkpoint(self.run_dir, step, self.model, self._saved_config(), state,
+                                                       keep_last=self.cfg.keep_checkpoints, extra_modules=extra)
+            # torch.save reports a failed write as a RuntimeError, safetensors as a SafetensorError
+            except (OSError, RuntimeError, SafetensorError) as exc:
+                if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
+                    raise  # another error that surfaced here (e.g. a data-loader worker's death)
+                raise self._write_failed(f"checkpoint {self.run_dir / f'ckpt-{step:08d}'}", exc,
+                                         self._checkpoint_size()) from exc
+
+    # -- faults ------------------------------------------------------------------------------------------
+    def _checkpoint_size(self) -> int:
+        """Bytes a checkpoint takes: the last one's size, else the weights and two AdamW moments."""
+        if self.last_checkpoint is not None and self.last_checkpoint.is_dir():
+            return checkpoint_bytes(self.last_checkpoint)
+        return 3 * sum(p.numel() * p.element_size() for p in self.pretrainer.parameters())
+
+    def _write_failed(self, what: str, exc: BaseException, needed: int | None = None) -> WriteFailed:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
+        file = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in what \
+            else ""
+        space = f"{_size(shutil.disk_usage(self.run_dir).free)} free there"
+        if needed:
+            space += f", a checkpoint needs about {_size(needed)}"
+        return WriteFailed(f"cannot write {what}{file}: {reason} ({space}); training stopped. "
+                           f"{describe_checkpoint(self.last_checkpoint).capitalize()}: make room, then resume "
+                           f"with --resume", self.run_dir, self.progress.step, self.last_checkpoint)
+
+    def _log(self, log, record: dict[str, Any]) -> None:
+        try:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        except OSError as exc:
+            raise self._write_failed(f"the metrics log {self.run_dir / METRICS_FILE}", exc) from exc
+
+    def _write_text(self, path: Path, text: str) -> None:
+        try:
+            path.write_text(text)
+        except OSError as exc:
+            raise self._write_failed(str(path), exc) from exc
+
+    def _open_metrics(self):
+        """The metrics log, opened to append. A fresh run starts it empty (what a process killed before
+        the first checkpoint logged belongs to no run); a resumed run drops the records after its
+        checkpoint's step, which it is about to log again."""
+        path, step = self.run_dir / METRICS_FILE, self.progress.step
+        try:
+            if step == 0 or not path.exists():
+                return path.open("w")
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        kept.append(line + "\n")
+                except json.JSONDecodeError:
+                    pass  # a line cut short by a kill
+            ckpt.write_atomic(path, "".join(kept))
+            return path.open("a")
+        except OSError as exc:
+            raise self._write_failed(f"the metrics log {path}", exc) from exc
+
+    def _check_nonfinite(self) -> None:
+        """Host-side look at the device's count of non-finite steps (a sync: log intervals and checkpoints)."""
+        count, first = self.nonfinite.read()
+        if not count:
+            return
+        if self.cfg.on_nonfinite == "stop":
+            raise NonFiniteStop(
+                f"step {first}: the loss or a gradient is NaN or infinite; its update was not applied and "
+                f"training stopped. {describe_checkpoint(self.last_checkpoint).capitalize()}: resume with "
+                f"--on-nonfinite skip to skip such steps, or start again with a lower --lr or a --grad-clip",
+                self.run_dir, first, self.last_checkpoint)
+        self.progress.nonfinite_steps = self._nonfinite_before + count
+
+    def _skipped(self) -> dict[str, int]:
+        """Bad samples by kind: earlier processes' and this one's workers'."""
+        total = dict(self.progress.skipped_before)
+        for counts in self._skipped_by_slot:
+            for kind, n in counts.items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
+    def _global_sum(self, *values: float) -> list[float]:
+        """`values` summed over the processes (a collective: all call it at the same steps)."""
+        if self.dist.world_size == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(tensor)
+        return tensor.tolist()
+
+    def _check_bad_data(self) -> None:
+        """Stop when too much of what was read is unusable (at log intervals)."""
+        skipped = self._skipped()
+        # An unreadable shard is counted once, whatever it held: it is in the breakdown, not the fraction.
+        bad = self._global_sum(sum(n for kind, n in skipped.items() if kind != "unreadable_shard"))[0]
+        read = bad + self.progress.samples_seen
+        if read < BAD_FRACTION_MIN_SAMPLES or bad <= self.cfg.max_bad_fraction * read:
+            return
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(skipped.items(), key=lambda kv: -kv[1]) if n)
+        raise TooMuchBadData(
+            f"{int(bad)} of the {int(read)} samples read so far are unusable ({bad / read:.1%}, above "
+            f"--max-bad-fraction {self.cfg.max_bad_fraction:g}; {kinds}): training stopped. "
+            f"{describe_checkpoint(self.last_checkpoint).capitalize()}: check the --data shards, or resume "
+            f"with a higher --max-bad-fraction", self.run_dir, self.progress.step, self.last_checkpoint)
+
+    def _stop_wanted(self, at_log: bool) -> bool:
+        wanted = self.stop is not None and self.stop.is_set()
+        if self.dist.world_size == 1:
+            return wanted
+        # Every process must stop at the same step: they agree at log intervals (one collective).
+        return at_log and self._global_sum(float(wanted))[0] > 0
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -262,12 +429,13 @@ class Trainer:
         main = self.dist.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / CONFIG_FILE).write_text(json.dumps(self._saved_config(), indent=2))
+            self._write_text(self.run_dir / CONFIG_FILE, json.dumps(self._saved_config(), indent=2))
         num_slots = max(1, cfg.workers)
         if not p.positions:
             p.positions = [SlotPosition() for _ in range(num_slots)]
-        skipped_by_slot = [0] * num_slots
-        log = (self.run_dir / METRICS_FILE).open("a") if main else None
+        self._skipped_by_slot = [{} for _ in range(num_slots)]
+        self._nonfinite_before = p.nonfinite_steps
+        log = self._open_metrics() if main else None
         tensorboard = TensorBoardLog(self.run_dir, p.step, p.samples_seen) \
             if main and "tensorboard" in cfg.report_to else None
         title = f"train {self.model_cfg.name} mask {cfg.mask_ratio:g}"
@@ -275,7 +443,7 @@ class Trainer:
         loader = iter(self._loader())
         start_time = time.perf_counter() - p.elapsed_s
         interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
-        loss_sums: dict[str, torch.Tensor] = {}
+        losses = _IntervalLosses()
         last_metrics: dict[str, Any] = {}
         try:
             while p.step < self.total_steps:
@@ -286,53 +454,58 @@ class Trainer:
                 lr = lr_at(p.step, self.total_steps, self.warmup_steps, cfg.peak_lr, cfg.min_lr_ratio)
                 images = images.to(self.device, non_blocking=True)
                 tokens = tokens.to(self.device, non_blocking=True)
-                for name, value in self.step_fn(images, tokens, lr).items():
-                    loss_sums[name] = loss_sums[name] + value if name in loss_sums else value
+                out = self.step_fn(images, tokens, lr)
+                nonfinite = out.pop("nonfinite")
+                self.nonfinite.add(p.step + 1, nonfinite)
+                losses.add(out, nonfinite)
                 p.step += 1
                 p.samples_seen += cfg.batch_size
                 p.positions[meta["slot"]] = SlotPosition(meta["epoch"], meta["offset"])
                 p.next_slot = (meta["slot"] + 1) % num_slots
-                skipped_by_slot[meta["slot"]] = meta["skipped"]
+                self._skipped_by_slot[meta["slot"]] = meta["skipped"]
                 interval_steps += 1
                 done = p.step == self.total_steps
+                at_log = p.step % cfg.log_every == 0 or done
 
-                if p.step % cfg.log_every == 0 or done:
+                if at_log:
+                    self._check_nonfinite()
                     elapsed = time.perf_counter() - interval_start
                     last_metrics = {
-                        "step": p.step, "samples": p.samples_seen,
-                        **{name: (total / interval_steps).item() for name, total in loss_sums.items()},
+                        "step": p.step, "samples": p.samples_seen, **losses.means(),
                         "lr": lr, "temperature": 1.0 / self.model.logit_scale.exp().item(),
                         "samples_per_s": interval_steps * cfg.batch_size / elapsed,
                         "data_wait_fraction": interval_wait / elapsed,
-                        "skipped_samples": p.skipped_before + sum(skipped_by_slot),
+                        "skipped_samples": sum(self._skipped().values()), "nonfinite_steps": p.nonfinite_steps,
                     }
                     if log:
-                        log.write(json.dumps(last_metrics) + "\n")
-                        log.flush()
+                        self._log(log, last_metrics)
                     if tensorboard:
                         tensorboard.log("train", p.step, p.samples_seen,
                                         {k: v for k, v in last_metrics.items() if k not in ("step", "samples")})
-                    loss_sums = {}
                     interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
+                    self._check_bad_data()
+                stopping = not done and self._stop_wanted(at_log)
                 # The checkpoint first: whatever happens in the evaluation, the step's work is kept.
-                if p.step % cfg.ckpt_every == 0 or done:
+                if p.step % cfg.ckpt_every == 0 or done or stopping:
                     p.elapsed_s = time.perf_counter() - start_time
-                    self._checkpoint(p.skipped_before + sum(skipped_by_slot))
+                    self._checkpoint()
+                if stopping:
+                    raise StopRequested(f"stopped at step {p.step} of {self.total_steps} after writing "
+                                        f"{self.last_checkpoint}", self.run_dir, p.step, self.last_checkpoint)
                 if main and self.periodic_eval and (p.step % cfg.eval_every == 0 or done):
                     eval_start = time.perf_counter()
                     self._periodic_eval(log, tensorboard)
                     p.eval_time_s += time.perf_counter() - eval_start
-                self.reporter.step(p.step, last_metrics if p.step % cfg.log_every == 0 or done else None)
+                self.reporter.step(p.step, last_metrics if at_log else None)
         finally:
             self.reporter.close()
             if log:
                 log.close()
             if tensorboard:
                 tensorboard.close()
-        return self._summary(time.perf_counter() - start_time, last_metrics, self.eval_metrics,
-                             p.skipped_before + sum(skipped_by_slot))
+        return self._summary(time.perf_counter() - start_time, last_metrics, self.eval_metrics)
 
-    def _summary(self, wall_s: float, last: dict, eval_metrics: dict, skipped: int) -> dict[str, Any]:
+    def _summary(self, wall_s: float, last: dict, eval_metrics: dict) -> dict[str, Any]:
         # The step as it runs (kept patches and text tokens, the decoder, the loss), at the global batch:
         # every process's share together.
         step_flops = train_step_flops(self.model_cfg, self.cfg, self.cfg.batch_size)["total"]
@@ -346,7 +519,8 @@ class Trainer:
             "train_flops_total": step_flops * self.progress.step,
             "final_loss": last.get("loss"), "final_temperature": last.get("temperature"),
             "samples_per_s": self.progress.samples_seen / wall_s if wall_s else None,
-            "skipped_samples": skipped, "eval": eval_metrics, "parent": self.cfg.parent,
+            "skipped_samples": sum(self._skipped().values()), "skipped_by_kind": self._skipped(),
+            "nonfinite_steps": self.progress.nonfinite_steps, "eval": eval_metrics, "parent": self.cfg.parent,
             # the batch as it ran: each device's forward chunk x accumulation steps x processes
             "world_size": self.dist.world_size, "per_device_batch": self.local_batch // self.cfg.accum_steps,
             "accum_steps": self.cfg.accum_steps, "global_batch": self.cfg.batch_size,
@@ -357,27 +531,73 @@ class Trainer:
             summary["text_masking"] = time_text_tower(self.model, self._last_tokens.to(self.device),
                                                       self.cfg.text_mask, self.cfg.text_mask_ratio)
         if self.dist.is_main:
-            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            self._write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         return summary
 
 
-def train(cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train (or resume) a run and return its summary."""
+class _IntervalLosses:
+    """Each loss summed on the device over a log interval, leaving out the steps skipped as non-finite."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.good: torch.Tensor | None = None
+
+    def add(self, losses: dict[str, torch.Tensor], nonfinite: torch.Tensor) -> None:
+        kept = nonfinite == 0
+        for name, value in losses.items():
+            value = torch.where(kept, value, 0.0)
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.good = 1 - nonfinite if self.good is None else self.good + (1 - nonfinite)
+
+    def means(self) -> dict[str, float]:
+        """The interval's mean losses (NaN if every step was skipped), and a new interval."""
+        good = self.good.item() if self.good is not None else 0
+        means = {name: (total / good).item() if good else math.nan for name, total in self.sums.items()}
+        self.sums, self.good = {}, None
+        return means
+
+
+def _size(n: float) -> str:
+    units = ["B", "KB", "MB", "GB", "TB"]
+    while n >= 1024 and len(units) > 1:
+        n, units = n / 1024, units[1:]
+    return f"{n:.0f} B" if units[0] == "B" else f"{n:.1f} {units[0]}"
+
+
+def train(cfg: TrainConfig, resume: bool | str = False, reporter: Reporter | None = None, stop=None,
+          settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or resume) a run and return its summary.
+
+    resume=True continues the run in `cfg.out` from its last checkpoint with its saved settings
+    (`cfg`'s other fields are not read); `settings`, e.g. the flags of a requeued command line, are
+    checked against the saved ones (`resumed_config`). resume="auto" resumes when `cfg.out` holds a
+    checkpoint and starts `cfg` afresh otherwise. A finished run is not trained again: resuming it
+    returns its summary. `stop`: see `Trainer`. A run that stops early raises a
+    `flip.train.faults.TrainingStopped` naming the checkpoint it kept.
+    """
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
+    if resume == "auto":
+        resume = cfg.out is not None and has_checkpoint(cfg.out)
     if not resume:
-        cfg = resolve(cfg)
-    return Trainer(cfg, resume=resume, reporter=reporter).run()
+        return Trainer(resolve(cfg), reporter=reporter, stop=stop).run()
+    summary = Path(cfg.out) / SUMMARY_FILE
+    if summary.exists() and has_checkpoint(cfg.out):
+        resumed_config(cfg.out, ckpt.read_config(ckpt.resolve_checkpoint(cfg.out))["train"], settings or {})
+        return json.loads(summary.read_text())
+    return Trainer(cfg, resume=True, reporter=reporter, stop=stop, settings=settings).run()
 
 
 def tune_unmasked(ckpt_path: str, samples: int | None = None, epochs: float | None = None,
                   lr: float | None = None, warmup: int | None = None, out: str | None = None,
-                  reporter: Reporter | None = None, **overrides) -> dict[str, Any]:
+                  reporter: Reporter | None = None, stop=None, **overrides) -> dict[str, Any]:
     """Continue a run with mask ratio 0 at a low lr (the paper: 0.32 epoch at lr 4e-8 x batch/256).
 
     Starts from the checkpoint's weights with a fresh optimizer and its own warm-up, in a new run
     directory that records its parent.
     """
     cfg = unmasked_tuning_config(ckpt_path, samples, epochs, lr, warmup, out, **overrides)
-    return Trainer(cfg, resume=False, reporter=reporter).run()
+    return Trainer(cfg, resume=False, reporter=reporter, stop=stop).run()
 
 
 def unmasked_tuning_config(ckpt_path: str, samples: int | None = None, epochs: float | None = None,
