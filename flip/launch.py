@@ -29,7 +29,7 @@ import submitit
 
 from flip import checkpoint as ckpt
 from flip.distributed import process_rank
-from flip.errors import ConfigError, FlipError
+from flip.errors import CheckpointError, ConfigError, DataError, FlipError
 from flip.train.config import TrainConfig
 from flip.train.reporting import Reporter
 
@@ -55,8 +55,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         reporter = self.reporter() if self.reporter is not None and process_rank() == 0 else Reporter()
         if self.resume:
-            checked = {"settings": self.settings} if self.settings else {}
-            return train(TrainConfig(out=self.out), resume=True, reporter=reporter, **checked)
+            return train(TrainConfig(out=self.out), resume=True, reporter=reporter, settings=self.settings)
         return train(TrainConfig.from_dict(self.config), reporter=reporter)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -107,10 +106,10 @@ def _run_in_process(job: TrainJob) -> dict[str, Any]:
 
 
 class _RecordedUserError(Exception):
-    """A user error as JSON, so the launcher can raise it again with its type and key."""
+    """A user error as JSON, so that the launcher can raise it again (as the flip.errors class it is)."""
 
     def __init__(self, exc: FlipError):
-        super().__init__(json.dumps({"type": type(exc).__name__, "message": str(exc),
+        super().__init__(json.dumps({"types": [cls.__name__ for cls in type(exc).__mro__], "message": str(exc),
                                      "detail": getattr(exc, "detail", None), "key": getattr(exc, "key", None)}))
 
 
@@ -120,14 +119,9 @@ def _user_error(record: str) -> FlipError | None:
     if head != _RecordedUserError.__name__:
         return None
     data = json.loads(body)
-    types, pending = {}, [FlipError]
-    while pending:
-        cls = pending.pop()
-        types[cls.__name__] = cls
-        pending.extend(cls.__subclasses__())
-    cls = types.get(data["type"], FlipError)
-    if issubclass(cls, ConfigError) and data["key"] is not None:
-        return cls(data["detail"], key=data["key"])
+    cls = next(cls for cls in (ConfigError, DataError, CheckpointError, FlipError) if cls.__name__ in data["types"])
+    if cls is ConfigError and data["key"] is not None:
+        return ConfigError(data["detail"], key=data["key"])
     return cls(data["message"])
 
 

@@ -154,3 +154,15 @@ def test_tune_unmasked_takes_the_launch_flags(tmp_path):
 
     result = CliRunner().invoke(app, ["tune-unmasked", "--ckpt", str(tmp_path), "--qos", "high"])
     assert result.exit_code == 2 and "--qos is a setting of --launcher slurm" in result.output, result.output
+
+
+def test_a_recorded_user_error_comes_back_as_its_kind():
+    from flip.launch import _RecordedUserError, _user_error
+    from flip.train.trainer import ResumeConflict
+
+    back = _user_error(f"_RecordedUserError: {_RecordedUserError(ConfigError('must be at least 1', key='nproc'))}")
+    assert isinstance(back, ConfigError) and back.key == "nproc" and back.detail == "must be at least 1"
+    conflict = ResumeConflict("runs/x", [("mask_ratio", 0.75, 0.5)])
+    back = _user_error(f"_RecordedUserError: {_RecordedUserError(conflict)}")
+    assert type(back) is ConfigError and str(back) == str(conflict)
+    assert _user_error("ValueError: a bug") is None
