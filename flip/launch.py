@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,9 @@ class SlurmLaunch:
         if self.gpus_per_node < 0:
             raise ConfigError(f"must be at least 0, got {self.gpus_per_node}", key="gpus_per_node")
         parse_time(self.time)
+        if self.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise ConfigError("slurm needs SLURM's sbatch, which is not on this machine's PATH: submit from a "
+                              "machine of the cluster (a login node)", key="launcher")
         return self
 
     def executor(self, folder: str | Path, name: str) -> submitit.Executor:
@@ -247,12 +251,69 @@ def submit(job: TrainJob, spec: SlurmLaunch, name: str = "flipctl-train") -> sub
     """Submit `job` as one SLURM job of `spec.world_size` tasks; returns submitit's handle (its
     `job_id`, and `results()` to wait for every task's summary)."""
     spec.validate()
-    if spec.cluster == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("slurm needs SLURM's sbatch, which is not on this machine's PATH: submit from a machine "
-                          "of the cluster (a login node)", key="launcher")
     if not job.resume:
         check_world(TrainConfig.from_dict(job.config), spec.world_size)
     folder = spec.folder or Path(job.out) / "slurm"
     executor = spec.executor(folder, name)
     with submitit.helpers.clean_env():  # submitted from inside a job: none of its variables leak in
         return executor.submit(job)
+
+
+# -- a sweep's runs as SLURM jobs ---------------------------------------------------------------------------
+@dataclass
+class SweepRunJob(submitit.helpers.Checkpointable):
+    """One sweep run (`flip.sweep.worker`'s job file: train or resume, then its evaluations) as a SLURM
+    job. With several tasks, the run trains on all of them and rank 0 alone does the rest (status,
+    evaluations). Preempted or out of time: requeued, and the worker resumes the run."""
+
+    job_path: str
+
+    def __call__(self) -> int:
+        from flip.sweep import worker
+
+        if process_rank() == 0:
+            return worker.run_job(Path(self.job_path))
+        job = json.loads(Path(self.job_path).read_text())
+        # the worker's own choice of train / resume / nothing, made the same way on every rank
+        worker._train(job, Path(self.job_path).parent.parent, Reporter())
+        return 0
+
+
+class SubmittedRun:
+    """A submitted sweep run, watched as `run_jobs` watches a worker process."""
+
+    def __init__(self, job: submitit.Job):
+        self.job, self.returncode = job, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.job.done():
+            try:
+                self.returncode = int(self.job.results()[0])  # rank 0's: the worker's exit code
+            except Exception:  # noqa: BLE001 - cancelled, killed, node failure: the sweep records a failure
+                self.returncode = 1
+        return self.returncode
+
+    def terminate(self) -> None:
+        self.job.cancel(check=False)
+
+    def wait(self) -> int:
+        while self.poll() is None:
+            time.sleep(1.0)
+        return self.returncode
+
+
+@dataclass
+class SlurmSweepRuns:
+    """`flip.sweep.execute.run_jobs`'s `spawn`: each run a SLURM job of `spec` (submitit's logs beside the
+    run's sweep files), instead of a process here. The sweep's `--jobs` caps how many are queued at once."""
+
+    spec: SlurmLaunch
+
+    def __call__(self, job, store) -> SubmittedRun:
+        from flip.sweep.execute import write_job
+
+        self.spec.validate()
+        job_path = write_job(job, store)
+        executor = self.spec.executor(job_path.parent / "slurm", name=f"flip-{job.run_id}")
+        with submitit.helpers.clean_env():
+            return SubmittedRun(executor.submit(SweepRunJob(str(job_path))))

@@ -92,19 +92,22 @@ _HELP = {
 }
 
 
-def _parameters() -> list[inspect.Parameter]:
+def _parameters(names: list[str]) -> list[inspect.Parameter]:
     params, hints = [], typing.get_type_hints(LaunchFlags)
-    for f in dataclasses.fields(LaunchFlags):
-        option = typer.Option(f.default, help=_HELP[f.name], show_default=f.name == "launcher",
-                              rich_help_panel="Launch")
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                        annotation=hints[f.name]))
+    for name in names:
+        default = LaunchFlags.__dataclass_fields__[name].default
+        option = typer.Option(default, help=_HELP[name], show_default=name == "launcher", rich_help_panel="Launch")
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                        annotation=hints[name]))
     return params
 
 
-def with_launch_flags(fn):
-    """Give a command the launch flags; it receives them as one `launch: LaunchFlags` argument."""
-    names = [f.name for f in dataclasses.fields(LaunchFlags)]
+def with_launch_flags(fn=None, *, torchrun: bool = True):
+    """Give a command the launch flags (without --nproc & co. when not `torchrun`); it receives them as
+    one `launch: LaunchFlags` argument."""
+    if fn is None:
+        return functools.partial(with_launch_flags, torchrun=torchrun)
+    names = [f.name for f in dataclasses.fields(LaunchFlags) if torchrun or f.name not in TORCHRUN_FLAGS]
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -114,7 +117,7 @@ def with_launch_flags(fn):
     own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "launch"]
     keyword = [p for p in own if p.kind == p.VAR_KEYWORD]
     plain = [p.replace(kind=p.KEYWORD_ONLY) for p in own if p.kind != p.VAR_KEYWORD]
-    wrapper.__signature__ = inspect.Signature([*plain, *_parameters(), *keyword])
+    wrapper.__signature__ = inspect.Signature([*plain, *_parameters(names), *keyword])
     return wrapper
 
 

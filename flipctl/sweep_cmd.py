@@ -14,11 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flip.distributed import resolve_device
+from flip.errors import ConfigError
+from flip.launch import SlurmSweepRuns
 from flip.sweep import estimate, execute, memory, plan, report
 from flip.sweep.spec import SpecError, default_preset, load_spec, shipped_specs, with_data
 from flip.sweep.store import RunStore
 from flipctl.console import make_console
 from flipctl.errors import user_errors
+from flipctl.launch_opts import LaunchFlags, with_launch_flags
 
 console = make_console()
 
@@ -106,6 +109,7 @@ def _print_plan(jobs, store: RunStore, device, est: dict, warnings: list[str]) -
 
 
 @user_errors
+@with_launch_flags(torchrun=False)
 def sweep_command(
     spec_name: Optional[str] = typer.Argument(None, metavar="NAME|SPEC.toml",
                                               help="a shipped sweep (see --list) or a spec file."),
@@ -121,6 +125,9 @@ def sweep_command(
     data: Optional[str] = typer.Option(None, help="train on these webdataset shards instead of the built-in data."),
     eval_data: Optional[str] = typer.Option(None, help="retrieval set to evaluate on (CSV, Karpathy JSON, shards)."),
     eval_zeroshot: Optional[str] = typer.Option(None, help="zero-shot set (class folders) to evaluate on."),
+    max_parallel: Optional[int] = typer.Option(None, help="with --launcher slurm: runs queued or running on the "
+                                               "cluster at once (each run a SLURM job). Default: all."),
+    launch: LaunchFlags = LaunchFlags(),
 ) -> None:
     """Run a study: a whole ablation or scaling sweep, ending in paper-style tables, plots and report.html."""
     if list_specs:
@@ -130,6 +137,9 @@ def sweep_command(
         raise SpecError("give a sweep name or spec file (flipctl sweep --list shows the shipped ones)")
     if jobs < 1:
         raise SpecError(f"--jobs must be >= 1, got {jobs}")
+    if max_parallel is not None and (launch.launcher != "slurm" or max_parallel < 1):
+        raise ConfigError("takes a number >= 1, with --launcher slurm (here: --jobs)", key="max_parallel")
+    spawn = SlurmSweepRuns(launch.slurm()) if launch.launcher == "slurm" else None
     spec = load_spec(spec_name, preset or default_preset(spec_name))
     if seeds is not None:
         if seeds < 1:
@@ -164,7 +174,8 @@ def sweep_command(
     manifest = report.manifest_for(spec, jobs_list, run_store, overrides, command)
     manifest.write(out)
     start = time.perf_counter()
-    outcome = execute.run_jobs(jobs_list, run_store, parallel=jobs, progress=RichSweepProgress())
+    parallel = (max_parallel or len(jobs_list)) if spawn else jobs
+    outcome = execute.run_jobs(jobs_list, run_store, parallel=parallel, progress=RichSweepProgress(), spawn=spawn)
     console.print(f"sweep {spec.name}: {len(outcome.ran)} runs executed, {len(outcome.skipped_done)} already done, "
                   f"{len(outcome.failed)} failed or skipped, in {_fmt_s(time.perf_counter() - start)}")
     _print_report(report.write_report(out, spec, jobs_list, run_store, command, manifest.commit), out)

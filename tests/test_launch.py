@@ -166,3 +166,67 @@ def test_a_recorded_user_error_comes_back_as_its_kind():
     back = _user_error(f"_RecordedUserError: {_RecordedUserError(conflict)}")
     assert type(back) is ConfigError and str(back) == str(conflict)
     assert _user_error("ValueError: a bug") is None
+
+
+# -- a sweep's runs as SLURM jobs ------------------------------------------------------------------------------
+ONE_RUN_SPEC = """
+[sweep]
+name = "one"
+title = "One run"
+baseline = "base"
+seeds = 1
+
+[base]
+model = "tiny"
+batch_size = 16
+samples = 32
+workers = 0
+shuffle_buffer = 20
+periodic_eval = false
+
+[[rows]]
+label = "base"
+
+[eval]
+zeroshot = true
+retrieval = false
+modes = ["full"]
+batch_size = 64
+"""
+
+
+def test_a_sweeps_runs_go_through_submitit(small_dataset, tmp_path):
+    """`run_jobs` with `SlurmSweepRuns` (here submitit's local executor): each run a job running the
+    sweep worker, which trains, evaluates and records the run as done."""
+    from flip.launch import SlurmSweepRuns
+    from flip.sweep.execute import run_jobs
+    from flip.sweep.plan import build_plan
+    from flip.sweep.spec import load_spec, with_data
+    from flip.sweep.store import RunStore
+
+    (tmp_path / "one.toml").write_text(ONE_RUN_SPEC)
+    spec = with_data(load_spec(tmp_path / "one.toml"), data=str(small_dataset / "train"), eval_data=None,
+                     eval_zeroshot=str(small_dataset / "zeroshot"))
+    store = RunStore(tmp_path / "store")
+    jobs = build_plan(spec, store, {})
+    spawn = SlurmSweepRuns(SlurmLaunch(cluster="local", gpus_per_node=0, time="10"))
+    outcome = run_jobs(jobs, store, spawn=spawn, poll_s=0.2)
+    (run_id,) = [job.run_id for job in jobs]
+    assert outcome.states == {run_id: "done"} and outcome.ran == [run_id]
+    assert store.summary(run_id)["steps"] == 2
+    assert (store.sweep_dir(run_id) / "slurm").is_dir()  # submitit's logs beside the run's sweep files
+    assert list((store.sweep_dir(run_id) / "evals").glob("*.json"))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--max-parallel", "2"], "--max-parallel takes a number >= 1, with --launcher slurm"),
+    (["--launcher", "slurm", "--gpus-per-node", "-1"], "--gpus-per-node must be at least 0"),
+    (["--nproc", "2"], "No such option"),
+])
+def test_bad_sweep_launch_flags(args, needle):
+    from typer.testing import CliRunner
+
+    from flipctl.main import app
+
+    result = CliRunner().invoke(app, ["sweep", "mask-ratio", "--preset", "smoke", "--dry-run", *args])
+    assert result.exit_code == 2 and needle in result.output, result.output

@@ -89,9 +89,15 @@ class SweepOutcome:
 
 
 def run_jobs(jobs: list[Job], store: RunStore, parallel: int = 1, progress: SweepProgress | None = None,
-             poll_s: float = 0.5) -> SweepOutcome:
-    """Run every incomplete job (parents before their tuning jobs), `parallel` processes at a time."""
+             poll_s: float = 0.5, spawn=None) -> SweepOutcome:
+    """Run every incomplete job (parents before their tuning jobs), `parallel` processes at a time.
+
+    `spawn(job, store)` starts one job and returns a handle with `subprocess.Popen`'s `poll`,
+    `returncode`, `terminate` and `wait`: by default a worker process here; `flip.launch.SlurmSweepRuns`
+    submits each job to SLURM instead.
+    """
     progress = progress or NoProgress()
+    spawn = spawn or _spawn
     outcome = SweepOutcome()
     todo = []
     for job in jobs:
@@ -124,7 +130,7 @@ def run_jobs(jobs: list[Job], store: RunStore, parallel: int = 1, progress: Swee
                     write_json_atomic(store.sweep_dir(job.run_id) / "status.json",
                                       {"state": "skipped", "error": f"parent run {job.parent} did not finish"})
                     continue
-                running[job.run_id] = (job, _spawn(job, store))
+                running[job.run_id] = (job, spawn(job, store))
                 outcome.ran.append(job.run_id)
             progress.update({rid: _steps(store, job) for rid, (job, _) in running.items()}, dict(outcome.states))
             if running or waiting:
