@@ -129,6 +129,7 @@ class StepKnobs(Protocol):
     decoder_width: int
     decoder_heads: int
     # accum_steps (optional, 1 when absent): > 1 adds gradient accumulation's feature pass
+    # activation_checkpointing (optional, False when absent): adds the recomputed forward
 
 
 def train_step_flops(cfg: ModelConfig, knobs: StepKnobs, batch: int) -> dict[str, int]:
@@ -142,6 +143,9 @@ def train_step_flops(cfg: ModelConfig, knobs: StepKnobs, batch: int) -> dict[str
     if getattr(knobs, "accum_steps", 1) > 1:  # gradient accumulation's first pass: one more forward of both towers
         counts["accum_forward"] = forward_flops(cfg, knobs.mask_ratio, text_keep)["total"] * batch
         counts["total"] += counts["accum_forward"]
+    if getattr(knobs, "activation_checkpointing", False):  # the blocks' forward again in backward (~ the towers')
+        counts["recompute"] = forward_flops(cfg, knobs.mask_ratio, text_keep)["total"] * batch
+        counts["total"] += counts["recompute"]
     return counts
 
 

@@ -28,9 +28,10 @@ def _model(recon: bool):
     return model, decoder
 
 
-def _gradients(step_cfg: StepConfig, images, tokens, seed: int = 5, wrap=None):
+def _gradients(step_cfg: StepConfig, images, tokens, seed: int = 5, wrap=None, checkpointing=False):
     """Gradients and losses of one step's backward, from a fresh model and a fixed RNG state."""
     model, decoder = _model(step_cfg.recon_weight > 0)
+    model.set_grad_checkpointing(checkpointing)
     pretrainer = Pretrainer(model, decoder)
     optimizer = torch.optim.SGD(pretrainer.parameters(), lr=0.0)
     forward_model = wrap(pretrainer) if wrap else pretrainer
@@ -70,17 +71,22 @@ def _worker(rank, world, port, images, tokens, out):
     n = images.shape[0] // world
     local = images[rank * n:(rank + 1) * n], tokens[rank * n:(rank + 1) * n]
     results = {}
-    for name, cfg in (("masked", StepConfig(mask_ratio=0.5)), ("masked_accum", StepConfig(mask_ratio=0.5, accum_steps=2)),
-                      ("plain_accum", StepConfig(mask_ratio=0.0, accum_steps=4))):
+    for name, cfg, checkpointing in (
+            ("masked", StepConfig(mask_ratio=0.5), False),
+            ("masked_accum", StepConfig(mask_ratio=0.5, accum_steps=2), False),
+            ("masked_checkpointing", StepConfig(mask_ratio=0.5), True),
+            ("plain_accum", StepConfig(mask_ratio=0.0, accum_steps=4), False)):
         # the same masking noise on a rank whether it chunks or not
-        results[name] = _gradients(cfg, *local, seed=10 + rank, wrap=DistributedDataParallel)
+        results[name] = _gradients(cfg, *local, seed=10 + rank, wrap=DistributedDataParallel,
+                                   checkpointing=checkpointing)
     out[rank] = results
     dist.destroy_process_group()
 
 
 def test_chunked_gradient_in_two_processes_equals_the_global_batch_gradient():
     """2 processes (gloo, DDP): K chunks per process give the unchunked distributed gradient, and
-    without masking noise both equal one process's gradient over the whole global batch."""
+    without masking noise both equal one process's gradient over the whole global batch; activation
+    checkpointing gives the same gradient too."""
     world = 2
     images, tokens = synthetic_batch(get_preset("tiny"), BATCH, torch.device("cpu"))
     reference, reference_losses = _gradients(StepConfig(mask_ratio=0.0), images, tokens)
@@ -95,6 +101,7 @@ def test_chunked_gradient_in_two_processes_equals_the_global_batch_gradient():
         chunked, chunked_losses = out[rank]["masked_accum"]
         _assert_same(masked, chunked)
         assert chunked_losses["contrastive"] == pytest.approx(masked_losses["contrastive"], rel=1e-5)
+        _assert_same(masked, out[rank]["masked_checkpointing"][0])  # activation checkpointing under DDP
         plain, _ = out[rank]["plain_accum"]
         _assert_same(reference, plain)
     assert out[0]["masked_accum"][0].keys() == out[1]["masked_accum"][0].keys()
@@ -122,3 +129,50 @@ def test_a_run_with_accumulation_reports_its_batches(small_dataset, tmp_path):
     assert summary["steps"] == 2 and summary["final_loss"] > 0
     assert (summary["world_size"], summary["accum_steps"], summary["per_device_batch"], summary["global_batch"]) \
         == (1, 4, 4, 16)
+
+
+@pytest.mark.parametrize("knobs", [dict(mask_ratio=0.5),
+                                   dict(mask_ratio=0.75, text_mask="random", text_mask_ratio=0.5, recon_weight=1.0)],
+                         ids=["mask0.5", "text-mask+recon"])
+def test_activation_checkpointing_gives_the_same_gradient(knobs):
+    images, tokens = synthetic_batch(get_preset("tiny"), BATCH, torch.device("cpu"))
+    plain, plain_losses = _gradients(StepConfig(**knobs), images, tokens)
+    recomputed, losses = _gradients(StepConfig(**knobs), images, tokens, checkpointing=True)
+    _assert_same(plain, recomputed)
+    assert losses == pytest.approx(plain_losses, rel=1e-6)
+    both, _ = _gradients(StepConfig(**knobs, accum_steps=2), images, tokens, checkpointing=True)
+    _assert_same(plain, both)
+
+
+def test_activation_checkpointing_keeps_less_for_backward():
+    """What autograd saves for backward (the activation memory) shrinks to the blocks' inputs."""
+    images, tokens = synthetic_batch(get_preset("tiny"), BATCH, torch.device("cpu"))
+
+    def saved_bytes(checkpointing):
+        model, _ = _model(False)
+        model.set_grad_checkpointing(checkpointing)
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(images, tokens)
+        return total
+
+    assert saved_bytes(True) < saved_bytes(False) / 3
+
+
+def test_a_run_with_activation_checkpointing_saves_a_plain_checkpoint(small_dataset, tmp_path):
+    from flip.checkpoint import load_model
+    from flip.train.trainer import train
+
+    summary = train(TrainConfig(data=str(small_dataset / "train"), model="tiny", batch_size=16, samples=32,
+                                workers=0, periodic_eval=False, out=str(tmp_path / "run"), shuffle_buffer=20,
+                                activation_checkpointing=True))
+    plain = train_step_flops(get_preset("tiny"), TrainConfig(), 16)["total"]
+    assert summary["train_flops_per_step"] > plain  # the recomputed forward is counted
+    model, _ = load_model(tmp_path / "run")  # what eval and export read
+    assert isinstance(model, FLIP) and not model.visual.grad_checkpointing

@@ -101,6 +101,9 @@ class TrainConfig:
                                    step=True)
     precision: str = knob("fp32", "fp32 (as the paper) or bf16 autocast.", choices=PRECISIONS, step=True)
     compile: bool = knob(False, "torch.compile the model.")
+    activation_checkpointing: bool = knob(False, "recompute each transformer block in backward instead of keeping "
+                                                 "its activations: much less memory, one more forward of the "
+                                                 "blocks per step, the same gradients.", resume=True)
     seed: int = knob(0, "random seed; the same seed repeats a run exactly.")
     # data pipeline
     workers: int = knob(2, "data loader worker processes.", ge=0)

@@ -167,6 +167,7 @@ class Trainer:
         random.seed(cfg.seed)
         self.model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length)
         self.model = FLIP(self.model_cfg).to(self.device)
+        self.model.set_grad_checkpointing(cfg.activation_checkpointing)
         self.decoder = None
         if cfg.recon_weight > 0:
             decoder_cfg = DecoderConfig(cfg.decoder_depth, cfg.decoder_width, cfg.decoder_heads)
