@@ -8,6 +8,7 @@ from flipctl import data_cmd, eval_cmd
 from flipctl.bench_cmd import bench_command
 from flipctl.export_cmd import export_command
 from flipctl.models_cmd import models_command
+from flipctl.plan_cmd import plan_command
 from flipctl.sweep_cmd import report_command, sweep_command
 from flipctl.train_cmd import train_command, tune_unmasked_command
 
@@ -21,6 +22,7 @@ app.command("train")(train_command)
 app.command("tune-unmasked")(tune_unmasked_command)
 app.command("models")(models_command)
 app.command("bench")(bench_command)
+app.command("plan")(plan_command)
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(eval_cmd.app, name="eval")
 app.command("export")(export_command)

@@ -1,0 +1,168 @@
+"""Will a run fit? Memory per device from a preset's shapes, and the settings that make it fit.
+
+`plan_run(model, batch, gpus, gpu_memory, mask_ratio)` estimates one device's peak memory in a
+training step, for each way flipctl can trade compute for memory, and picks the cheapest that
+fits. The estimate is built from the preset's shapes, on the meta device (no memory, any size):
+
+- weights, gradients and AdamW's two moments: 16 bytes per parameter (fp32), on every device
+  (replicated, as DDP keeps them); with parameter sharding (FSDP) a 1/gpus share of them plus the
+  largest block gathered whole;
+- activations: what autograd keeps for backward in a forward pass of both towers at the mask
+  ratio, per sample, traced with `saved_tensors_hooks` (parameters excluded) - with activation
+  checkpointing, only the blocks' inputs, plus one block's activations recomputed at a time;
+- the input batch on the device, and the loss's [n, N] logits and their gradients.
+
+The activation trace is fp32 and counts attention as its plain math; flash attention (GPU) keeps
+less, so the estimate errs on the large side. Checked against the measured peak of the `tiny`
+and `small` presets' steps on CPU (tests/test_plan.py; README "Clusters").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from flip.errors import ConfigError
+from flip.masking import num_kept, random_keep_indices
+from flip.models import FLIP, ModelConfig, get_preset
+
+BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
+HEADROOM = 0.9  # of a device's memory usable for tensors (CUDA context, NCCL buffers, fragmentation)
+
+
+def _meta_model(cfg: ModelConfig, checkpointing: bool) -> FLIP:
+    with torch.device("meta"):
+        model = FLIP(cfg)
+    model.set_grad_checkpointing(checkpointing)
+    return model
+
+
+def activation_bytes(cfg: ModelConfig, mask_ratio: float, checkpointing: bool = False) -> float:
+    """Bytes autograd keeps for backward per sample, in a forward of both towers at `mask_ratio`: the
+    growth from 2 to 4 samples, so that what does not grow with the batch (views of parameters and
+    buffers) is not counted as activation."""
+    return (_saved_bytes(cfg, mask_ratio, checkpointing, 4) - _saved_bytes(cfg, mask_ratio, checkpointing, 2)) / 2
+
+
+def _saved_bytes(cfg: ModelConfig, mask_ratio: float, checkpointing: bool, batch: int) -> int:
+    model = _meta_model(cfg, checkpointing)
+    parameters = {id(p) for p in model.parameters()}
+    kept: dict[int, torch.Tensor] = {}  # by identity: a tensor saved by two ops is stored once
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in parameters:
+            kept.setdefault(id(t), t)
+        return t
+
+    v, t = cfg.vision, cfg.text
+    images = torch.zeros(batch, 3, v.image_size, v.image_size, device="meta")
+    tokens = torch.ones(batch, t.context_length, dtype=torch.long, device="meta")
+    k = num_kept(v.num_patches, mask_ratio)
+    keep = random_keep_indices(batch, v.num_patches, k, "meta") if k < v.num_patches else None
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        model(images, tokens, keep)
+    return sum(x.numel() * x.element_size() for x in kept.values())
+
+
+@dataclass
+class Variant:
+    """One way to run the step on a device: its settings and estimated peak bytes."""
+
+    accum_steps: int
+    checkpointing: bool
+    fsdp: bool
+    chunk: int  # samples through the model at once on a device
+    bytes: float
+    fits: bool
+
+    @property
+    def flags(self) -> list[str]:
+        return ([f"--accum-steps {self.accum_steps}"] if self.accum_steps > 1 else []) + (
+            ["--activation-checkpointing"] if self.checkpointing else [])
+
+    @property
+    def label(self) -> str:
+        parts = ([f"{self.accum_steps} accumulation steps"] if self.accum_steps > 1 else []) + (
+            ["activation checkpointing"] if self.checkpointing else []) + (["FSDP"] if self.fsdp else [])
+        return ", ".join(parts) or "plain"
+
+
+@dataclass
+class Plan:
+    model: str
+    batch_size: int
+    gpus: int
+    gpu_memory: int
+    mask_ratio: float
+    per_device_batch: int
+    parameters: int
+    state_bytes: float  # weights + gradients + AdamW moments, replicated
+    activation_bytes: float  # per sample
+    checkpointed_activation_bytes: float  # per sample, with activation checkpointing
+    variants: list[Variant] = field(default_factory=list)
+    choice: Variant | None = None  # the cheapest that fits with flipctl's settings (no FSDP yet)
+
+    @property
+    def usable_bytes(self) -> float:
+        return HEADROOM * self.gpu_memory
+
+
+def step_bytes(cfg: ModelConfig, parameters: int, act: float, act_ckpt: float, per_device: int, world: int,
+               accum_steps: int, checkpointing: bool, fsdp: bool) -> float:
+    """One device's estimated peak bytes in a training step."""
+    v = cfg.vision
+    chunk = per_device // accum_steps
+    blocks = max(1, v.depth)
+    largest_block = 12 * v.width**2 + 13 * v.width  # a ViT block's parameters (attention + 4x MLP)
+    if fsdp:
+        state = BYTES_PER_PARAMETER * parameters / world + 2 * 4 * largest_block  # + one block gathered, and its grads
+    else:
+        state = BYTES_PER_PARAMETER * parameters
+    if checkpointing:  # the blocks' inputs, plus one (image) block recomputed whole during its backward
+        activations = chunk * (act_ckpt + (act - act_ckpt) / blocks)
+    else:
+        activations = chunk * act
+    images = per_device * 3 * v.image_size**2 * 4
+    global_batch = per_device * world
+    loss = 4 * per_device * global_batch * 4 + 2 * global_batch * cfg.embed_dim * 4  # logits + grads, gathered features
+    return state + activations + images + loss
+
+
+def plan_run(model: str, batch_size: int, gpus: int, gpu_memory: int, mask_ratio: float = 0.5) -> Plan:
+    try:
+        cfg = get_preset(model)
+    except KeyError as exc:
+        raise ConfigError(exc.args[0]) from None
+    if gpus < 1:
+        raise ConfigError(f"must be at least 1, got {gpus}", key="gpus")
+    if batch_size < 2 or batch_size % gpus:
+        raise ConfigError(f"({batch_size}) must be at least 2 and split evenly over the {gpus} GPUs",
+                          key="batch_size")
+    if not 0 <= mask_ratio < 1:
+        raise ConfigError(f"must be in [0, 1), got {mask_ratio}", key="mask_ratio")
+    per_device = batch_size // gpus
+    parameters = sum(p.numel() for p in _meta_model(cfg, False).parameters())
+    act, act_ckpt = activation_bytes(cfg, mask_ratio), activation_bytes(cfg, mask_ratio, checkpointing=True)
+    plan = Plan(get_preset(model).name, batch_size, gpus, gpu_memory, mask_ratio, per_device, parameters,
+                BYTES_PER_PARAMETER * parameters, act, act_ckpt)
+    # In order of extra compute: nothing; one more forward (checkpointing, or accumulation's feature
+    # pass, the fewer chunks the better); both.
+    accums = [k for k in (2**i for i in range(per_device.bit_length())) if per_device % k == 0 and k > 1]
+    order = [(1, False)] + [(1, True)] + [(k, False) for k in accums] + [(k, True) for k in accums]
+    for fsdp in (False, True):
+        for k, ckpt in order:
+            need = step_bytes(cfg, parameters, act, act_ckpt, per_device, gpus, k, ckpt, fsdp)
+            plan.variants.append(Variant(k, ckpt, fsdp, per_device // k, need, need <= plan.usable_bytes))
+    plan.choice = next((v for v in plan.variants if v.fits and not v.fsdp), None)
+    return plan
+
+
+def launch_flags(gpus: int, gpus_per_node: int = 8) -> str:
+    """The launch flags for `gpus` GPUs: one machine, or SLURM nodes of `gpus_per_node`."""
+    if gpus <= gpus_per_node:
+        return f"--nproc {gpus}"
+    nodes = -(-gpus // gpus_per_node)
+    while gpus % nodes:  # every node the same number of GPUs
+        nodes += 1
+    return f"--launcher slurm --nodes {nodes} --gpus-per-node {gpus // nodes}"

@@ -1,0 +1,68 @@
+"""`flipctl plan`: will a run fit its GPUs, and with which settings (the estimate is `flip.plan`'s)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from flip.bench.memory import format_size, parse_size
+from flip.errors import ConfigError
+from flip.plan import HEADROOM, launch_flags, plan_run
+from flipctl.console import make_console
+from flipctl.errors import user_errors
+
+console = make_console()
+
+
+@user_errors
+def plan_command(
+    model: str = typer.Option(..., help="model preset (see `flipctl models`)."),
+    batch_size: int = typer.Option(..., help="global batch size."),
+    gpus: int = typer.Option(..., help="GPUs in all, over every node."),
+    gpu_memory: str = typer.Option("80GiB", help="memory of one GPU, e.g. 80GiB or 40GB."),
+    mask_ratio: float = typer.Option(0.5, help="fraction of image patches dropped."),
+    gpus_per_node: int = typer.Option(8, help="GPUs per machine, for the launch flags printed."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the plan as JSON here."),
+) -> None:
+    """Estimate whether a run fits: memory per GPU from the preset's shapes, with and without
+    activation checkpointing, gradient accumulation and parameter sharding, and the flags to use."""
+    try:
+        memory = parse_size(gpu_memory)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, key="gpu_memory") from None
+    if gpus_per_node < 1:
+        raise ConfigError(f"must be at least 1, got {gpus_per_node}", key="gpus_per_node")
+    plan = plan_run(model, batch_size, gpus, memory, mask_ratio)
+
+    console.print(f"{plan.model}, global batch {plan.batch_size} on {plan.gpus} GPUs of {format_size(memory)} "
+                  f"(mask {plan.mask_ratio:g}): {plan.per_device_batch} samples per GPU per step")
+    console.print(f"parameters {plan.parameters / 1e6:.1f}M: weights, gradients and AdamW moments "
+                  f"{format_size(plan.state_bytes)} per GPU replicated; activations "
+                  f"{format_size(plan.activation_bytes)} per sample, "
+                  f"{format_size(plan.checkpointed_activation_bytes)} with activation checkpointing")
+    table = Table(title=f"estimated peak per GPU (fits: under {HEADROOM:.0%} of its memory)")
+    for name in ("settings", "samples at once", "memory", "fits"):
+        table.add_column(name, justify="left" if name == "settings" else "right")
+    shown = [v for v in plan.variants if v.accum_steps == 1 or v is plan.choice or (
+        v.fits and v.fsdp and v is next((w for w in plan.variants if w.fits and w.fsdp), None))]
+    for v in shown:
+        table.add_row(v.label, str(v.chunk), format_size(int(v.bytes)), "yes" if v.fits else "no")
+    console.print(table)
+
+    train = f"flipctl train --model {plan.model} --batch-size {plan.batch_size} --mask-ratio {plan.mask_ratio:g}"
+    if plan.choice is not None:
+        flags = " ".join([*plan.choice.flags, launch_flags(gpus, gpus_per_node)])
+        console.print(f"fits with {plan.choice.label}; use:\n  {train} {flags} ...", soft_wrap=True)
+    else:
+        sharded = next((v for v in plan.variants if v.fits and v.fsdp), None)
+        console.print("[red]does not fit[/red] with replicated parameters, whatever the accumulation steps"
+                      + (f"; it would with {sharded.label} (parameter sharding, which flipctl does not do yet)"
+                         if sharded else ", nor with parameter sharding: use more GPUs"))
+    if json_out:
+        record = {**dataclasses.asdict(plan), "usable_bytes": plan.usable_bytes}
+        json_out.write_text(json.dumps(record, indent=2))
