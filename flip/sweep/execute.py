@@ -44,8 +44,10 @@ class NoProgress:
 
 
 def is_complete(job: Job, store: RunStore) -> bool:
-    status = store.status(job.run_id) or {}
-    return (status.get("state") == "done" and store.summary(job.run_id) is not None
+    """Trained and every evaluation this job asks for recorded. Judged from the files, not from the
+    run's status: another sweep may be adding its own evaluations to the same run (or have been killed
+    while doing so) without making this job's work any less done."""
+    return (store.summary(job.run_id) is not None
             and all(store.eval_path(job.run_id, ev.key).exists() for ev in job.evals))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from flip.sweep.execute import is_complete
 from flip.sweep.plan import Job
 from flip.sweep.spec import SweepSpec
 from flip.sweep.store import RunStore
@@ -38,16 +39,16 @@ def collect(spec: SweepSpec, jobs: list[Job], store: RunStore) -> pd.DataFrame:
     for job in jobs:
         status = store.status(job.run_id) or {}
         summary = store.summary(job.run_id) or {}
+        state = "done" if is_complete(job, store) else "failed" if status.get("state") in ("failed", "skipped") \
+            else "pending"
         rec = {"row": job.row, "seed": job.seed, "variant": job.variant, "run_id": job.run_id,
-               "run_dir": str(store.run_dir(job.run_id)), "status": status.get("state", "pending"),
-               "error": status.get("error")}
+               "run_dir": str(store.run_dir(job.run_id)), "status": state,
+               "error": status.get("error") if state == "failed" else None}
         for axis in axes:
             rec[axis] = getattr(job.config, axis)
         rec.update(batch_size=job.config.batch_size, steps=summary.get("steps", job.steps),
                    samples_seen=summary.get("samples_seen"), train_time_s=_train_time(summary),
                    train_flops=summary.get("train_flops_total"), peak_memory=job.peak_memory)
-        if rec["status"] == "done" and not summary:
-            rec["status"] = "pending"
         for ev in job.evals:
             record = store.eval_record(job.run_id, ev.key)
             if record is None:
