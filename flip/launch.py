@@ -19,7 +19,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ from flip.train.config import TrainConfig
 from flip.train.reporting import Reporter
 
 LAUNCHERS = ("local", "slurm")
+SHUTDOWN_TIMEOUT_S = 300  # how long a stopped launch waits for its processes to finish a step and checkpoint
 
 
 @dataclass
@@ -51,19 +54,52 @@ class TrainJob(submitit.helpers.Checkpointable):
     def out(self) -> str:
         return self.config["out"]
 
-    def __call__(self) -> dict[str, Any]:
+    def __call__(self, stop=None) -> dict[str, Any]:
+        """Train; `stop` (an Event) asks for a polite stop. In a submitit job, submitit's preemption /
+        timeout signal does: the step in flight finishes and is checkpointed, then submitit requeues."""
+        from flip.train.faults import StopRequested
         from flip.train.trainer import train  # the trainer imports torch.distributed's whole stack
 
         reporter = self.reporter() if self.reporter is not None and process_rank() == 0 else Reporter()
-        if self.resume:
-            return train(TrainConfig(out=self.out), resume=True, reporter=reporter, settings=self.settings)
-        return train(TrainConfig.from_dict(self.config), reporter=reporter)
+        requeue = None
+        if stop is None and os.environ.get("SUBMITIT_EXECUTOR"):
+            stop, requeue = _stop_then_requeue()
+        try:
+            if self.resume:
+                return train(TrainConfig(out=self.out), resume=True, reporter=reporter, stop=stop,
+                             settings=self.settings)
+            # "auto": a job SLURM or submitit requeued finds its own checkpoint and resumes from it (the
+            # launchers refuse a fresh run in a directory that already holds one)
+            return train(TrainConfig.from_dict(self.config), resume="auto", reporter=reporter, stop=stop)
+        except StopRequested:
+            if requeue is not None:
+                requeue()  # submitit's handler: on rank 0, checkpoint() below, requeue, exit
+            raise
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Preempted or out of time (submitit calls this on rank 0): requeue, resuming the run from its
         last checkpoint (or starting it again if it had written none yet)."""
         has_checkpoint = (Path(self.out) / ckpt.LATEST).exists()
         return submitit.helpers.DelayedSubmission(dataclasses.replace(self, resume=self.resume or has_checkpoint))
+
+
+def _stop_then_requeue():
+    """Under submitit: its preemption / timeout signal now sets a stop event; the returned function
+    then runs submitit's own handler (which calls `TrainJob.checkpoint` and requeues the job)."""
+    sig = submitit.JobEnvironment._usr_sig()
+    submitit_handler = signal.getsignal(sig)
+    stop = threading.Event()
+    signal.signal(sig, lambda signum, frame: stop.set())
+    return stop, (lambda: submitit_handler(sig, None)) if callable(submitit_handler) else None
+
+
+def check_fresh(out: str | Path) -> None:
+    """A new run's directory must not hold a run already (the jobs resume whatever they find there)."""
+    from flip.train.trainer import SUMMARY_FILE, has_checkpoint
+
+    if has_checkpoint(out) or (Path(out) / SUMMARY_FILE).exists():
+        raise ConfigError(f"run directory {out} already holds a run; pass --resume to continue it or choose "
+                          f"another --out")
 
 
 # -- N processes on this machine (and maybe others): torchrun's launcher -------------------------------
@@ -96,34 +132,62 @@ class LocalLaunch:
 
 
 def _run_in_process(job: TrainJob) -> dict[str, Any]:
-    """A launched process: run the job; a user error is recorded for the launcher to show as one line."""
+    """A launched process: run the job, SIGTERM / SIGINT / SIGUSR1 being polite stops (the launcher
+    forwards its signal to every process); a user error or an early stop is recorded for the launcher
+    to raise again."""
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
+    from flip.train.faults import TrainingStopped
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, frame: stop.set())
     try:
-        return job()
-    except FlipError as exc:
-        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
-
-        get_error_handler().record_exception(_RecordedUserError(exc))
-        sys.exit(2)
+        return job(stop=stop)
+    except (FlipError, TrainingStopped) as exc:
+        get_error_handler().record_exception(_Recorded(exc))
+        sys.exit(getattr(exc, "exit_code", 2))
 
 
-class _RecordedUserError(Exception):
-    """A user error as JSON, so that the launcher can raise it again (as the flip.errors class it is)."""
+class _Recorded(Exception):
+    """A user error or an early stop as JSON, so that the launcher can raise it again as what it is."""
 
-    def __init__(self, exc: FlipError):
-        super().__init__(json.dumps({"types": [cls.__name__ for cls in type(exc).__mro__], "message": str(exc),
-                                     "detail": getattr(exc, "detail", None), "key": getattr(exc, "key", None)}))
+    def __init__(self, exc: Exception):
+        fields = {"types": [cls.__name__ for cls in type(exc).__mro__], "message": str(exc)}
+        for name in ("detail", "key", "run_dir", "step", "checkpoint"):
+            value = getattr(exc, name, None)
+            fields[name] = str(value) if isinstance(value, Path) else value
+        super().__init__(json.dumps(fields))
 
 
-def _user_error(record: str) -> FlipError | None:
-    """The FlipError a `_RecordedUserError` message describes; None for anything else."""
+def _raised_again(record: str) -> Exception | None:
+    """The exception a `_Recorded` message describes; None for anything else (a bug)."""
+    from flip.train import faults
+
     head, _, body = record.partition(": ")
-    if head != _RecordedUserError.__name__:
+    if head != _Recorded.__name__:
         return None
     data = json.loads(body)
+    stops = (faults.StopRequested, faults.NonFiniteStop, faults.WriteFailed, faults.TooMuchBadData,
+             faults.TrainingStopped)
+    for cls in stops:
+        if cls.__name__ in data["types"]:
+            checkpoint = Path(data["checkpoint"]) if data["checkpoint"] else None
+            return cls(data["message"], Path(data["run_dir"]), data["step"], checkpoint)
     cls = next(cls for cls in (ConfigError, DataError, CheckpointError, FlipError) if cls.__name__ in data["types"])
     if cls is ConfigError and data["key"] is not None:
         return ConfigError(data["detail"], key=data["key"])
     return cls(data["message"])
+
+
+class LaunchStopped(Exception):
+    """The launcher got a stop signal: its processes stopped (politely, each finishing its step and
+    writing a checkpoint, within the launcher's shutdown timeout). `checkpoint`: the run's last one."""
+
+    def __init__(self, signum: int, run_dir: Path, checkpoint: Path | None):
+        self.signum, self.run_dir, self.checkpoint = signum, run_dir, checkpoint
+        super().__init__(f"{signal.Signals(signum).name}: run {run_dir} stopped; "
+                         + (f"its last checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"))
 
 
 def check_world(cfg: TrainConfig, world_size: int) -> None:
@@ -139,29 +203,37 @@ def check_world(cfg: TrainConfig, world_size: int) -> None:
 def launch_local(job: TrainJob, spec: LocalLaunch) -> dict[str, Any]:
     """Run `job` in `spec.nproc` processes here (this node's share of `spec.world_size`) and return the
     summary of this node's first process. A user error in a process is raised here as itself."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     spec.validate()
     if not job.resume:
         check_world(TrainConfig.from_dict(job.config), spec.world_size)
+        check_fresh(job.out)
     if spec.rdzv_endpoint is None:  # one node: torchrun --standalone (a free local port)
         rdzv = dict(rdzv_backend="c10d", rdzv_endpoint="localhost:0", run_id=str(uuid.uuid4()))
     else:  # torchrun's default static rendezvous at node 0's address, this node at --node-rank
         rdzv = dict(rdzv_backend="static", rdzv_endpoint=spec.rdzv_endpoint, run_id="flipctl",
                     rdzv_configs={"rank": spec.node_rank})
+    if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}:  # torch >= 2.9
+        rdzv["shutdown_timeout"] = SHUTDOWN_TIMEOUT_S
     config = LaunchConfig(min_nodes=spec.nnodes, max_nodes=spec.nnodes, nproc_per_node=spec.nproc,
                           max_restarts=0, start_method="spawn", **rdzv)
     # As torchrun: without OMP_NUM_THREADS, the processes share this machine's cores (torchrun: 1 each).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.nproc)))
     try:
         results = elastic_launch(config, _run_in_process)(job)
+    except SignalException as exc:  # the launcher's agent passed the signal on and waited for the processes
+        latest = Path(job.out) / ckpt.LATEST
+        checkpoint = Path(job.out) / latest.read_text().strip() if latest.exists() else None
+        raise LaunchStopped(exc.sigval, Path(job.out), checkpoint) from None
     except ChildFailedError as exc:
-        for failure in exc.failures.values():
+        for failure in sorted(exc.failures.values(), key=lambda f: f.timestamp):
             message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
-            user_error = _user_error(message)
-            if user_error is not None:
-                raise user_error from None
+            again = _raised_again(message)
+            if again is not None:
+                raise again from None
         raise
     return results[min(results)]
 
@@ -188,6 +260,7 @@ class SlurmLaunch:
     max_requeues: int = 3  # timeouts a job may be requeued after
     cluster: str = "slurm"
     tasks_per_node: int | None = None
+    signal_delay_s: int | None = None  # the preemption signal this long before the time limit (submitit: 90 s)
 
     @property
     def tasks(self) -> int:
@@ -211,16 +284,18 @@ class SlurmLaunch:
         return self
 
     def executor(self, folder: str | Path, name: str) -> submitit.Executor:
-        executor = submitit.AutoExecutor(folder=str(folder), cluster=self.cluster,
-                                         slurm_max_num_timeout=self.max_requeues)
-        params: dict[str, Any] = dict(name=name, nodes=self.nodes, tasks_per_node=self.tasks,
-                                      timeout_min=parse_time(self.time))
+        timeout = parse_time(self.time)
         if self.cluster == "local":
-            params["gpus_per_node"] = self.gpus_per_node
+            executor = submitit.LocalExecutor(folder=str(folder), max_num_timeout=self.max_requeues)
+            params: dict[str, Any] = dict(timeout_min=timeout, tasks_per_node=self.tasks,
+                                          gpus_per_node=self.gpus_per_node, signal_delay_s=self.signal_delay_s)
         else:
-            params.update(gpus_per_node=self.gpus_per_node, slurm_partition=self.partition,
+            executor = submitit.AutoExecutor(folder=str(folder), cluster=self.cluster,
+                                             slurm_max_num_timeout=self.max_requeues)
+            params = dict(name=name, nodes=self.nodes, tasks_per_node=self.tasks, timeout_min=timeout,
+                          gpus_per_node=self.gpus_per_node, slurm_partition=self.partition,
                           cpus_per_task=self.cpus_per_task, slurm_account=self.account, slurm_qos=self.qos,
-                          slurm_constraint=self.constraint)
+                          slurm_constraint=self.constraint, slurm_signal_delay_s=self.signal_delay_s)
         executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
         return executor
 
@@ -253,6 +328,7 @@ def submit(job: TrainJob, spec: SlurmLaunch, name: str = "flipctl-train") -> sub
     spec.validate()
     if not job.resume:
         check_world(TrainConfig.from_dict(job.config), spec.world_size)
+        check_fresh(job.out)
     folder = spec.folder or Path(job.out) / "slurm"
     executor = spec.executor(folder, name)
     with submitit.helpers.clean_env():  # submitted from inside a job: none of its variables leak in

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import shlex
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -19,7 +20,7 @@ from typing import Any, Callable, Optional
 import typer
 
 from flip.errors import ConfigError
-from flip.launch import LAUNCHERS, LocalLaunch, SlurmLaunch, TrainJob, launch_local, submit
+from flip.launch import LAUNCHERS, LaunchStopped, LocalLaunch, SlurmLaunch, TrainJob, launch_local, submit
 from flipctl.errors import flag
 
 TORCHRUN_FLAGS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint")
@@ -57,6 +58,11 @@ class LaunchFlags:
         if self.launcher == "local" and self.local().world_size > 1 and "WORLD_SIZE" in os.environ:
             raise ConfigError("starts processes itself: do not also launch flipctl with torchrun", key="nproc")
         return self
+
+    def command_line(self) -> str:
+        """The launch flags given, as a command line (to repeat them)."""
+        return " ".join(f"--{name.replace('_', '-')} {shlex.quote(str(getattr(self, name)))}"
+                        for name in self.given(TORCHRUN_FLAGS + SLURM_FLAGS))
 
     @property
     def elsewhere(self) -> bool:
@@ -132,7 +138,12 @@ def run_job(job: TrainJob, launch: LaunchFlags, here: Callable[[], dict[str, Any
              f"continues it after a failure)")
         return None
     if launch.elsewhere:
-        return launch_local(job, launch.local())
+        try:
+            return launch_local(job, launch.local())
+        except LaunchStopped as exc:
+            again = f"flipctl train {launch.command_line()} --resume --out {shlex.quote(job.out)}"
+            typer.echo(f"{exc}; resume with: {again}", err=True)
+            raise typer.Exit(128 + exc.signum) from None
     return here()
 
 

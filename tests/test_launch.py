@@ -3,6 +3,7 @@ executor here, on CPU with gloo)."""
 
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -49,6 +50,41 @@ def test_submitit_local_executor_trains_as_one_job_of_two_tasks(small_dataset, t
     assert (run / "slurm").is_dir()  # submitit's logs sit in the run directory
 
 
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes(small_dataset, tmp_path):
+    """submitit's preemption / timeout signal (USR2) on a 2-task job: the run finishes its step and
+    checkpoints it (no other checkpoint is due), submitit's checkpoint hook requeues the job, and the
+    requeued job resumes from that step and completes the run, as one job of world size 2 throughout."""
+    run = tmp_path / "run"
+    job = submit(TrainJob(_config(small_dataset, run, samples=16 * 16, ckpt_every=1000, log_every=1)),
+                 SlurmLaunch(cluster="local", gpus_per_node=0, tasks_per_node=2, time="10"))
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and job.state == "RUNNING" and not (
+            metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    tasks = _children(job._process.pid)  # the local executor's controller starts one process per task
+    assert len(tasks) == 2 and not (run / "summary.json").exists()
+    for pid in tasks:  # what SLURM (--signal USR2@90) does to every task before preemption or the time limit
+        os.kill(pid, signal.SIGUSR2)
+    summaries = job.results()
+    assert [s["world_size"] for s in summaries] == [2, 2] and summaries[0]["steps"] == 16
+    logs = "".join(p.read_text() for p in (run / "slurm").glob("*_0_log.*"))
+    assert "Requeued" in logs, logs[-3000:]
+    (stopped_at, last) = sorted(int(p.name.split("-")[1]) for p in run.glob("ckpt-*"))
+    assert 3 <= stopped_at < 16 and last == 16  # the polite stop's checkpoint: none other was due
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"loss"' in line]
+    assert logged == list(range(1, 17))
+
+
+def _latest_step_of(run):
+    return int((run / "latest").read_text().strip().split("-")[1])
+
+
 def test_a_requeued_job_resumes_its_run(small_dataset, tmp_path):
     """submitit's checkpoint hook (called on preemption or timeout) requeues the job as a resume."""
     job = TrainJob(_config(small_dataset, tmp_path / "run"))
@@ -56,6 +92,11 @@ def test_a_requeued_job_resumes_its_run(small_dataset, tmp_path):
     job()
     requeued = job.checkpoint().function
     assert requeued.resume is True and requeued.config == job.config
+    # a new run never starts in a directory holding one (its jobs resume whatever they find there)
+    for start in (lambda: submit(job, SlurmLaunch(cluster="local", gpus_per_node=0, time="10")),
+                  lambda: launch_local(job, LocalLaunch(nproc=2))):
+        with pytest.raises(ConfigError, match="already holds a run"):
+            start()
 
 
 @pytest.mark.parametrize("text, minutes", [("90", 90), ("1:30:00", 90), ("2-00", 2880), ("1-2:30", 1590),
@@ -86,32 +127,52 @@ def test_the_batch_must_split_over_the_processes(small_dataset, tmp_path):
 # -- the command line ---------------------------------------------------------------------------------------
 def _flipctl_train(ds, out, *extra):
     return [sys.executable, "-m", "flipctl.main", "train", "--data", str(ds / "train"), "--model", "tiny",
-            "--batch-size", "32", "--samples", str(32 * 8), "--workers", "1", "--no-periodic-eval",
-            "--ckpt-every", "2", "--out", str(out), *extra]
+            "--batch-size", "32", "--samples", str(32 * 24), "--workers", "1", "--no-periodic-eval",
+            "--ckpt-every", "4", "--log-every", "1", "--out", str(out), *extra]
 
 
-def test_train_nproc_2_killed_then_resumed_completes(small_dataset, tmp_path):
-    """`flipctl train --nproc 2` (with 2 accumulation steps): no torchrun line; SIGKILL mid-way,
-    `--nproc 2 --resume` finishes it."""
+def _wait_for_checkpoint(run, proc, step, timeout=240):
+    latest = run / "latest"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not (
+            latest.exists() and int(latest.read_text().strip().split("-")[1]) >= step):
+        time.sleep(0.05)
+
+
+def _latest_step(run):
+    return int((run / "latest").read_text().strip().split("-")[1])
+
+
+def test_train_nproc_2_killed_stopped_and_resumed(small_dataset, tmp_path):
+    """`flipctl train --nproc 2` (with 2 accumulation steps), no torchrun line: SIGKILLed mid-way,
+    `--nproc 2 --resume` continues it; a SIGTERM to the launcher stops its processes politely (the
+    step in flight checkpointed, one line, exit 143); a last `--resume` completes the run."""
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    resume = [sys.executable, "-m", "flipctl.main", "train", "--nproc", "2", "--resume", "--out", str(run)]
     proc = subprocess.Popen(_flipctl_train(small_dataset, run, "--nproc", "2", "--accum-steps", "2"), env=env,
-                            start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = run / "latest"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not (
-            latest.exists() and int(latest.read_text().strip().split("-")[1]) >= 2):
-        time.sleep(0.05)
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_checkpoint(run, proc, 4)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (run / "summary.json").exists(), "not killed mid-way"
-    done = subprocess.run([sys.executable, "-m", "flipctl.main", "train", "--nproc", "2", "--resume", "--out", str(run)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    assert 4 <= _latest_step(run) < 24 and not (run / "summary.json").exists(), "not killed mid-way"
+
+    proc = subprocess.Popen(resume, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(run, proc, 12)
+    proc.send_signal(signal.SIGTERM)  # the launcher alone, as a scheduler's stop would reach it
+    _, stderr = proc.communicate(timeout=240)
+    stopped_at = _latest_step(run)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert f"SIGTERM: run {run} stopped; its last checkpoint is {run / f'ckpt-{stopped_at:08d}'}" in stderr
+    assert f"resume with: flipctl train --nproc 2 --resume --out {run}" in stderr
+    assert 12 <= stopped_at < 24 and "Traceback" not in stderr
+
+    done = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())
     assert (summary["steps"], summary["world_size"], summary["per_device_batch"], summary["accum_steps"],
-            summary["global_batch"]) == (8, 2, 8, 2, 32)
+            summary["global_batch"]) == (24, 2, 8, 2, 32)
     assert _ranks_saved(run) == 2
     assert "world_size" in done.stdout  # the summary table
 
@@ -156,16 +217,20 @@ def test_tune_unmasked_takes_the_launch_flags(tmp_path):
     assert result.exit_code == 2 and "--qos is a setting of --launcher slurm" in result.output, result.output
 
 
-def test_a_recorded_user_error_comes_back_as_its_kind():
-    from flip.launch import _RecordedUserError, _user_error
+def test_a_recorded_error_or_stop_comes_back_as_its_kind():
+    from flip.launch import _raised_again, _Recorded
+    from flip.train.faults import NonFiniteStop
     from flip.train.trainer import ResumeConflict
 
-    back = _user_error(f"_RecordedUserError: {_RecordedUserError(ConfigError('must be at least 1', key='nproc'))}")
+    back = _raised_again(f"_Recorded: {_Recorded(ConfigError('must be at least 1', key='nproc'))}")
     assert isinstance(back, ConfigError) and back.key == "nproc" and back.detail == "must be at least 1"
     conflict = ResumeConflict("runs/x", [("mask_ratio", 0.75, 0.5)])
-    back = _user_error(f"_RecordedUserError: {_RecordedUserError(conflict)}")
+    back = _raised_again(f"_Recorded: {_Recorded(conflict)}")
     assert type(back) is ConfigError and str(back) == str(conflict)
-    assert _user_error("ValueError: a bug") is None
+    stop = NonFiniteStop("a NaN at step 5", tmp := Path("runs/x"), 5, tmp / "ckpt-00000003")
+    back = _raised_again(f"_Recorded: {_Recorded(stop)}")
+    assert type(back) is NonFiniteStop and (back.step, back.checkpoint, str(back)) == (5, stop.checkpoint, str(stop))
+    assert _raised_again("ValueError: a bug") is None
 
 
 # -- a sweep's runs as SLURM jobs ------------------------------------------------------------------------------
