@@ -141,11 +141,11 @@ class SweepSpec:
 
     def axis_fields(self) -> list[str]:
         """TrainConfig fields that vary between rows, in first-seen order."""
-        seen: dict[str, set] = {}
+        names: dict[str, None] = {}
         for r in self.rows:
-            for k, v in r.fields.items():
-                seen.setdefault(k, set()).add(repr(v))
-        return [k for k, values in seen.items() if len(values) > 1 or len(self.rows) == 1]
+            names.update(dict.fromkeys(r.fields))
+        configs = [self.config(r, 0) for r in self.rows]  # a row that leaves a field out has its default
+        return [k for k in names if len({repr(getattr(c, k)) for c in configs}) > 1 or len(self.rows) == 1]
 
     def config(self, row: Row, seed: int, overrides: dict[str, Any] | None = None) -> TrainConfig:
         """The run's TrainConfig: base, then the row, then `overrides` (e.g. a memory-matched batch)."""

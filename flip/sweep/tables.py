@@ -107,15 +107,15 @@ def _cell(column: str, base: pd.DataFrame, tuned: pd.DataFrame, ref: pd.DataFram
             return Cell(None)
         return _stats((t["zeroshot"] - b["zeroshot"]).dropna())
     metric, _, mode = column.partition("@")
+    if metric not in METRIC_BASES and column in base.columns:  # a config axis: its value, as text
+        values = base[column].dropna().unique()
+        return Cell(None, text=", ".join(_show_axis(column, v) for v in values))
     if mode == "tuned":
         t = tuned[tuned.status == "done"]
         return _stats(t[metric]) if metric in t else Cell(None)
     key = column if mode else metric
     if key in done:
         return _stats(done[key])
-    if column in base.columns:  # an axis field
-        values = base[column].dropna().unique()
-        return Cell(None, text=", ".join(_show_axis(column, v) for v in values))
     return Cell(None)
 
 
