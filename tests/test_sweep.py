@@ -309,6 +309,8 @@ def test_committed_results_match_specs_that_still_load():
         line = next(line for line in path.read_text().splitlines() if line.startswith("flipctl sweep"))
         argv = shlex.split(line)
         spec = load_spec(argv[2], argv[argv.index("--preset") + 1])
+        if "--seeds" in argv:
+            spec = dataclasses.replace(spec, seeds=int(argv[argv.index("--seeds") + 1]))
         results = pd.read_csv(path.parent / "results.csv")
         batches = {row: (int(group.batch_size.iloc[0]), None) for row, group in results.groupby("row")}
         planned = {job.run_id for job in build_plan(spec, RunStore("unused"), batches)}
