@@ -15,7 +15,7 @@ import time
 import torch
 
 from flip.bench.timing import synchronize, synthetic_batch
-from flip.flops import step_flops
+from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.sweep.plan import Job
@@ -61,11 +61,11 @@ def estimate(jobs: list[Job], store: RunStore, device: torch.device) -> dict[str
     per_sample: dict[str, float] = {}
     flop_rate = None
     out = {}
-    for job in sorted(jobs, key=lambda j: _per_sample(j.config.model, j.config.mask_ratio)):
+    for job in sorted(jobs, key=lambda j: flops_per_sample(j.config)):
         cfg = job.config
         if job.kind == "tune":  # tuning runs the unmasked step of the parent's model
             cfg = TrainConfig.from_dict({**cfg.to_dict(), "mask_ratio": 0.0, "recon_weight": 0.0, "text_mask": "none"})
-        flops = _per_sample(cfg.model, cfg.mask_ratio)
+        flops = flops_per_sample(cfg)
         samples = job.samples or 0
         key = _step_key(cfg, device)
         if key not in per_sample:
@@ -85,6 +85,6 @@ def estimate(jobs: list[Job], store: RunStore, device: torch.device) -> dict[str
     return out
 
 
-def _per_sample(model: str, mask_ratio: float) -> float:
-    """Training FLOPs per sample (forward + backward), at a small batch."""
-    return step_flops(get_preset(model), mask_ratio, 8)["total"] / 8
+def flops_per_sample(cfg: TrainConfig) -> float:
+    """Training FLOPs per sample (forward + backward) of the run's step, counted at a small batch."""
+    return train_step_flops(get_preset(cfg.model), cfg, 8)["total"] / 8

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from flip.flops import step_flops
 from flip.bench.memory import find_max_batch, step_peak_memory
 from flip.models import get_preset
+from flip.sweep.estimate import flops_per_sample
 from flip.sweep.spec import SweepSpec
 from flip.sweep.store import RunStore
 from flip.train.config import TrainConfig
@@ -87,7 +87,7 @@ def memory_warnings(configs, store: RunStore, device: torch.device, max_gflops: 
         if key in seen:
             continue
         seen.add(key)
-        if device.type != "cuda" and _per_sample(cfg.model, cfg.mask_ratio) / 1e9 > max_gflops:
+        if device.type != "cuda" and flops_per_sample(cfg) / 1e9 > max_gflops:
             warnings.append(f"{cfg.model} at batch {cfg.batch_size}: memory not probed on this CPU (model too "
                             f"large); run the dry run on the training machine")
             continue
@@ -98,7 +98,3 @@ def memory_warnings(configs, store: RunStore, device: torch.device, max_gflops: 
                             f"{limit / 2**30:.1f} GiB on {device.type}")
     return warnings
 
-
-def _per_sample(model: str, mask_ratio: float) -> float:
-    """Training FLOPs per sample (forward + backward), at a small batch."""
-    return step_flops(get_preset(model), mask_ratio, 8)["total"] / 8
