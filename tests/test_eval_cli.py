@@ -142,7 +142,7 @@ SPEED_KEYS = {"images_per_s", "images", "seconds"}
 TASK_KEYS = {
     "zeroshot": ({"path", "source", "format", "images", "classes", "classnames"}, {"templates"},
                  {"top1", "top5", "mean_per_class_recall"}),
-    "retrieval": ({"path", "format", "images", "captions", "images_root", "split"}, set(),
+    "retrieval": ({"path", "format", "images", "captions", "truncated_captions", "images_root", "split"}, set(),
                   {f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10)}),
 }
 
@@ -165,7 +165,7 @@ def test_json_record_keys_and_the_library_call_agree(small_dataset, ckpt, tmp_pa
     assert set(cli["settings"]["masking"]) == MASKING_KEYS and set(cli["speed"]) == SPEED_KEYS
     assert set(cli["data"]) == data_keys and set(cli["metrics"]) == metric_keys
     if extra_settings:
-        assert set(cli["settings"]["templates"]) == {"name", "count", "templates"}
+        assert set(cli["settings"]["templates"]) == {"name", "count", "templates", "truncated_prompts"}
 
     lines = []
     record = evaluate_checkpoint(ckpt, task, data=data, masking=Masking(mask_ratio=0.5, seed=3),

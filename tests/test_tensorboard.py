@@ -1,6 +1,8 @@
 """`--report-to tensorboard`: training curves as event files that TensorBoard's own reader finds."""
 
 import json
+import shutil
+import time
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -45,3 +47,34 @@ def test_report_to_in_toml(tmp_path):
     cfg = TrainConfig.from_dict(load_toml(path))
     cfg.validate()
     assert cfg.report_to == ["tensorboard"]
+
+
+def test_resumed_run_logs_every_step_once(small_dataset, tmp_path):
+    """A process killed after a checkpoint logged steps past it; the resumed run logs them again. The
+    curves hold each step once, with the resumed run's values, and keep the checkpoint's own step.
+    A fresh run drops the events of a process killed before its first checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    stale = SummaryWriter(str(run / "tensorboard"))  # a killed process's curve, no checkpoint
+    for step in (2, 4, 6):
+        stale.add_scalar("train/loss", 999.0, step)
+    stale.close()
+    args = ["train", "--data", str(small_dataset / "train"), "--samples", "64", "--batch-size", "8",
+            "--workers", "0", "--log-every", "2", "--ckpt-every", "4", "--keep-checkpoints", "3",
+            "--report-to", "tensorboard", "--out", str(run), "--resume", "auto"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    first = _scalars(run / "tensorboard")["train/loss"]
+    assert [s for s, _ in first] == [2, 4, 6, 8] and 999.0 not in [v for _, v in first]
+
+    # as if killed after step 8's log but before its checkpoint: resume from step 4
+    shutil.rmtree(run / "ckpt-00000008")
+    (run / "latest").write_text("ckpt-00000004\n")
+    time.sleep(1.1)  # event files are named by the second; the resumed run's must sort after
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    by_step = _scalars(run / "tensorboard")
+    assert [s for s, _ in by_step["train/loss"]] == [2, 4, 6, 8]
+    assert by_step["train/loss"] == pytest.approx(first, rel=1e-6)  # the same seed: the same losses
+    assert [s for s, _ in _scalars(run / "tensorboard" / "by_samples")["by_samples/train/loss"]] == [16, 32, 48, 64]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from typing import Iterable
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
@@ -16,10 +17,20 @@ def _bpe() -> SimpleTokenizer:
     return SimpleTokenizer()
 
 
+@functools.lru_cache(maxsize=None)
+def _longest_token_bytes() -> int:
+    """Bytes of the longest vocabulary entry (32): a word of n bytes is at least n / this many tokens."""
+    return max(len(token.removesuffix("</w>")) for token in _bpe().encoder)
+
+
 class Tokenizer:
     """texts -> LongTensor [N, context_length]: SOT, BPE ids, EOT, zero padding.
 
-    Captions longer than the context are cut and keep their EOT token (open_clip's rule).
+    Captions longer than the context are cut and keep their EOT token (open_clip's rule), and
+    counted in `truncated`. The ids are open_clip's, computed lazily: BPE stops once the
+    context is full, and a word longer than the context could hold even as the longest
+    vocabulary entries is cut to that length first (BPE's time is quadratic in a word's
+    length; such a caption is cut either way).
     Padding id is 0, which the text tower treats as padding.
     """
 
@@ -28,10 +39,35 @@ class Tokenizer:
             raise ConfigError("must be at least 3 (SOT, one token, EOT)", key="context_length")
         self.context_length = context_length
         self.pad_id = 0
+        self.truncated = 0  # texts cut to the context so far
 
     @property
     def vocab_size(self) -> int:
         return len(_bpe().encoder)
 
+    def encode(self, text: str) -> tuple[list[int], bool]:
+        """(SOT, BPE ids, EOT: at most `context_length` ids; whether the text had to be cut)."""
+        bpe = _bpe()
+        room = self.context_length - 2  # between SOT and EOT
+        max_word_bytes = (room + 1) * _longest_token_bytes()  # longer: more tokens than the room, surely
+        ids: list[int] = []
+        for word in bpe.pat.findall(bpe.clean_fn(text)):
+            data = word.encode("utf-8", errors="replace")[:max_word_bytes]
+            chars = "".join(bpe.byte_encoder[b] for b in data)
+            ids.extend(bpe.encoder[piece] for piece in bpe.bpe(chars).split(" "))
+            if len(ids) > room:
+                break
+        return [bpe.sot_token_id, *ids[:room], bpe.eot_token_id], len(ids) > room
+
+    def count_truncated(self, texts: Iterable[str]) -> int:
+        """How many of `texts` do not fit the context (without touching `truncated`)."""
+        return sum(self.encode(text)[1] for text in texts)
+
     def __call__(self, texts: str | list[str]) -> torch.Tensor:
-        return _bpe()(texts, context_length=self.context_length)
+        texts = [texts] if isinstance(texts, str) else texts
+        result = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            ids, cut = self.encode(text)
+            result[i, :len(ids)] = torch.tensor(ids)
+            self.truncated += cut
+        return result

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from flip.checkpoint import load_model, resolve_checkpoint
 from flip.data import builtin
+from flip.data.tokenizer import Tokenizer
 from flip.distributed import resolve_device
 from flip.errors import ConfigError
 from flip.eval.datasets import load_classification, load_probe_splits, load_retrieval, with_classnames
@@ -61,6 +62,7 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
         raise ConfigError(f"{masking.views}: the model has only {num_patches} patches", key="views")
     log = log or (lambda line: None)
     meter = Meter(progress)
+    tokenizer = Tokenizer(model.cfg.text.context_length)  # to count the texts cut to the context
 
     train = config.get("train", {})
     record: dict[str, Any] = {
@@ -78,23 +80,26 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
         if classnames is not None:
             dataset = with_classnames(dataset, resolve_classnames(classnames), f"--classnames {classnames}")
         template_name, template_fns = resolve_templates(templates, dataset.templates)
+        truncated = tokenizer.count_truncated(t(name) for name in dataset.classnames for t in template_fns)
         log(f"zero-shot: {len(dataset.images)} images, {len(dataset.classnames)} classes from {dataset.source}; "
-            f"{len(template_fns)} templates ({template_name}); {_masking_note(masking)}")
+            f"{len(template_fns)} templates ({template_name}){_truncated_note(truncated, 'prompts', tokenizer)}; "
+            f"{_masking_note(masking)}")
         metrics = evaluate_zeroshot(model, dataset, template_fns, masking, runtime, meter)
         record["data"] = {"path": str(data), "source": dataset.source, "format": dataset.format,
                           "images": len(dataset.images), "classes": len(dataset.classnames),
                           "classnames": dataset.classnames}
         record["settings"]["templates"] = {"name": template_name, "count": len(template_fns),
-                                           "templates": as_text(template_fns)}
+                                           "templates": as_text(template_fns), "truncated_prompts": truncated}
     elif task == "retrieval":
         if data is None:
             data = builtin.retrieval_csv(builtin.ensure_builtin())
         dataset = load_retrieval(str(data), images_root, split)
+        truncated = tokenizer.count_truncated(dataset.captions)
         log(f"retrieval: {len(dataset.images)} images, {len(dataset.captions)} captions from "
-            f"{dataset.source}; {_masking_note(masking)}")
+            f"{dataset.source}{_truncated_note(truncated, 'captions', tokenizer)}; {_masking_note(masking)}")
         metrics = evaluate_retrieval(model, dataset, masking=masking, runtime=runtime, progress=meter)
         record["data"] = {"path": str(data), "format": dataset.format, "images": len(dataset.images),
-                          "captions": len(dataset.captions),
+                          "captions": len(dataset.captions), "truncated_captions": truncated,
                           "images_root": str(images_root) if images_root else None,
                           "split": split if dataset.format == "karpathy-json" else None}
     else:
@@ -114,6 +119,10 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
     record["speed"] = {"images_per_s": meter.rate(IMAGES), "images": meter.items.get(IMAGES, 0),
                        "seconds": meter.seconds.get(IMAGES, 0.0)}
     return record
+
+
+def _truncated_note(count: int, what: str, tokenizer: Tokenizer) -> str:
+    return f" ({count} {what} cut to {tokenizer.context_length} tokens)" if count else ""
 
 
 def _masking_note(masking: Masking) -> str:
