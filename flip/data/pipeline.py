@@ -237,9 +237,10 @@ class ShardStream(IterableDataset):
                 captions.append(decoded[1])
                 keys.append(sample["__key__"])
                 if len(images) == self.cfg.batch_size:
+                    tokens = tokenizer(captions)  # before `meta`, which counts this batch's cut captions
                     meta = {"slot": local_slot, "epoch": epoch, "offset": read, "skipped": dict(errors),
-                            "keys": keys}
-                    yield torch.stack(images), tokenizer(captions), meta
+                            "keys": keys, "truncated_captions": tokenizer.truncated}
+                    yield torch.stack(images), tokens, meta
                     images, captions, keys = [], [], []
             if read == 0 and offset == 0:
                 raise DataError(f"no readable samples in the shards of data slot {slot} "

@@ -107,9 +107,13 @@ class RetrievalSet:
 
 # -- small readers ----------------------------------------------------------------------------------
 def read_lines(path: Path, what: str) -> list[str]:
-    """Non-empty stripped lines of a text file."""
+    """Non-empty stripped lines of a text file.
+
+    Lines end at line breaks only (\\n, \\r\\n, \\r), not at the other characters `str.splitlines`
+    takes for one (\\x1c, \\x85, \\u2028, ...), which may be part of a class name or template.
+    """
     try:
-        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").split("\n")]
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {what} {path}: {exc}") from None
     lines = [line for line in lines if line]
@@ -341,6 +345,8 @@ def load_karpathy_json(path: str | Path, images_root: str | Path | None = None,
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        raise DataError(f"cannot read {path}: JSON nested too deeply") from None
     root = Path(images_root) if images_root else path.parent
     files: list[Path] = []
     captions: list[list[str]] = []

@@ -60,6 +60,7 @@ class Progress:
     skipped_before: dict[str, int] = field(default_factory=dict)  # bad samples by kind, counted by data
     #                                                                 workers of earlier (stopped) processes
     nonfinite_steps: int = 0  # steps whose update was skipped for a NaN or infinite loss or gradient
+    truncated_before: int = 0  # captions cut to the context length by earlier processes' data workers
     elapsed_s: float = 0.0
     eval_time_s: float = 0.0  # part of elapsed_s spent in periodic evaluation, not training
 
@@ -251,6 +252,7 @@ class Trainer:
         """What differs between ranks: data-stream positions and RNG states."""
         progress = dataclasses.asdict(self.progress)
         progress["skipped_before"] = self._skipped()
+        progress["truncated_before"] = self._truncated()
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
         return {"progress": progress, "rng": rng}
@@ -394,6 +396,10 @@ class Trainer:
                 total[kind] = total.get(kind, 0) + n
         return total
 
+    def _truncated(self) -> int:
+        """Captions longer than the context length, cut to it: earlier processes' and this one's workers'."""
+        return self.progress.truncated_before + sum(self._truncated_by_slot)
+
     def _global_sum(self, *values: float) -> list[float]:
         """`values` summed over the processes (a collective: all call it at the same steps)."""
         if self.dist.world_size == 1:
@@ -435,6 +441,7 @@ class Trainer:
         if not p.positions:
             p.positions = [SlotPosition() for _ in range(num_slots)]
         self._skipped_by_slot = [{} for _ in range(num_slots)]
+        self._truncated_by_slot = [0] * num_slots
         self._nonfinite_before = p.nonfinite_steps
         log = self._open_metrics() if main else None
         tensorboard = TensorBoardLog(self.run_dir, p.step, p.samples_seen) \
@@ -464,6 +471,7 @@ class Trainer:
                 p.positions[meta["slot"]] = SlotPosition(meta["epoch"], meta["offset"])
                 p.next_slot = (meta["slot"] + 1) % num_slots
                 self._skipped_by_slot[meta["slot"]] = meta["skipped"]
+                self._truncated_by_slot[meta["slot"]] = meta.get("truncated_captions", 0)
                 interval_steps += 1
                 done = p.step == self.total_steps
                 at_log = p.step % cfg.log_every == 0 or done
@@ -521,7 +529,8 @@ class Trainer:
             "final_loss": last.get("loss"), "final_temperature": last.get("temperature"),
             "samples_per_s": self.progress.samples_seen / wall_s if wall_s else None,
             "skipped_samples": sum(self._skipped().values()), "skipped_by_kind": self._skipped(),
-            "nonfinite_steps": self.progress.nonfinite_steps, "eval": eval_metrics, "parent": self.cfg.parent,
+            "nonfinite_steps": self.progress.nonfinite_steps, "truncated_captions": self._truncated(),
+            "eval": eval_metrics, "parent": self.cfg.parent,
             # the batch as it ran: each device's forward chunk x accumulation steps x processes
             "world_size": self.dist.world_size, "per_device_batch": self.local_batch // self.cfg.accum_steps,
             "accum_steps": self.cfg.accum_steps, "global_batch": self.cfg.batch_size,
