@@ -172,15 +172,21 @@ def tune_unmasked_command(
     lr: Optional[float] = typer.Option(None, help="peak lr. Default: the parent's peak lr / 100 (paper: 4e-8 vs 4e-6 per 256)."),
     warmup: Optional[int] = typer.Option(None, help="warm-up samples. Default: 20% of the tuning budget."),
     out: Optional[str] = typer.Option(None, help="new run directory. Default: <parent run>-unmasked."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", show_default=False,
+                                           help="torch.compile the model (as `flipctl train --compile`). "
+                                                "Default: as the parent run."),
     launch: LaunchFlags = LaunchFlags(),
 ) -> None:
     """Unmasked tuning: continue a masked run with mask ratio 0 at a low lr (paper Table 1e)."""
+    overrides = {"compile": compile} if compile is not None else {}
     if launch.elsewhere:
-        job = TrainJob(unmasked_tuning_config(ckpt, samples, epochs, lr, warmup, out).to_dict(), reporter=RichReporter)
+        job = TrainJob(unmasked_tuning_config(ckpt, samples, epochs, lr, warmup, out, **overrides).to_dict(),
+                       reporter=RichReporter)
         summary = run_job(job, launch, lambda: None, echo=console.print)
     else:
         summary = run_stoppable(lambda stop: tune_unmasked(ckpt, samples=samples, epochs=epochs, lr=lr,
-                                                          warmup=warmup, out=out, reporter=RichReporter(), stop=stop))
+                                                          warmup=warmup, out=out, reporter=RichReporter(), stop=stop,
+                                                          **overrides))
     if summary is None:  # submitted to SLURM
         return
     print_summary(summary)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flip.checkpoint import load_model, resolve_checkpoint
+from flip.compile import compile_methods
 from flip.data import builtin
 from flip.data.tokenizer import Tokenizer
 from flip.distributed import resolve_device
@@ -23,6 +24,7 @@ from flip.eval.linear_probe import ProbeConfig, evaluate_linear_probe
 from flip.eval.retrieval import evaluate_retrieval
 from flip.eval.templates import as_text, resolve_classnames, resolve_templates
 from flip.eval.zeroshot import evaluate_zeroshot
+from flip.precision import precision_warning
 
 TASKS = ("zeroshot", "retrieval", "linear-probe")
 
@@ -32,7 +34,8 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
                         templates: str | None = None, classnames: str | None = None, split: str = "test",
                         images_root: str | Path | None = None, probe: ProbeConfig | None = None,
                         val_fraction: float = 0.2, test_fraction: float = 0.3, probe_seed: int = 0,
-                        progress: Progress | None = None, log: Callable[[str], None] | None = None) -> dict:
+                        progress: Progress | None = None, log: Callable[[str], None] | None = None,
+                        compile: bool = False) -> dict:
     """Evaluate the checkpoint at `ckpt` (a run directory, a checkpoint directory or its weights file).
 
     task: `zeroshot` (data: a class-folder set or CLIP_benchmark webdataset folder, default the
@@ -41,7 +44,8 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
     (data required; `probe`, `val_fraction`, `test_fraction`, `probe_seed`).
     `masking` applies to zeroshot and retrieval; `runtime.device` may be `auto`.
     `progress` sees each phase (encoding images, texts, ...); `log` gets a one-line
-    description of the data and settings before the work starts.
+    description of the data and settings before the work starts. `compile`: torch.compile the
+    encoders (inductor where it can build kernels here, else a fallback that `log` names).
     Returns the record: task, checkpoint, model, train_mask_ratio, train_samples, settings,
     data, metrics, speed.
     """
@@ -62,6 +66,10 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
         raise ConfigError(f"{masking.views}: the model has only {num_patches} patches", key="views")
     log = log or (lambda line: None)
     meter = Meter(progress)
+    backend = compile_methods(model, ("encode_image", "encode_text"), runtime.device, log=log) if compile else None
+    slow_precision = precision_warning(runtime.device, runtime.precision)
+    if slow_precision:
+        log(slow_precision)
     tokenizer = Tokenizer(model.cfg.text.context_length)  # to count the texts cut to the context
 
     train = config.get("train", {})
@@ -69,7 +77,8 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
         "task": task, "checkpoint": str(ckpt_dir.resolve()), "model": model.cfg.name,
         "train_mask_ratio": train.get("mask_ratio"), "train_samples": train.get("samples"),
         "settings": {"device": str(runtime.device), "batch_size": runtime.batch_size,
-                     "precision": runtime.precision, "workers": runtime.workers}}
+                     "precision": runtime.precision, "workers": runtime.workers,
+                     "compile": backend.name if backend else None}}
     if task != "linear-probe":
         record["settings"]["masking"] = masking.to_dict(num_patches)
 

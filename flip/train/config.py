@@ -100,7 +100,9 @@ class TrainConfig:
     grad_clip: float | None = knob(None, "clip the gradient norm to this value. Default: no clipping.", gt=0,
                                    step=True)
     precision: str = knob("fp32", "fp32 (as the paper) or bf16 autocast.", choices=PRECISIONS, step=True)
-    compile: bool = knob(False, "torch.compile the model.")
+    compile: bool = knob(False, "torch.compile the model's forward: inductor where it can build kernels here, "
+                                "else aot_eager (a note says why). The same training, faster once compiled "
+                                "(the first steps compile); a resume may switch it.", resume=True)
     activation_checkpointing: bool = knob(False, "recompute each transformer block in backward instead of keeping "
                                                  "its activations: much less memory, one more forward of the "
                                                  "blocks per step, the same gradients.", resume=True)

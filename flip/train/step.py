@@ -44,7 +44,8 @@ class TrainStep:
             raise ValueError("a reconstruction weight > 0 needs a decoder")
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.guard_nonfinite = guard_nonfinite
-        self.forward_model = forward_model or Pretrainer(model, decoder)
+        # `is None`, not `or`: a torch.compile'd module refuses bool()/len().
+        self.forward_model = forward_model if forward_model is not None else Pretrainer(model, decoder)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.loss_fn = ContrastiveLoss()
         self.grid_size = model.cfg.vision.grid_size

@@ -26,6 +26,8 @@ from flip.data import builtin
 from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_loader
 from flip.data.shards import count_samples, expand_urls
 from flip.distributed import DistInfo, init_distributed, resolve_device
+from flip.compile import compile_module
+from flip.precision import precision_warning
 from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
@@ -201,14 +203,22 @@ class Trainer:
         if self.dist.world_size > 1:
             forward_model = DistributedDataParallel(
                 forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:
-            forward_model = torch.compile(forward_model)
+        if cfg.compile:  # inductor where it can build kernels here, else a stated fallback
+            forward_model, _ = compile_module(forward_model, self.device, log=self._main_message)
+        if self.dist.is_main:  # e.g. bf16 on a CPU without native bf16: many times slower, said once
+            warning = precision_warning(self.device, cfg.precision)
+            if warning:
+                self.reporter.message(warning)
         self.step_fn = TrainStep(self.model, self.optimizer, cfg.step_config(), forward_model=forward_model,
                                  guard_nonfinite=True)
         self.nonfinite = NonFiniteSteps(self.device)
         self._skipped_by_slot: list[dict[str, int]] = []
 
     # -- run directory and resume -------------------------------------------------------------
+    def _main_message(self, text: str) -> None:
+        if self.dist.is_main:
+            self.reporter.message(text)
+
     def _prepare_run_dir(self, resume: bool) -> None:
         has_ckpt = (self.run_dir / ckpt.LATEST).exists()
         if resume:
