@@ -11,7 +11,10 @@ import torch
 import typer
 from rich.console import Console
 
+from flip.bench.data import DEFAULT_HOST_CORES, DEFAULT_MFU, DataBenchConfig, run_data_bench
+from flip.bench.data_report import render_data_paths
 from flip.bench.memory import parse_size
+from flip.data.decode import DECODE_MODES
 from flip.bench.report import render
 from flip.bench.runner import BenchConfig, run_bench
 from flip.errors import ConfigError
@@ -20,6 +23,7 @@ from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import user_errors
 
 console = make_console()
+LOADER_BESIDE_STEPS = "-"  # what a bare --data stands for: the loader timed beside the steps, as before
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
@@ -60,7 +64,17 @@ def bench_command(
     warmup: int = typer.Option(2, help="untimed steps per configuration first."),
     compare: Optional[str] = typer.Option(None, help="open_clip: also time open_clip's model of the same network with patch_dropout, interleaved with ours."),
     split: bool = typer.Option(True, "--split/--no-split", help="time image tower, text tower, loss and optimizer separately."),
-    data: bool = typer.Option(False, "--data", help="also time the data loader alone (decode, augment, tokenise)."),
+    data: Optional[str] = typer.Option(
+        None, "--data", is_flag=False, flag_value=LOADER_BESIDE_STEPS, metavar="[SHARDS|synthetic-jpeg:SIZE]",
+        help="alone: also time the data loader (decode, augment, tokenise) beside the steps. With shards, or "
+             "synthetic-jpeg:384 (generated 384 px JPEG q90 shards): time the decode paths side by side instead "
+             "(legacy PIL, worker, device; per core, the cores per accelerator each needs at each mask ratio)."),
+    decode: str = typer.Option(",".join(DECODE_MODES), help="decode paths for --data SHARDS, comma-separated: "
+                                                             "legacy, worker, device."),
+    mfu: float = typer.Option(DEFAULT_MFU, help="for --data SHARDS: the MFU at which the step's sample rate is "
+                                                "computed from its FLOPs and --peak-tflops (default: H200 SXM, 989)."),
+    host_cores: int = typer.Option(DEFAULT_HOST_CORES, help="for --data SHARDS: CPU cores per accelerator, to name "
+                                                            "the bottleneck."),
     data_path: Optional[str] = typer.Option(None, help="shards for --data. Default: the built-in dataset."),
     workers: int = typer.Option(2, help="data loader workers for --data (the trainer's default: 2)."),
     max_batch: bool = typer.Option(False, "--max-batch", help="find the largest batch per mask ratio that fits --memory-limit."),
@@ -72,6 +86,10 @@ def bench_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (every figure) to this JSON file."),
 ) -> None:
     """Time training steps per mask ratio: throughput, FLOPs, ideal vs measured speed-up, memory, time split."""
+    if data is not None and data != LOADER_BESIDE_STEPS:
+        return _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu, host_cores,
+                           device, seed, json_out)
+    data = data is not None  # a bare --data: the loader beside the steps
     cfg = make_config(model, batch_size, mask_ratios, device, precision, compile, compile_backend, steps, warmup,
                       compare, split, data, data_path, workers, max_batch, memory_limit, peak_tflops, seed,
                       ablations)
@@ -86,6 +104,23 @@ def bench_command(
         report = run_bench(cfg, progress=lambda message: status.update(f"bench: {message}"))
     report["command"] = _command_line(ctx)
     render(report, console)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"report written to [bold]{json_out}[/bold]")
+
+
+def _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu, host_cores, device,
+                seed, json_out) -> None:
+    """`--data SHARDS|synthetic-jpeg:SIZE`: the decode paths side by side (flip.bench.data)."""
+    cfg = DataBenchConfig(data=data, model=model, batch_size=batch_size, workers=workers,
+                          paths=tuple(p.strip() for p in decode.split(",") if p.strip()),
+                          mask_ratios=parse_ratios(mask_ratios), peak_tflops=peak_tflops, mfu=mfu,
+                          host_cores=host_cores, device=device, seed=seed).validate()
+    with Console(stderr=True).status("bench --data") as status:
+        report = run_data_bench(cfg, progress=lambda message: status.update(f"bench --data: {message}"))
+    report["command"] = _command_line(ctx)
+    render_data_paths(report, console)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2) + "\n")

@@ -14,6 +14,11 @@ slot in its checkpoint, and on resume each slot fast-forwards through raw bytes
 the trainer also knows which slot supplies the next batch and rotates the
 worker -> slot assignment to match.
 
+What a worker hands over depends on `StreamConfig.decode` (see `flip.data.decode`): uint8 images
+(`worker`, the default; the step's input stage converts and normalises them on the device), the
+JPEG bytes for the input stage to decode (`device`, an `EncodedBatch` as a dict of tensors), or
+normalised float32 images (`legacy`, the original PIL path). Captions are tokenised once per batch.
+
 Bad data does not stop the stream: an unreadable shard (missing, truncated, not a tar) or a
 sample that cannot be used is skipped and counted by kind (`SKIP_KINDS`); the counts travel
 with the batches, and the trainer decides when there is too much of it. Workers ignore the
@@ -23,7 +28,6 @@ the run politely, and the workers exit with the loader.
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import signal
@@ -35,25 +39,18 @@ from typing import Iterator
 
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms as T
 
+from flip.data.augment import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig, crop_box
+from flip.data.decode import (DECODE_MODES, Undecodable, decode_crop, jpeg_header, legacy_decode,
+                              legacy_transform, stack_channels_last)
+from flip.data.device_decode import EncodedBatch
 from flip.data.shards import DataError
 from flip.data.tokenizer import Tokenizer
 
-# CLIP's normalisation constants, shared with open_clip so exported models see the same inputs.
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTENSIONS = ("txt",)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    image_size: int = 224
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    hflip: bool = True
 
 
 @dataclass(frozen=True)
@@ -65,6 +62,11 @@ class StreamConfig:
     shuffle_buffer: int = 2000
     resampled: bool = False  # draw shards with replacement (infinite corpora, OpenCLIP's --dataset-resampled)
     seed: int = 0
+    decode: str = "worker"  # one of flip.data.decode.DECODE_MODES
+
+    def __post_init__(self):
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
 
 
 @dataclass
@@ -88,11 +90,16 @@ def eval_transform(image_size: int) -> T.Compose:
 
 
 def train_transform(cfg: AugmentConfig) -> T.Compose:
-    ops = [T.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, interpolation=T.InterpolationMode.BICUBIC)]
-    if cfg.hflip:
-        ops.append(T.RandomHorizontalFlip())
-    ops += [T.ToTensor(), T.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)]
-    return T.Compose(ops)
+    """The legacy path's per-sample transform (PIL, bicubic, float32 out)."""
+    return legacy_transform(cfg)
+
+
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A sample the `device` path leaves encoded: its bytes and augmentation seed."""
+
+    data: bytes
+    seed: int
 
 
 # What can be wrong with a shard or a sample, as counted in `skipped_by_kind`. A shard is counted
@@ -177,8 +184,12 @@ class ShardStream(IterableDataset):
                 yield sample
 
     # -- decoding ---------------------------------------------------------------------------
-    def _decode(self, sample: dict, epoch: int, transform: T.Compose) -> tuple[torch.Tensor, str] | str:
-        """(pixels, caption), or the kind of problem (one of `SKIP_KINDS`) that makes it unusable."""
+    def _decode(self, sample: dict, epoch: int, transform: T.Compose | None = None
+                ) -> tuple[torch.Tensor | EncodedJpeg, str] | str:
+        """(pixels, caption), or the kind of problem (one of `SKIP_KINDS`) that makes it unusable.
+
+        The pixels are what the stream's decode mode hands over: with a `transform`, the legacy
+        path's float image; else a uint8 (3, S, S) image, or under `device` an `EncodedJpeg`."""
         image_bytes = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
         text = sample.get("txt")
         if image_bytes is None:
@@ -193,18 +204,26 @@ class ShardStream(IterableDataset):
             return "non_utf8_caption"
         if not caption:
             return "empty_caption"
-        try:
-            image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
-        except Exception:  # PIL raises many types for bad bytes; any of them makes the image unusable
-            return "undecodable_image"
         # Per-sample augmentation seed: identical crops after a resume, whatever the batch layout.
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding, with a
-            # formatted stack trace, per sample (a third of the loader's time, and a leak).
-            torch.random.default_generator.manual_seed(_seed(self.cfg.seed, epoch, sample["__key__"],
-                                                             sample.get("__url__")))
-            pixels = transform(image)
-        return pixels, caption
+        seed = _seed(self.cfg.seed, epoch, sample["__key__"], sample.get("__url__"))
+        try:
+            if transform is not None:
+                return legacy_decode(image_bytes, seed, transform), caption
+            if self.cfg.decode == "device" and jpeg_header(image_bytes) is not None:
+                return EncodedJpeg(image_bytes, seed), caption  # decoded on the device
+            augment = self.cfg.augment
+            return decode_crop(image_bytes, lambda h, w: crop_box(seed, h, w, augment), augment.image_size), caption
+        except Undecodable:
+            return "undecodable_image"
+
+    def _batch_images(self, pixels: list) -> torch.Tensor | dict[str, torch.Tensor]:
+        if self.cfg.decode == "legacy":
+            return torch.stack(pixels)
+        if self.cfg.decode == "worker":
+            return stack_channels_last(pixels)
+        jpegs = [(i, p.data, p.seed) for i, p in enumerate(pixels) if isinstance(p, EncodedJpeg)]
+        decoded = [(i, p) for i, p in enumerate(pixels) if not isinstance(p, EncodedJpeg)]
+        return EncodedBatch.build(jpegs, decoded, self.cfg.augment.image_size).to_dict()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         info = get_worker_info()
@@ -215,7 +234,7 @@ class ShardStream(IterableDataset):
         epoch, offset = position.epoch, position.offset
 
         torch.set_num_threads(1)  # workers decode; the trainer owns the cores' BLAS threads
-        transform = train_transform(self.cfg.augment)
+        transform = train_transform(self.cfg.augment) if self.cfg.decode == "legacy" else None
         tokenizer = Tokenizer(self.cfg.context_length)
         errors = SkipCounter()
         images: list[torch.Tensor] = []
@@ -240,7 +259,7 @@ class ShardStream(IterableDataset):
                     tokens = tokenizer(captions)  # before `meta`, which counts this batch's cut captions
                     meta = {"slot": local_slot, "epoch": epoch, "offset": read, "skipped": dict(errors),
                             "keys": keys, "truncated_captions": tokenizer.truncated}
-                    yield torch.stack(images), tokens, meta
+                    yield self._batch_images(images), tokens, meta
                     images, captions, keys = [], [], []
             if read == 0 and offset == 0:
                 raise DataError(f"no readable samples in the shards of data slot {slot} "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
+from flip.data.decode import DECODE_MODES
 from flip.masking import MASK_STRATEGIES, TEXT_MASKS, grid_strides
 from flip.models.config import get_preset
 
@@ -115,6 +116,10 @@ class TrainConfig:
                                               "0.9 on the built-in data.", gt=0, le=1)
     hflip: bool | None = knob(None, "random horizontal flips. Default: on (paper); off on the built-in data, "
                                     "whose captions say left/right.")
+    decode: str = knob("worker", "where images are decoded: worker (data-loader workers decode and crop in uint8; "
+                                 "the device converts and normalises), device (workers only read bytes; the step's "
+                                 "input stage decodes JPEGs on the device, nvJPEG on CUDA) or legacy (the original "
+                                 "PIL path, float32 from the workers; for comparison).", choices=DECODE_MODES)
     # periodic evaluation, every eval_every steps and at the end
     eval_data: str | None = knob(None, "retrieval set for the periodic evaluation: a CSV of filepath,caption, "
                                        "a Karpathy JSON or webdataset shards. Default: the built-in retrieval "

@@ -40,6 +40,7 @@ from flip.train.faults import (NonFiniteStop, NonFiniteSteps, StopRequested, Too
 from flip.train.optim import lr_at, make_optimizer
 from flip.train.periodic_eval import PeriodicEval, headline
 from flip.train.reporting import Reporter
+from flip.train.input_stage import InputStage
 from flip.train.step import TrainStep, time_text_tower
 from flip.train.tensorboard_log import TensorBoardLog
 
@@ -209,6 +210,7 @@ class Trainer:
             warning = precision_warning(self.device, cfg.precision)
             if warning:
                 self.reporter.message(warning)
+        self.input_stage = InputStage(self.device, self._augment())
         self.step_fn = TrainStep(self.model, self.optimizer, cfg.step_config(), forward_model=forward_model,
                                  guard_nonfinite=True)
         self.nonfinite = NonFiniteSteps(self.device)
@@ -271,12 +273,15 @@ class Trainer:
         return {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()}
 
     # -- data ---------------------------------------------------------------------------------------
+    def _augment(self) -> AugmentConfig:
+        return AugmentConfig(self.model_cfg.vision.image_size, (self.cfg.crop_scale_min, 1.0), self.cfg.hflip)
+
     def _loader(self):
         cfg = self.cfg
         stream = StreamConfig(
             urls=tuple(self.urls), batch_size=self.local_batch, context_length=cfg.context_length,
-            augment=AugmentConfig(self.model_cfg.vision.image_size, (cfg.crop_scale_min, 1.0), cfg.hflip),
-            shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, seed=cfg.seed)
+            augment=self._augment(), shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, seed=cfg.seed,
+            decode=cfg.decode)
         return make_loader(stream, cfg.workers, self.dist.rank, self.dist.world_size,
                            self.progress.positions or None, self.progress.next_slot,
                            pin_memory=self.device.type == "cuda")
@@ -470,7 +475,7 @@ class Trainer:
                 interval_wait += time.perf_counter() - t0
                 self._last_tokens = tokens
                 lr = lr_at(p.step, self.total_steps, self.warmup_steps, cfg.peak_lr, cfg.min_lr_ratio)
-                images = images.to(self.device, non_blocking=True)
+                images = self.input_stage(images)  # uint8 / encoded / float -> normalised float on the device
                 tokens = tokens.to(self.device, non_blocking=True)
                 out = self.step_fn(images, tokens, lr)
                 nonfinite = out.pop("nonfinite")

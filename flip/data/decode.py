@@ -1,0 +1,151 @@
+"""Per-sample image work in a DataLoader worker: bytes -> a cropped, resized uint8 image.
+
+Three ways, chosen by `StreamConfig.decode`:
+
+- `worker` (default): the leanest CPU path. JPEGs are decoded with torchvision.io's libjpeg-turbo
+  decoder, cropped (a view) and resized in uint8 (antialiased bilinear, torch's uint8 kernel); when
+  the crop is at least twice the output size in both directions, the JPEG is instead decoded at
+  1/2, 1/4 or 1/8 scale in the DCT domain (PIL's `draft`), which skips most of the decode work, then
+  cropped and resized by PIL in uint8. PNG and WebP go through PIL. The result stays uint8: float
+  conversion and normalisation happen on the device (`flip.train.input_stage`).
+- `device`: JPEGs are not decoded here at all (only their header is checked, `jpeg_header`); the
+  input stage decodes the batch. Other formats are decoded here as in `worker`.
+- `legacy`: the original path, PIL decode + torchvision's RandomResizedCrop (bicubic) + flip +
+  ToTensor + Normalize per sample, float32 out. Kept to measure the others against.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from flip.data.augment import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig, CropBox
+
+DECODE_MODES = ("worker", "device", "legacy")
+JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_EOI = b"\xff\xd9"
+# PIL modes whose JPEGs torchvision's decoders turn into RGB like PIL does; others (CMYK, ...) are
+# decoded by PIL in the worker.
+DEVICE_JPEG_MODES = ("RGB", "L")
+
+
+class Undecodable(Exception):
+    """The bytes are not an image this path can read (counted as `undecodable_image`)."""
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == JPEG_MAGIC
+
+
+def as_tensor(data: bytes) -> torch.Tensor:
+    with warnings.catch_warnings():  # a read-only view is fine: decoders only read it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(data, dtype=torch.uint8)
+
+
+def jpeg_header(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a JPEG the device path can decode, from its header alone; None when it should
+    be decoded in the worker (not a JPEG, or a colour mode other than RGB / greyscale). A JPEG that does
+    not end with its end-of-image marker (a truncated file) is `Undecodable`, so bad bytes are still
+    caught and counted in the worker (the device decodes only what passed)."""
+    if not is_jpeg(data):
+        return None
+    try:
+        image = Image.open(io.BytesIO(data))
+        mode, (width, height) = image.mode, image.size
+    except Exception as exc:  # PIL raises many types for bad headers
+        raise Undecodable(str(exc)) from None
+    if not data.rstrip(b"\x00").endswith(JPEG_EOI):
+        raise Undecodable("truncated JPEG (no end-of-image marker)")
+    return (height, width) if mode in DEVICE_JPEG_MODES else None
+
+
+def draft_factor(box: CropBox, size: int) -> int:
+    """The largest JPEG DCT scaling (1, 2, 4 or 8) that still leaves the crop at least `size` px wide and high."""
+    factor = 1
+    while factor < 8 and min(box.height, box.width) >= 2 * factor * size:
+        factor *= 2
+    return factor
+
+
+def _from_pil(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def _pil_crop_resize(image: Image.Image, box: CropBox, size: int, scale_y: float, scale_x: float) -> torch.Tensor:
+    """PIL's one-pass crop + antialiased bilinear resize in uint8 (box in source pixels, scaled)."""
+    image = image.convert("RGB")
+    region = (box.left * scale_x, box.top * scale_y, (box.left + box.width) * scale_x,
+              (box.top + box.height) * scale_y)
+    out = image.resize((size, size), Image.BILINEAR, box=region)
+    if box.flip:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return _from_pil(out)
+
+
+def resize_crop(image: torch.Tensor, box: CropBox, size: int) -> torch.Tensor:
+    """Crop (a view) and resize a (3, H, W) uint8 image to (3, size, size) uint8, then mirror if the box says so."""
+    crop = image[None, :, box.top:box.top + box.height, box.left:box.left + box.width]
+    # channels-last is what torch's vectorised uint8 antialiased kernel reads fastest
+    out = F.interpolate(crop.contiguous(memory_format=torch.channels_last), size=(size, size), mode="bilinear",
+                        antialias=True, align_corners=False)[0]
+    return out.flip(-1) if box.flip else out  # channels-last: the batch's stack makes it contiguous
+
+
+def decode_crop(data: bytes, box_for, size: int) -> torch.Tensor:
+    """Image bytes -> (3, size, size) uint8, cropped by `box_for(height, width)` (a `CropBox`)."""
+    try:
+        image = Image.open(io.BytesIO(data))  # header only: the size, before deciding how to decode
+        width, height = image.size
+        box = box_for(height, width)
+        if image.format == "JPEG":
+            factor = draft_factor(box, size)
+            if factor > 1:  # DCT-domain downscale: decode only the coarse coefficients
+                image.draft("RGB", (width // factor, height // factor))
+                return _pil_crop_resize(image, box, size, image.size[1] / height, image.size[0] / width)
+            if image.mode in DEVICE_JPEG_MODES:
+                return resize_crop(decode_jpeg(as_tensor(data), mode=ImageReadMode.RGB), box, size)
+        return _pil_crop_resize(image, box, size, 1.0, 1.0)
+    except Undecodable:
+        raise
+    except Exception as exc:  # PIL and torchvision raise many types for bad bytes
+        raise Undecodable(str(exc)) from None
+
+
+def stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
+    """(3, S, S) uint8 images -> an (n, 3, S, S) batch in channels-last memory: the layout the decoders and
+    the resize produce, so each sample is one plain copy (an NCHW stack would transpose every pixel; the
+    input stage makes the normalised batch contiguous on the device)."""
+    batch = torch.empty((len(images), *images[0].shape), dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last)
+    for slot, image in zip(batch, images):
+        slot.copy_(image)
+    return batch
+
+
+def legacy_transform(cfg: AugmentConfig) -> T.Compose:
+    ops = [T.RandomResizedCrop(cfg.image_size, scale=cfg.crop_scale, interpolation=T.InterpolationMode.BICUBIC)]
+    if cfg.hflip:
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ToTensor(), T.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)]
+    return T.Compose(ops)
+
+
+def legacy_decode(data: bytes, seed: int, transform: T.Compose) -> torch.Tensor:
+    """The original per-sample path: PIL decode, then `transform` under a per-sample torch seed."""
+    try:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception as exc:
+        raise Undecodable(str(exc)) from None
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding, with a
+        # formatted stack trace, per sample (a third of the loader's time, and a leak).
+        torch.random.default_generator.manual_seed(seed)
+        return transform(image)
