@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # flipctl bench on one CUDA GPU: B/16 at 224 px, bf16 autocast, mask 0 / 50 / 75 %, the largest
-# batch that fits, interleaved with open_clip's model of the same network, MFU against the
-# device's dense bf16 peak (H200: about 790 TFLOP/s). A few minutes end to end:
+# batch that fits, interleaved with open_clip's model of the same network, plus our step compiled
+# (the bench's variants on a CUDA device), MFU against the device's dense bf16 peak, which the bench
+# looks up from the GPU's name (flip/bench/peaks.py: H200 SXM 989 TFLOP/s, H100 PCIe 756, ...; an
+# unknown GPU gets no MFU unless --peak-tflops names its peak). A few minutes end to end:
 #
 #   bench/gpu.sh                          # batch search, then the bench -> results/bench/b16-cuda-bf16.json
 #   bench/gpu.sh --batch-size 1024        # skip the batch search
 #   bench/gpu.sh --dry-run                # print the flipctl commands, run nothing
 #   bench/gpu.sh -- --compile             # anything after -- goes to `flipctl bench` as is
 #
-# Options: --model NAME (B/16), --batch-size N, --peak-tflops T (790), --fraction F (0.6: share of
+# Options: --model NAME (B/16), --batch-size N, --peak-tflops T (default: looked up), --fraction F (0.6: share of
 # the GPU's memory one training step may use in the batch search; the rest holds the other
 # models resident during the interleaved timing), --out FILE, --dry-run, -h/--help.
 # Environment: FLIPCTL (flipctl), PYTHON (python).
@@ -16,7 +18,7 @@ set -euo pipefail
 
 model="B/16"
 batch=""
-peak=790
+peak=""
 fraction=0.6
 out="results/bench/b16-cuda-bf16.json"
 dry=0
@@ -24,7 +26,7 @@ extra=()
 FLIPCTL=${FLIPCTL:-flipctl}
 PYTHON=${PYTHON:-python}
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { echo "error: $*" >&2; exit 2; }
 value() { [ $# -ge 2 ] && [ -n "$2" ] || fail "$1 needs a value"; }
 
@@ -44,10 +46,13 @@ done
 if [ -n "$batch" ] && ! [[ "$batch" =~ ^[0-9]+$ && "$batch" -ge 2 ]]; then
   fail "--batch-size must be an integer >= 2, got '$batch'"
 fi
-[[ "$peak" =~ ^[0-9]+(\.[0-9]+)?$ ]] || fail "--peak-tflops must be a positive number, got '$peak'"
+if [ -n "$peak" ] && ! [[ "$peak" =~ ^[0-9]+(\.[0-9]+)?$ ]]; then
+  fail "--peak-tflops must be a positive number, got '$peak'"
+fi
 [[ "$fraction" =~ ^(0?\.[0-9]+|1(\.0+)?)$ ]] || fail "--fraction must be in (0, 1], got '$fraction'"
 
-common=(--model "$model" --device cuda --precision bf16 --peak-tflops "$peak")
+common=(--model "$model" --device cuda --precision bf16)
+[ -z "$peak" ] || common+=(--peak-tflops "$peak")  # else the bench looks the GPU's peak up by name
 run() {
   if [ "$dry" = 1 ]; then printf '%q ' "$@"; echo; else "$@"; fi
 }
@@ -61,7 +66,7 @@ if [ -z "$batch" ]; then
   else
     limit=$("$PYTHON" -c 'import sys, torch; print(int(float(sys.argv[1]) * torch.cuda.get_device_properties(0).total_memory))' "$fraction")
   fi
-  run "$FLIPCTL" bench "${common[@]}" --mask-ratios 0 --batch-size 64 --steps 1 --warmup 1 --no-split \
+  run "$FLIPCTL" bench "${common[@]}" --mask-ratios 0 --batch-size 64 --steps 1 --warmup 1 --no-split --no-variants \
     --max-batch --memory-limit "$limit" --json "$probe"
   if [ "$dry" = 1 ]; then
     batch="<from the batch search>"

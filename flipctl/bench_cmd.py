@@ -36,16 +36,17 @@ def parse_ratios(text: str) -> tuple[float, ...]:
 
 
 def make_config(model: str, batch_size: int, mask_ratios: str, device: str, precision: str, compile: bool,
-                compile_backend: str, steps: int, warmup: int, compare: Optional[str], split: bool, data: bool,
+                compile_backend: Optional[str], steps: int, warmup: int, compare: Optional[str], split: bool, data: bool,
                 data_path: Optional[str], workers: int, max_batch: bool, memory_limit: Optional[str],
-                peak_tflops: Optional[float], seed: int, ablations: bool = False) -> BenchConfig:
+                peak_tflops: Optional[float], seed: int, ablations: bool = False,
+                variants: Optional[bool] = None) -> BenchConfig:
     """CLI values -> a validated BenchConfig; bad input raises ConfigError naming the setting."""
     cfg = BenchConfig(
         model=model, batch_size=batch_size, mask_ratios=parse_ratios(mask_ratios), device=device,
         precision=precision, compile=compile, compile_backend=compile_backend, steps=steps, warmup=warmup,
         compare=compare, split=split, data=data, data_path=data_path, workers=workers, max_batch=max_batch,
         memory_limit=parse_size(memory_limit) if memory_limit is not None else None, peak_tflops=peak_tflops,
-        seed=seed, ablations=ablations,
+        seed=seed, ablations=ablations, variants=variants,
     )
     return cfg.validate()
 
@@ -59,7 +60,8 @@ def bench_command(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the forward (both implementations)."),
-    compile_backend: str = typer.Option("inductor", help="torch.compile backend (inductor; aot_eager to check tracing quickly)."),
+    compile_backend: Optional[str] = typer.Option(None, help="torch.compile backend. Default: inductor where it builds kernels here, else aot_eager (a note says why); aot_eager checks tracing quickly."),
+    variants: Optional[bool] = typer.Option(None, "--variants/--no-variants", show_default=False, help="also time our step in bf16 and compiled (bf16 eager, bf16 compiled, --precision compiled) against the configured one. Default: on a CUDA device."),
     steps: int = typer.Option(7, help="timed steps per configuration; the median is reported."),
     warmup: int = typer.Option(2, help="untimed steps per configuration first."),
     compare: Optional[str] = typer.Option(None, help="open_clip: also time open_clip's model of the same network with patch_dropout, interleaved with ours."),
@@ -79,7 +81,7 @@ def bench_command(
     workers: int = typer.Option(2, help="data loader workers for --data (the trainer's default: 2)."),
     max_batch: bool = typer.Option(False, "--max-batch", help="find the largest batch per mask ratio that fits --memory-limit."),
     memory_limit: Optional[str] = typer.Option(None, help="memory for --max-batch, e.g. 4GiB or 1500MB. Default: the peak of the mask-0 step at --batch-size."),
-    peak_tflops: Optional[float] = typer.Option(None, help="the device's peak TFLOP/s, to report MFU (H200, dense bf16: about 790)."),
+    peak_tflops: Optional[float] = typer.Option(None, help="the device's peak TFLOP/s for MFU. Default: looked up from the CUDA device's name (flip/bench/peaks.py: H100/H200 SXM, PCIe, NVL, A100; dense bf16, tf32 or fp32 as the step runs); no MFU for an unknown device."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads. Default: torch's (one per core)."),
     ablations: bool = typer.Option(False, "--ablations", help="also time the paper's knobs against the plain step: 50% padding-first text masking, and --recon-weight 1 (MAE decoder)."),
     seed: int = typer.Option(0, help="seed of the models and the synthetic batch."),
@@ -92,7 +94,7 @@ def bench_command(
     data = data is not None  # a bare --data: the loader beside the steps
     cfg = make_config(model, batch_size, mask_ratios, device, precision, compile, compile_backend, steps, warmup,
                       compare, split, data, data_path, workers, max_batch, memory_limit, peak_tflops, seed,
-                      ablations)
+                      ablations, variants)
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"must be at least 1, got {threads}", key="threads")

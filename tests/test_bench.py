@@ -228,6 +228,36 @@ def test_bench_compile_option_traces_the_step(tmp_path):
     assert all(row["samples_per_s"] > 0 for row in report["results"])
 
 
+def test_bench_variants_time_bf16_and_compiled_steps_with_mfu_against_the_peak_given(tmp_path):
+    # On CUDA the variants are on by default; on a CPU --variants runs the same code path.
+    out = tmp_path / "variants.json"
+    args = ["bench", "--batch-size", "4", "--mask-ratios", "0.5", "--steps", "1", "--warmup", "0", "--no-split",
+            "--variants", "--compile-backend", "aot_eager", "--threads", "1", "--json", str(out)]
+    result = runner.invoke(app, args + ["--peak-tflops", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [v["name"] for v in report["variants"]] == ["bf16 eager", "bf16 compiled", "fp32 compiled"]
+    for variant in report["variants"]:
+        assert variant["compile_backend"] == ("aot_eager" if variant["compile"] else None)
+        assert [row["mask_ratio"] for row in variant["per_ratio"]] == [0.0, 0.5]
+        for row in variant["per_ratio"]:
+            assert row["samples_per_s"] > 0 and row["speedup_vs_configured"] > 0
+            assert row["mfu"] == pytest.approx(row["achieved_tflops"] / 2)
+    assert report["peak"]["tflops"] == 2 and report["peak"]["source"] == "--peak-tflops"
+    assert "MFU against 2 TFLOP/s dense fp32 (--peak-tflops)" in result.output and "speed levers" in result.output
+
+
+def test_bench_prints_no_mfu_for_an_unknown_device(tmp_path):
+    out = tmp_path / "cpu.json"
+    result = runner.invoke(app, ["bench", "--batch-size", "4", "--mask-ratios", "0", "--steps", "1", "--warmup", "0",
+                                 "--no-split", "--threads", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["peak"]["tflops"] is None and all(row["mfu"] is None for row in report["results"])
+    assert "variants" not in report  # a CPU: only the configured step
+    assert f"MFU: n/a: unknown device {report['environment']['device_name']}; pass --peak-tflops" in result.output
+
+
 def test_bench_ablations_time_the_papers_knobs_against_the_plain_step(tmp_path):
     out = tmp_path / "ablations.json"
     result = runner.invoke(app, ["bench", "--batch-size", "4", "--mask-ratios", "0.5", "--steps", "1", "--warmup",
@@ -267,14 +297,15 @@ def test_gpu_script_runs_the_b16_bench_with_open_clip_and_mfu():
     params = _bench_params(lines[0])
     assert params["model"] == "B/16" and params["device"] == "cuda" and params["precision"] == "bf16"
     assert params["batch_size"] == 768 and params["mask_ratios"] == "0,0.5,0.75"
-    assert params["compare"] == "open_clip" and params["peak_tflops"] == 790 and params["max_batch"]
+    assert params["compare"] == "open_clip" and params["max_batch"]
+    assert params["peak_tflops"] is None and params["variants"] is None  # the bench looks the peak up; variants on cuda
     assert str(params["json_out"]).startswith("results/bench/")
 
     searched = _gpu_sh("--dry-run", "--peak-tflops", "989", "--out", "x.json", "--", "--compile")
     assert searched.returncode == 0, searched.stderr
     search, bench = searched.stdout.strip().splitlines()
     search_params = _bench_params(search, **{"<fraction x GPU memory>": "1GiB"})
-    assert search_params["max_batch"] and search_params["mask_ratios"] == "0"
+    assert search_params["max_batch"] and search_params["mask_ratios"] == "0" and search_params["variants"] is False
     bench_params = _bench_params(bench, **{"<from the batch search>": "64"})
     assert bench_params["compile"] and bench_params["peak_tflops"] == 989 and str(bench_params["json_out"]) == "x.json"
 

@@ -20,8 +20,9 @@ def step_table(report: dict) -> Table:
     cfg = report["config"]
     results = report["results"]
     mfu = any(row["mfu"] is not None for row in results)
+    compiled = f", compiled ({cfg.get('compile_backend') or 'inductor'})" if cfg["compile"] else ""
     table = Table(title=f"training step: {cfg['model']}, batch {cfg['batch_size']}, {cfg['device']} {cfg['precision']}"
-                        f"{', compiled' if cfg['compile'] else ''}; median of {cfg['steps']} steps")
+                        f"{compiled}; median of {cfg['steps']} steps")
     for name in ("mask", "image tokens", "samples/s", "step ms", "GFLOP/step", "TFLOP/s", *(["MFU"] if mfu else []),
                  "peak memory"):
         table.add_column(name, justify="right")
@@ -104,6 +105,24 @@ def ablations_table(report: dict) -> Table | None:
     return table
 
 
+def variants_table(report: dict) -> Table | None:
+    variants = report.get("variants")
+    if not variants:
+        return None
+    cfg = report["config"]
+    table = Table(title=f"speed levers: our step in bf16 / compiled vs the configured one ({cfg['precision']} "
+                        f"{'compiled' if cfg['compile'] else 'eager'})")
+    for name in ("variant", "mask", "samples/s", "step ms", "TFLOP/s", "MFU", "vs configured"):
+        table.add_column(name, justify="right")
+    for variant in variants:
+        name = variant["name"] + (f" ({variant['compile_backend']})" if variant["compile"] else "")
+        for row in variant["per_ratio"]:
+            mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+            table.add_row(name, f"{row['mask_ratio']:g}", f"{row['samples_per_s']:.1f}", _ms(row["step_s"]),
+                          f"{row['achieved_tflops']:.3f}", mfu, _x(row["speedup_vs_configured"]))
+    return table
+
+
 def checks_table(report: dict) -> Table | None:
     if not report.get("checks"):
         return None
@@ -117,7 +136,12 @@ def checks_table(report: dict) -> Table | None:
 
 
 def render(report: dict, console: Console) -> None:
-    for table in (step_table(report), speedup_table(report), split_table(report), ablations_table(report),
+    for note in report.get("notes", []):
+        console.print(note)
+    console.print(step_table(report))
+    if "peak" in report:  # which peak the MFU is against, and its source; or why there is none
+        console.print(report["peak"]["line"])
+    for table in (speedup_table(report), split_table(report), variants_table(report), ablations_table(report),
                   max_batch_table(report)):
         if table is not None:
             console.print(table)

@@ -1,9 +1,11 @@
 """`run_bench`: everything `flipctl bench` measures, in one process, as one JSON-able dict.
 
 Order of work: FLOPs (meta device, free) -> step timing of every (implementation, mask ratio),
-interleaved -> time split of our step per part, interleaved -> peak memory per mask ratio (and
-open_clip's) -> optional max-batch search -> optional data-loader throughput. Mask ratio 0 is always timed:
-speed-ups are against it.
+interleaved -> time split of our step per part, interleaved -> the other variants' steps (on CUDA:
+bf16 and torch.compile beside the configured step) -> peak memory per mask ratio (and open_clip's)
+-> optional max-batch search -> optional data-loader throughput. Mask ratio 0 is always timed:
+speed-ups are against it. MFU is against the device's dense peak from `flip.bench.peaks` (or
+--peak-tflops); an unknown device gets none.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import gc
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,7 +22,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from flip.bench.memory import MaxBatch, find_max_batch, step_peak_memory
+from flip.bench.peaks import PeakChoice, choose_peak, matmul_dtype
 from flip.bench.timing import part_functions, synthetic_batch, time_interleaved
+from flip.compile import Backend, choose_backend
 from flip.distributed import resolve_device
 from flip.errors import ConfigError
 from flip.flops import step_flops
@@ -55,7 +60,7 @@ class BenchConfig:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False
-    compile_backend: str = "inductor"
+    compile_backend: str | None = None  # None: inductor where it builds kernels here, else aot_eager
     steps: int = 7
     warmup: int = 2
     compare: str | None = None  # "open_clip"
@@ -65,7 +70,8 @@ class BenchConfig:
     workers: int = 2
     max_batch: bool = False
     memory_limit: int | None = None  # bytes; default: peak of the mask-0 step at batch_size
-    peak_tflops: float | None = None  # the device's peak TFLOP/s, for MFU (bench/gpu.sh: H200 bf16, 790)
+    peak_tflops: float | None = None  # overrides the device's peak from flip.bench.peaks, for MFU
+    variants: bool | None = None  # also time bf16 and compiled steps; None: on a CUDA device
     ablations: bool = False  # also time the paper's knobs: 50% padding-first text masking, recon loss w=1
     seed: int = 0
 
@@ -115,6 +121,34 @@ def _label(impl: str, ratio: float) -> str:
     return f"{impl} mask {ratio:g}"
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A way to run our step: its precision and whether the forward is torch.compile'd."""
+
+    precision: str
+    compile: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.precision}{' compiled' if self.compile else ' eager'}"
+
+
+def planned_variants(cfg: BenchConfig, device: torch.device) -> list[Variant]:
+    """The variants timed besides the configured step: on CUDA (or with variants=True), bf16 eager, bf16
+    compiled and the configured precision compiled - the GPU's speed levers, each against the plain step."""
+    if not (cfg.variants if cfg.variants is not None else device.type == "cuda"):
+        return []
+    main = Variant(cfg.precision, cfg.compile)
+    wanted = [Variant("bf16", False), Variant("bf16", True), Variant(cfg.precision, True)]
+    return [v for v in dict.fromkeys(wanted) if v != main]
+
+
+def _environment_device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}"
+
+
 def _environment(device: torch.device) -> dict:
     import open_clip
     import timm
@@ -122,10 +156,8 @@ def _environment(device: torch.device) -> dict:
     env = {
         "torch": torch.__version__, "open_clip": open_clip.__version__, "timm": timm.__version__,
         "python": platform.python_version(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "device": str(device), "device_name": platform.processor() or platform.machine(),
+        "device": str(device), "device_name": _environment_device_name(device),
     }
-    if device.type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(device)
     if hasattr(os, "getloadavg"):
         env["load_average_start"] = list(os.getloadavg())
     return env
@@ -142,6 +174,7 @@ class _Runner:
         self.model_cfg = get_preset(self.cfg.model)
         self.phase_s: dict[str, float] = {}
         self._phase_start = time.perf_counter()
+        self._backend: Backend | None = None
 
     def phase(self, name: str) -> None:
         """Close the running phase's stopwatch under `name` (the report's `phase_s`)."""
@@ -150,26 +183,34 @@ class _Runner:
         self._phase_start = now
 
     # -- building the things compared ----------------------------------------------------------
-    def ours(self, ratio: float, **knobs) -> tuple[FLIP, torch.optim.Optimizer, TrainStep]:
-        """Our model and step at `ratio`; `knobs` are StepConfig's ablation fields (text_mask, recon_weight...)."""
+    def ours(self, ratio: float, variant: Variant | None = None, **knobs) -> tuple[FLIP, torch.optim.Optimizer, TrainStep]:
+        """Our model and step at `ratio` (as configured, or as `variant`); `knobs` are StepConfig's ablation
+        fields (text_mask, recon_weight...)."""
+        variant = variant or Variant(self.cfg.precision, self.cfg.compile)
         torch.manual_seed(self.cfg.seed)
         model = FLIP(self.model_cfg).to(self.device)
-        step_cfg = StepConfig(mask_ratio=ratio, precision=self.cfg.precision, **knobs)
+        step_cfg = StepConfig(mask_ratio=ratio, precision=variant.precision, **knobs)
         decoder = None
         if step_cfg.recon_weight > 0:
             decoder = MAEDecoder(self.model_cfg.vision, DecoderConfig()).to(self.device)
         optimizer = make_optimizer(Pretrainer(model, decoder), 1e-4, 0.2, (0.9, 0.95), 1e-6, self.device)
         step = TrainStep(model, optimizer, step_cfg, decoder=decoder)
-        if self.cfg.compile:
-            step.forward_model = torch.compile(step.forward_model, backend=self.cfg.compile_backend)
+        if variant.compile:
+            step.forward_model = torch.compile(step.forward_model, backend=self.backend().name)
         return model, optimizer, step
+
+    def backend(self) -> Backend:
+        """The torch.compile backend, chosen once (its note, if it is not inductor, goes in the report)."""
+        if self._backend is None:
+            self._backend = choose_backend(self.device, self.cfg.compile_backend)
+        return self._backend
 
     def theirs(self, ratio: float, weights_from: FLIP):
         from flip.bench.openclip_ref import OpenClipStep, build_open_clip
 
         model = build_open_clip(self.model_cfg, ratio, weights_from=weights_from).to(self.device)
         return OpenClipStep(model, self.cfg.precision, compile=self.cfg.compile,
-                            compile_backend=self.cfg.compile_backend)
+                            compile_backend=self.backend().name if self.cfg.compile else None)
 
     # -- the measurements --------------------------------------------------------------------------
     def run(self) -> dict:
@@ -185,10 +226,15 @@ class _Runner:
         self.phase("flops")
 
         steps, split = self._time(ratios)  # every model built for timing is gone when it returns
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        self._free()
         self.phase("timing")
+
+        variants = {}
+        for variant in planned_variants(cfg, device):
+            variants[variant] = self._time_variant(variant, ratios)
+            self._free()
+        if variants:
+            self.phase("variants")
 
         peaks, their_peaks = {}, {}
         for r in ratios:
@@ -223,12 +269,40 @@ class _Runner:
             loader = loader_throughput(self.model_cfg, data_path, batch, cfg.workers, seed=cfg.seed)
             self.phase("data_loader")
 
-        report.update(self._assemble(ratios, flops, steps, split, peaks, their_peaks, max_batch, loader))
+        report.update(self._assemble(ratios, flops, steps, split, peaks, their_peaks, max_batch, loader, variants))
+        if self._backend is not None:
+            report["config"]["compile_backend"] = self._backend.name  # as chosen, where it was left to the bench
         if hasattr(os, "getloadavg"):
             report["environment"]["load_average_end"] = list(os.getloadavg())
         report["wall_time_s"] = time.perf_counter() - started
         report["phase_s"] = self.phase_s
         return report
+
+    def _free(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _time_variant(self, variant: Variant, ratios: list[float]) -> dict[float, list[float]]:
+        """Seconds of each timed step of our step run as `variant`, per mask ratio (ratios interleaved)."""
+        cfg = self.cfg
+        self.progress(f"building models: {variant.name}")
+        images, tokens = synthetic_batch(self.model_cfg, cfg.batch_size, self.device, seed=cfg.seed)
+        fns = {}
+        for r in ratios:
+            step = self.ours(r, variant)[2]
+            fns[_label(variant.name, r)] = (lambda s=step: s(images, tokens, 1e-4))
+        # A compiled step compiles on its first call: that call must be a warm-up, never a timed step.
+        warmup = max(cfg.warmup, 1) if variant.compile else cfg.warmup
+        timings = time_interleaved(fns, cfg.steps, warmup, self.device,
+                                   on_progress=lambda m: self.progress(f"{variant.name}: {m}"))
+        return {r: timings.seconds[_label(variant.name, r)] for r in ratios}
+
+    def peak(self, precision: str) -> PeakChoice:
+        """The peak MFU is computed against for a step in `precision` on this device."""
+        name = _environment_device_name(self.device)
+        return choose_peak(name, matmul_dtype(precision) if self.device.type == "cuda" else precision,
+                           self.cfg.peak_tflops)
 
     def _time(self, ratios: list[float]):
         """Step timings of every (implementation, ratio), and our step's split per part."""
@@ -263,10 +337,11 @@ class _Runner:
 
     # -- putting the figures together ---------------------------------------------------------
     def _assemble(self, ratios, flops, steps, split, peaks, their_peaks, max_batch: dict[float, MaxBatch] | None,
-                  loader: dict | None) -> dict:
+                  loader: dict | None, variants: dict[Variant, dict[float, list[float]]]) -> dict:
         cfg, batch = self.cfg, self.cfg.batch_size
         v = self.model_cfg.vision
-        peak_tflops = cfg.peak_tflops
+        peak = self.peak(cfg.precision)
+        peak_tflops = peak.tflops
         t0 = steps.median(_label("flipctl", 0.0))
         results = []
         for r in ratios:
@@ -310,6 +385,7 @@ class _Runner:
 
         out: dict = {
             "results": results,
+            "peak": {**asdict(peak), "line": peak.describe()},
             "methods": {
                 "timing": (f"median of {cfg.steps} steps after {cfg.warmup} warm-up steps; every "
                            "(implementation, mask ratio) timed round-robin in one process, order reversed "
@@ -353,8 +429,34 @@ class _Runner:
             loader["consumption_samples_per_s"] = {f"{row['mask_ratio']:g}": row["samples_per_s"] for row in results}
             loader["headroom_vs_fastest_step"] = loader["samples_per_s"] / fastest
             out["data_loader"] = loader
+        if variants:
+            out["variants"] = self._variant_rows(variants, results, flops)
+        notes = [self._backend.note] if self._backend is not None and self._backend.note else []
+        if notes:
+            out["notes"] = notes
         out["checks"] = _checks(out)
         return out
+
+    def _variant_rows(self, variants: dict[Variant, dict[float, list[float]]], results: list[dict],
+                      flops: dict[float, dict]) -> list[dict]:
+        """Per variant and mask ratio: the step's rate, MFU (against the variant's own dtype peak) and its
+        speed against the configured step at the same ratio."""
+        batch = self.cfg.batch_size
+        main = {row["mask_ratio"]: row["step_s"] for row in results}
+        rows = []
+        for variant, seconds in variants.items():
+            peak = self.peak(variant.precision)
+            per_ratio = []
+            for r, times in seconds.items():
+                t = statistics.median(times)
+                tflops = flops[r]["total"] / t / 1e12
+                per_ratio.append({"mask_ratio": r, "step_s": t, "step_s_all": times, "samples_per_s": batch / t,
+                                  "achieved_tflops": tflops, "mfu": tflops / peak.tflops if peak.tflops else None,
+                                  "speedup_vs_configured": main[r] / t})
+            rows.append({"name": variant.name, "precision": variant.precision, "compile": variant.compile,
+                         "compile_backend": self.backend().name if variant.compile else None,
+                         "peak": {**asdict(peak), "line": peak.describe()}, "per_ratio": per_ratio})
+        return rows
 
 
 def _checks(out: dict) -> list[dict]:
