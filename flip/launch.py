@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
@@ -222,6 +223,9 @@ def launch_local(job: TrainJob, spec: LocalLaunch) -> dict[str, Any]:
                           max_restarts=0, start_method="spawn", **rdzv)
     # As torchrun: without OMP_NUM_THREADS, the processes share this machine's cores (torchrun: 1 each).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // spec.nproc)))
+    # The agent logs a process's non-zero exit with the agent's own traceback: the process has said what
+    # went wrong (a user error or an early stop is raised again below as one line, a bug prints its traceback).
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     try:
         results = elastic_launch(config, _run_in_process)(job)
     except SignalException as exc:  # the launcher's agent passed the signal on and waited for the processes

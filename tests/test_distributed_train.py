@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -54,3 +55,71 @@ def test_torchrun_two_processes_killed_and_resumed_match_an_uninterrupted_run(sm
     assert _latest_step(killed) == STEPS
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+# Loaded by every process of the run through PYTHONPATH: process 0's checkpoint (its second) or metrics-log
+# write fails with ENOSPC, the other process's writes succeed.
+_FAIL_ON_RANK_0 = '''
+import errno, os, sys
+
+class _Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name != "flip.train.trainer":
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+        spec = importlib.util.find_spec(name)
+        run_module = spec.loader.exec_module
+        def exec_module(module):
+            run_module(module)
+            _patch(module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+def _patch(trainer):
+    calls = []
+    def fail_second_call(real, error):
+        def failing(*args, **kwargs):
+            calls.append(1)
+            if os.environ.get("RANK") == "0" and len(calls) == 2:
+                raise error
+            return real(*args, **kwargs)
+        return failing
+    enospc = OSError(errno.ENOSPC, "No space left on device")
+    if os.environ["FLIP_TEST_FAIL_WRITE"] == "checkpoint":  # after the checkpoint's collectives, as a real one
+        trainer.save_checkpoint = fail_second_call(trainer.save_checkpoint, enospc)
+    else:
+        trainer.Trainer._log = fail_second_call(trainer.Trainer._log, trainer.WriteFailed(
+            "cannot write the metrics log: No space left on device", "run", 3, None))
+
+sys.meta_path.insert(0, _Hook())
+'''
+
+
+@pytest.mark.parametrize("what", ["checkpoint", pytest.param("metrics", marks=pytest.mark.slow)])
+def test_a_failed_write_on_process_0_stops_every_process(small_dataset, tmp_path, what):
+    """`flipctl train --nproc 2`: process 0's write fails (ENOSPC), and both processes stop at once with
+    its one line and exit code 3 (none waits in a collective for the other); the last checkpoint is kept."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_FAIL_ON_RANK_0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "FLIP_TEST_FAIL_WRITE": what,
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    run = tmp_path / "run"
+    cmd = ["flipctl", "train", "--nproc", "2", "--data", str(small_dataset / "train"), "--batch-size", "16",
+           "--samples", str(16 * STEPS), "--workers", "0", "--no-periodic-eval", "--ckpt-every", "3",
+           "--log-every", "3", "--out", str(run)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:  # a process waits in a collective: the bug; end all of them
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 3, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in stderr, stderr
+    if what == "checkpoint":
+        assert "cannot write checkpoint" in errors[0] and "ckpt-00000003, is intact" in errors[0]
+    assert _latest_step(run) == 3 and load_file(str(run / "ckpt-00000003" / "model.safetensors"))

@@ -449,9 +449,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg, p = self.cfg, self.progress
         main = self.dist.is_main
-        if main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._write_text(self.run_dir / CONFIG_FILE, json.dumps(self._saved_config(), indent=2))
+        with self._stop_together_on_failed_write():
+            if main:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self._write_text(self.run_dir / CONFIG_FILE, json.dumps(self._saved_config(), indent=2))
         num_slots = max(1, cfg.workers)
         if not p.positions:
             p.positions = [SlotPosition() for _ in range(num_slots)]
