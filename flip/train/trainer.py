@@ -8,6 +8,7 @@ AdamW is the fused kernel.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -357,6 +358,27 @@ class Trainer:
                            f"{describe_checkpoint(self.last_checkpoint).capitalize()}: make room, then resume "
                            f"with --resume", self.run_dir, self.progress.step, self.last_checkpoint)
 
+    @contextlib.contextmanager
+    def _stop_together_on_failed_write(self):
+        """Around what process 0 alone writes (config, logs, checkpoints): when a write fails in one
+        process, every process stops here with its `WriteFailed`. A process that went on would wait in
+        its next collective for one that has stopped: under NCCL until the timeout (gloo reports the
+        closed connection as a traceback). One extra all-reduce per log step and checkpoint."""
+        failure: WriteFailed | None = None
+        try:
+            yield
+        except WriteFailed as exc:
+            if self.dist.world_size == 1:
+                raise
+            failure = exc
+        if self.dist.world_size == 1 or not self._global_sum(float(failure is not None))[0]:
+            return
+        reports = [None] * self.dist.world_size
+        report = None if failure is None else (str(failure), failure.step, failure.checkpoint)
+        torch.distributed.all_gather_object(reports, report)
+        message, step, checkpoint = next(r for r in reports if r is not None)
+        raise WriteFailed(message, self.run_dir, step, checkpoint) from failure
+
     def _log(self, log, record: dict[str, Any]) -> None:
         try:
             log.write(json.dumps(record) + "\n")
@@ -459,9 +481,10 @@ class Trainer:
         self._skipped_by_slot = [{} for _ in range(num_slots)]
         self._truncated_by_slot = [0] * num_slots
         self._nonfinite_before = p.nonfinite_steps
-        log = self._open_metrics() if main else None
-        tensorboard = TensorBoardLog(self.run_dir, p.step, p.samples_seen) \
-            if main and "tensorboard" in cfg.report_to else None
+        with self._stop_together_on_failed_write():
+            log = self._open_metrics() if main else None
+            tensorboard = TensorBoardLog(self.run_dir, p.step, p.samples_seen) \
+                if main and "tensorboard" in cfg.report_to else None
         title = f"train {self.model_cfg.name} mask {cfg.mask_ratio:g}"
         self.reporter.start(self.total_steps, p.step, title)
         loader = iter(self._loader())
@@ -502,8 +525,9 @@ class Trainer:
                         "data_wait_fraction": interval_wait / elapsed,
                         "skipped_samples": sum(self._skipped().values()), "nonfinite_steps": p.nonfinite_steps,
                     }
-                    if log:
-                        self._log(log, last_metrics)
+                    with self._stop_together_on_failed_write():
+                        if log:
+                            self._log(log, last_metrics)
                     if tensorboard:
                         tensorboard.log("train", p.step, p.samples_seen,
                                         {k: v for k, v in last_metrics.items() if k not in ("step", "samples")})
@@ -513,7 +537,8 @@ class Trainer:
                 # The checkpoint first: whatever happens in the evaluation, the step's work is kept.
                 if p.step % cfg.ckpt_every == 0 or done or stopping:
                     p.elapsed_s = time.perf_counter() - start_time
-                    self._checkpoint()
+                    with self._stop_together_on_failed_write():
+                        self._checkpoint()
                 if stopping:
                     raise StopRequested(f"stopped at step {p.step} of {self.total_steps} after writing "
                                         f"{self.last_checkpoint}", self.run_dir, p.step, self.last_checkpoint)
