@@ -183,7 +183,8 @@ class _Runner:
         self._phase_start = now
 
     # -- building the things compared ----------------------------------------------------------
-    def ours(self, ratio: float, variant: Variant | None = None, **knobs) -> tuple[FLIP, torch.optim.Optimizer, TrainStep]:
+    def ours(self, ratio: float, variant: Variant | None = None,
+             **knobs) -> tuple[FLIP, torch.optim.Optimizer, TrainStep]:
         """Our model and step at `ratio` (as configured, or as `variant`); `knobs` are StepConfig's ablation
         fields (text_mask, recon_weight...)."""
         variant = variant or Variant(self.cfg.precision, self.cfg.compile)
