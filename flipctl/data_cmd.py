@@ -13,7 +13,7 @@ from flip.data.synth import SynthConfig, is_complete, total_items, write_builtin
 from flip.errors import ConfigError
 from flipctl.errors import user_errors
 
-app = typer.Typer(help="Datasets: generate the built-in one.", no_args_is_help=True)
+app = typer.Typer(help="Datasets: generate the built-in one, or JPEG shards for loader timing.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
@@ -57,3 +57,28 @@ def synth(
                       captions_per_image=captions_per_image, workers=max(1, workers))
     info = _generate(out, cfg)
     Console().print_json(data=info)
+
+
+@app.command("jpeg-shards")
+@user_errors
+def jpeg_shards(
+    out: Path = typer.Argument(..., help="output folder"),
+    image_size: int = typer.Option(384, help="image side in pixels (img2dataset's LAION shards: 384)"),
+    samples: int = typer.Option(4096, help="image-caption pairs"),
+    shard_size: int = typer.Option(512, help="samples per shard"),
+    quality: int = typer.Option(90, help="JPEG quality (img2dataset's default: 90)"),
+    seed: int = typer.Option(0, help="everything is generated from this seed"),
+) -> None:
+    """Generate realistic JPEG shards in img2dataset's layout (photo-like spectra, ~70 KB at 384 px q90), the
+    ones `flipctl bench --data synthetic-jpeg:SIZE` times: to train or time the loader on photo-sized JPEGs."""
+    from flip.data.synth_jpeg import JpegShardConfig, write_jpeg_shards
+
+    for name, value, low in (("samples", samples, 1), ("shard_size", shard_size, 1), ("image_size", image_size, 32),
+                             ("quality", quality, 1)):
+        if value < low:
+            raise ConfigError(f"must be at least {low}, got {value}", key=name)
+    if quality > 100:
+        raise ConfigError(f"must be at most 100, got {quality}", key="quality")
+    paths = write_jpeg_shards(out, JpegShardConfig(image_size=image_size, quality=quality, samples=samples,
+                                                   shard_size=shard_size, seed=seed))
+    Console().print_json(data={"out": str(out), "shards": len(paths), "samples": samples, "image_size": image_size})

@@ -225,7 +225,9 @@ def run_data_bench(cfg: DataBenchConfig, progress: Callable[[str], None] | None 
                 progress(f"round {round_ + 1}/{cfg.rounds}: {path} path, {cfg.workers} workers")
                 stream = _stream(model, urls, cfg.batch_size, cfg.seed + round_, path)
                 timed = time_loader(stream, cfg.workers, cfg.batches, keep=min(3, cfg.batches))
-                stage_rates[path].append(time_input_stage(timed.pop("kept"), stream.augment, device))
+                kept = timed.pop("kept")
+                if path != "legacy":  # legacy batches arrive normalised: its input stage only moves them
+                    stage_rates[path].append(time_input_stage(kept, stream.augment, device))
                 runs[path].append(timed)
     peak = cfg.peak_tflops if cfg.peak_tflops is not None else ASSUMED_DEVICE["peak_tflops"]
     needs = step_needs(model, tuple(sorted(set(cfg.mask_ratios))), peak, cfg.mfu)
@@ -279,7 +281,7 @@ def _summarise(path: str, runs: list[dict], stage_rates: list[float], cfg: DataB
         "path": path, "note": PATH_NOTES[path], "workers": cfg.workers, "samples_per_s": wall,
         "samples_per_s_rounds": [r["samples_per_s"] for r in runs], "cpu_s": cpu, "samples_timed": samples,
         "per_core_cpu": per_core_cpu, "per_core_wall": per_core_wall,
-        "input_stage_samples_per_s": statistics.median(stage_rates),
+        "input_stage_samples_per_s": statistics.median(stage_rates) if stage_rates else None,
         "per_mask": {},
     }
     for ratio, need in needs.items():

@@ -5,13 +5,13 @@ the worker path (decode + crop in a DataLoader worker) and the device path (the 
 and cropped in the step's input stage) cut exactly the same boxes, and a resumed run the same ones
 as an uninterrupted run. The sampling is torchvision's `RandomResizedCrop.get_params` (area fraction
 uniform in `crop_scale`, log-uniform aspect ratio in [3/4, 4/3], 10 tries, then the centre crop of
-the clamped ratio), drawn from a Python RNG: cheaper per sample than seeding torch's generator.
+the clamped ratio), drawn from SplitMix64 seeded by the sample: a few microseconds, where seeding
+torch's generator or Python's Mersenne twister per sample costs tens.
 """
 
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +40,34 @@ class CropBox:
     flip: bool
 
 
+_MASK64 = (1 << 64) - 1
+
+
+class SplitMix64:
+    """A tiny seeded generator (Steele et al.'s SplitMix64): cheap to seed, one per sample."""
+
+    def __init__(self, seed: int):
+        self.state = seed & _MASK64
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & _MASK64
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return z ^ (z >> 31)
+
+    def random(self) -> float:
+        return (self.next() >> 11) * (1.0 / (1 << 53))  # uniform in [0, 1)
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * self.random()
+
+    def randint(self, low: int, high: int) -> int:
+        return low + self.next() % (high - low + 1)  # inclusive; the modulo bias is ~2^-50
+
+
 def crop_box(seed: int, height: int, width: int, cfg: AugmentConfig) -> CropBox:
-    rng = random.Random(seed)
+    rng = SplitMix64(seed)
     area = height * width
     log_ratio = (math.log(ASPECT_RATIO[0]), math.log(ASPECT_RATIO[1]))
     box = None

@@ -13,9 +13,13 @@ antialiased bilinear resize.
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.ops import roi_align
 
@@ -78,7 +82,25 @@ def decode_images(batch: EncodedBatch, device: torch.device) -> list[torch.Tenso
     # to the device come back first.
     blob = batch.jpeg_bytes.cpu()
     encoded = list(torch.split(blob, batch.jpeg_lengths.tolist()))
-    return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    try:
+        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # a JPEG whose header passed the worker's check but whose data is corrupt
+        return [_decode_one(data, device) for data in encoded]
+
+
+def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One JPEG: the device's decoder, else PIL's (more tolerant), else a mid-grey image and a warning: the
+    batch has its size already, and one unusable picture must not stop a run."""
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
+    try:
+        image = Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB")
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).to(device)
+    except Exception as exc:  # PIL raises many types for bad bytes
+        warnings.warn(f"--decode device: a JPEG could not be decoded ({exc}); it is replaced by a grey image")
+        return torch.full((3, 8, 8), 127, dtype=torch.uint8, device=device)
 
 
 def crop_resize(images: list[torch.Tensor], boxes: list[CropBox], size: int) -> torch.Tensor:
