@@ -315,3 +315,24 @@ def test_committed_results_match_specs_that_still_load():
         batches = {row: (int(group.batch_size.iloc[0]), None) for row, group in results.groupby("row")}
         planned = {job.run_id for job in build_plan(spec, RunStore("unused"), batches)}
         assert planned == set(results.run_id), f"{path.parent}: the spec now plans other runs; rerun the sweep"
+
+
+def test_estimate_prefers_the_stores_finished_runs_over_a_probe(tmp_path):
+    """A probe cached while the machine was busy must not outweigh what finished runs measured."""
+    import torch
+
+    from flip.sweep import estimate
+    from flip.sweep.plan import Job
+
+    store = run_store.RunStore(tmp_path)
+    cfg = TrainConfig(model="tiny", mask_ratio=0.5, batch_size=64, samples=6400)
+    for seed, seconds in ((0, 60.0), (1, 64.0), (2, 400.0)):  # median: 64 s for 6400 samples
+        run = store.run_dir(f"r{seed}")
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"train": dataclasses.replace(cfg, seed=seed).to_dict()}))
+        (run / "summary.json").write_text(json.dumps({"samples_seen": 6400, "train_time_s": seconds}))
+    store.save_probe(estimate._step_key(cfg, torch.device("cpu")), 1.0)  # a stale, 100x slow probe
+    job = Job(run_id="new", kind="train", row="b", seed=3, variant="base",
+              config=dataclasses.replace(cfg, samples=12800, seed=3), steps=200, samples=12800)
+    seconds, how = estimate.estimate([job], store, torch.device("cpu"))["new"]
+    assert how == "measured" and seconds == pytest.approx(128.0)

@@ -5,6 +5,11 @@ small batch (median of a few steps after a warm-up) and scaled linearly to the r
 count. A model too large to time here is estimated from its counted FLOPs at the FLOP rate this
 device reached on the smallest timed step - a rough figure, and marked as such. Timings are cached
 in the store.
+
+Finished runs in the store are better evidence than any probe: they include the data loader and
+the machine's load at the time, and a probe taken while the machine was busy can be off by 10x.
+Where the store holds finished runs of the same step, their median seconds per sample is used
+("measured") and the probe is not consulted.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.sweep.plan import Job
-from flip.sweep.store import RunStore
+from flip.sweep.store import RunStore, read_json
 from flip.train.config import TrainConfig
 from flip.train.optim import make_optimizer
 from flip.train.step import TrainStep
@@ -56,8 +61,26 @@ def time_step(cfg: TrainConfig, device: torch.device, batch: int = TIMED_BATCH, 
     return statistics.median(times[1:]) / batch
 
 
+def measured_per_sample(store: RunStore, device: torch.device) -> dict[str, float]:
+    """Step key -> median training seconds per sample over the store's finished runs of that step."""
+    seen: dict[str, list[float]] = {}
+    for run_dir in sorted((store.root / "runs").glob("*")):
+        summary, config = read_json(run_dir / "summary.json"), read_json(run_dir / "config.json")
+        if not summary or not config or not summary.get("samples_seen") or not summary.get("train_time_s"):
+            continue
+        try:
+            cfg = TrainConfig.from_dict(config["train"])
+        except (KeyError, TypeError, ValueError):
+            continue  # written by another flipctl version: not comparable evidence
+        if cfg.device.split(":")[0] not in ("auto", device.type):
+            continue
+        seen.setdefault(_step_key(cfg, device), []).append(summary["train_time_s"] / summary["samples_seen"])
+    return {key: statistics.median(times) for key, times in seen.items()}
+
+
 def estimate(jobs: list[Job], store: RunStore, device: torch.device) -> dict[str, tuple[float | None, str]]:
-    """run id -> (estimated training seconds, how it was estimated)."""
+    """run id -> (estimated training seconds, how it was estimated: measured, timed or from FLOPs)."""
+    measured = measured_per_sample(store, device)
     per_sample: dict[str, float] = {}
     flop_rate = None
     out = {}
@@ -68,6 +91,10 @@ def estimate(jobs: list[Job], store: RunStore, device: torch.device) -> dict[str
         flops = flops_per_sample(cfg)
         samples = job.samples or 0
         key = _step_key(cfg, device)
+        if key in measured:
+            out[job.run_id] = (measured[key] * samples, "measured")
+            flop_rate = flop_rate or flops / measured[key]
+            continue
         if key not in per_sample:
             cached = store.probe(key)
             if cached is None and (device.type == "cuda" or flops / 1e9 <= MAX_TIMED_GFLOPS):
