@@ -34,14 +34,20 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_model(ckpt_dir: Path, model: FLIP, config: dict[str, Any],
-                extra_modules: dict[str, torch.nn.Module] | None = None) -> None:
+                extra_modules: dict[str, torch.nn.Module] | None = None,
+                states: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
     """Write weights and config into `ckpt_dir`; `extra_modules` (e.g. a training-only decoder)
-    go to `<name>.safetensors`."""
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, str(ckpt_dir / WEIGHTS), metadata={"format": "flip", "model": model.cfg.name})
+    go to `<name>.safetensors`. `states` ("model" or an extra module's name -> state dict) replaces a
+    module's own `state_dict()`: a sharded (FSDP) model's weights, gathered whole."""
+    states = states or {}
+
+    def tensors(name: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        state = states[name] if name in states else module.state_dict()
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    save_file(tensors("model", model), str(ckpt_dir / WEIGHTS), metadata={"format": "flip", "model": model.cfg.name})
     for name, module in (extra_modules or {}).items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()},
-                  str(ckpt_dir / f"{name}.safetensors"))
+        save_file(tensors(name, module), str(ckpt_dir / f"{name}.safetensors"))
     (ckpt_dir / CONFIG).write_text(json.dumps(config, indent=2))
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from flip.errors import ConfigError
 
@@ -72,3 +74,96 @@ def resolve_device(name: str, info: DistInfo = DistInfo()) -> torch.device:
     if name == "cuda":
         return torch.device("cuda", info.local_rank)
     return torch.device(name)
+
+
+# -- FSDP2: parameters, gradients and optimizer state sharded over the processes ----------------------------
+def shard_model(root: nn.Module, blocks: list[nn.Module], device: torch.device) -> None:
+    """Wrap `root` with FSDP2 (`fully_shard`) over all processes: each of `blocks` is its own group, so
+    its whole weights exist only while it runs forward or backward, then `root` takes the rest.
+
+    Call it before building the optimizer (the parameters become sharded DTensors) and after loading
+    any weights. Rank 0's weights are broadcast first, as DDP does: ranks may have initialised
+    differently (each seeds its own masking noise).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    with torch.no_grad():
+        for tensor in [*root.parameters(), *root.buffers()]:
+            dist.broadcast(tensor, src=0)
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))  # "cpu" -> gloo, "cuda" -> nccl
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    # fully_shard takes no 0-d parameter (the temperature): such a parameter stays whole on every
+    # process and its gradient is averaged over them, as DDP would.
+    scalars = {p for p in root.parameters() if p.ndim == 0}
+    for p in scalars:
+        p.register_post_accumulate_grad_hook(_average_grad)
+    fully_shard(root, mesh=mesh, ignored_params=scalars or None)
+
+
+def _average_grad(param: torch.Tensor) -> None:
+    # Averaging the whole accumulated gradient each time is still exact under gradient accumulation:
+    # the mean over processes is linear, and what was added before was already averaged.
+    dist.all_reduce(param.grad)
+    param.grad.div_(dist.get_world_size())
+
+
+def is_sharded(module: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Whole tensors, gathered to rank 0's CPU memory (the other ranks get an empty dict).
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with whole tensors, as an unwrapped module's, on rank 0 ({} elsewhere).
+    A collective under FSDP: every process calls it."""
+    if not is_sharded(module):
+        return module.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(module, options=_full_options())
+
+
+def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """`optimizer.state_dict()` as an unwrapped run's (whole tensors, parameters by index), on rank 0
+    ({} elsewhere), so a checkpoint's optimizer state is the same whatever wrapping trained it.
+    A collective under FSDP: every process calls it."""
+    if not is_sharded(module):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(module, optimizer, options=_full_options())
+    if not state:
+        return {}
+    index = {name: i for i, name in enumerate(_param_names(module, optimizer))}  # names -> optimizer order
+    return {"state": {index[name]: value for name, value in state["state"].items()},
+            "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                             for group in state["param_groups"]]}
+
+
+def load_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a `full_optimizer_state` (every process holds all of it) into a plain or sharded run."""
+    if not is_sharded(module):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _param_names(module, optimizer)
+    by_name = {"state": {names[i]: value for i, value in state["state"].items()},
+               "param_groups": [{**group, "params": [names[i] for i in group["params"]]}
+                                for group in state["param_groups"]]}
+    set_optimizer_state_dict(module, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+def _param_names(module: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The parameters' names in the optimizer's order (its state dict numbers them in that order)."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]

@@ -29,8 +29,10 @@ PAUSE_ENV = "FLIP_FAULT_CKPT_PAUSE_S"  # tests only: see _fault_pause
 
 def save_checkpoint(run_dir: Path, step: int, model: FLIP, config: dict[str, Any],
                     state: dict[str, Any] | None, keep_last: int = 1,
-                    extra_modules: dict[str, torch.nn.Module] | None = None) -> Path:
-    """Write a checkpoint; `extra_modules` (e.g. a training-only decoder) go to `<name>.safetensors`.
+                    extra_modules: dict[str, torch.nn.Module] | None = None,
+                    states: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write a checkpoint; `extra_modules` (e.g. a training-only decoder) go to `<name>.safetensors`,
+    `states` replaces modules' own state dicts (see `flip.checkpoint.write_model`).
 
     `state` must hold only tensors and plain values (dicts, lists, tuples, numbers, strings, None).
     """
@@ -41,7 +43,7 @@ def save_checkpoint(run_dir: Path, step: int, model: FLIP, config: dict[str, Any
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        write_model(tmp, model, config, extra_modules)
+        write_model(tmp, model, config, extra_modules, states)
         if state is not None:
             torch.save(state, tmp / STATE)
     except BaseException:

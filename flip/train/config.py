@@ -107,6 +107,10 @@ class TrainConfig:
     activation_checkpointing: bool = knob(False, "recompute each transformer block in backward instead of keeping "
                                                  "its activations: much less memory, one more forward of the "
                                                  "blocks per step, the same gradients.", resume=True)
+    fsdp: bool = knob(False, "shard the weights, gradients and optimizer state over the processes (FSDP2, per "
+                             "transformer block) instead of replicating them (DDP): for presets that do not fit "
+                             "replicated (see `flipctl plan`); the same gradients. Checkpoints are written whole, "
+                             "so they load whatever wrapping trained them. No effect with one process.", resume=True)
     seed: int = knob(0, "random seed; the same seed repeats a run exactly.")
     # data pipeline
     workers: int = knob(2, "data loader worker processes.", ge=0)

@@ -18,6 +18,7 @@ from contextlib import nullcontext
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from flip.loss import ContrastiveLoss
@@ -157,6 +158,8 @@ class TrainStep:
         if grad_norm is None:
             grads = [p.grad for p in self.params if p.grad is not None]
             grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if isinstance(grad_norm, DTensor):  # under FSDP: the norm over every process's shards, a plain tensor
+            grad_norm = grad_norm.full_tensor()
         nonfinite = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
         if self.optimizer.defaults.get("fused"):
             self.optimizer.found_inf = nonfinite

@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from flip.data import builtin
 from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_loader
 from flip.data.shards import count_samples, expand_urls
-from flip.distributed import DistInfo, init_distributed, resolve_device
+from flip.distributed import (DistInfo, full_model_state, full_optimizer_state, init_distributed,
+                              load_optimizer_state, resolve_device, shard_model)
 from flip.compile import compile_module
 from flip.precision import precision_warning
 from flip.flops import train_step_flops
@@ -142,6 +143,15 @@ def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / ckpt.LATEST).exists()
 
 
+def fsdp_blocks(pretrainer: Pretrainer) -> list[torch.nn.Module]:
+    """The modules FSDP gathers one at a time: every transformer block but the text tower's last, whose
+    weights `_block_at_first_token` uses without calling the block (FSDP's hooks would not fire); that
+    one stays with the rest of the weights, in the root group."""
+    model, decoder = pretrainer.model, pretrainer.decoder
+    blocks = [*model.visual.blocks, *model.text.blocks[:-1]]
+    return blocks + ([*decoder.blocks] if decoder is not None else [])
+
+
 class Trainer:
     """One training run. `stop` (anything with `is_set()`, e.g. a threading.Event), when set, makes
     `run()` finish the step in flight, write a checkpoint and raise `StopRequested`."""
@@ -192,17 +202,28 @@ class Trainer:
         self.eval_errors: list[dict[str, Any]] = []
         warmup = cfg.warmup if cfg.warmup is not None else int(cfg.warmup_fraction * self.total_samples)
         self.warmup_steps = max(1, warmup // cfg.batch_size)
-        self.optimizer = make_optimizer(self.pretrainer, cfg.peak_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
-                                        cfg.eps, self.device)
         self.progress = Progress()
 
         if cfg.init_from and not resume:
             self._load_init_weights(cfg.init_from)
         if resume:
+            self._load_resume_weights()
+        # FSDP replaces the parameters with shards: after loading whole weights, before the optimizer.
+        self.fsdp = cfg.fsdp and self.dist.world_size > 1
+        if cfg.fsdp and not self.fsdp:
+            self.reporter.message("note: --fsdp shards the model over processes; with one process it stays whole")
+        if self.fsdp:
+            shard_model(self.pretrainer, fsdp_blocks(self.pretrainer), self.device)
+        self._whole: FLIP | None = None  # under FSDP, the main process's whole copy for evaluation
+        self._evaluates = (self.dist.is_main or self.fsdp) and cfg.periodic_eval and (
+            cfg.eval_data is not None or cfg.eval_zeroshot is not None)
+        self.optimizer = make_optimizer(self.pretrainer, cfg.peak_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
+                                        cfg.eps, self.device)
+        if resume:
             self._load_resume_state()
 
         forward_model = self.pretrainer
-        if self.dist.world_size > 1:
+        if self.dist.world_size > 1 and not self.fsdp:
             forward_model = DistributedDataParallel(
                 forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:  # inductor where it can build kernels here, else a stated fallback
@@ -241,12 +262,14 @@ class Trainer:
                                        f"than {self.model_cfg.name}")
         ckpt.load_weights(self.model, source)
 
-    def _load_resume_state(self) -> None:
+    def _load_resume_weights(self) -> None:
         ckpt.load_weights(self.model, self.resume_from)
         if self.decoder is not None:
             ckpt.load_weights(self.decoder, self.resume_from, DECODER_FILE)
+
+    def _load_resume_state(self) -> None:
         state = load_state(self.resume_from)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.pretrainer, self.optimizer, state["optimizer"])
         ranks = state["ranks"]
         if len(ranks) != self.dist.world_size:
             raise ckpt.CheckpointError(f"{self.resume_from} was written by {len(ranks)} processes; resume it "
@@ -273,6 +296,29 @@ class Trainer:
     def _saved_config(self) -> dict[str, Any]:
         return {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()}
 
+    # -- FSDP ---------------------------------------------------------------------------------------
+    def _whole_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The model's (and decoder's) weights, whole, as an unwrapped module's state dicts, by checkpoint
+        file name. Under FSDP a collective (every process calls it) whose result is on the main process."""
+        weights = full_model_state(self.pretrainer)
+        return {name: {key.removeprefix(f"{name}."): value for key, value in weights.items()
+                       if key.startswith(f"{name}.")} for name in ("model", "decoder")}
+
+    def _whole_model(self) -> FLIP | None:
+        """The model with all its weights, for what runs outside the training step (evaluation, timing):
+        the model itself, or under FSDP a copy on the main process loaded with the gathered weights (a
+        collective: every process calls it; the others get None)."""
+        if not self.fsdp:
+            return self.model
+        weights = self._whole_weights()["model"]
+        if not self.dist.is_main:
+            return None
+        if self._whole is None:  # one inference copy (4 bytes a parameter), not the training state's 16
+            self._whole = FLIP(self.model_cfg).to(self.device)
+            self._whole.set_grad_checkpointing(self.cfg.activation_checkpointing)
+        self._whole.load_state_dict(weights)
+        return self._whole
+
     # -- data ---------------------------------------------------------------------------------------
     def _augment(self) -> AugmentConfig:
         return AugmentConfig(self.model_cfg.vision.image_size, (self.cfg.crop_scale_min, 1.0), self.cfg.hflip)
@@ -288,15 +334,15 @@ class Trainer:
                            pin_memory=self.device.type == "cuda")
 
     # -- evaluation and checkpoints --------------------------------------------------------------
-    def evaluate(self) -> dict[str, float]:
-        """The periodic evaluation's metrics for the model as it is now (main process)."""
-        return self.periodic_eval.run(self.model, self.device, self.cfg.precision)
+    def evaluate(self, model: FLIP | None = None) -> dict[str, float]:
+        """The periodic evaluation's metrics for the model as it is now, or for `model` (main process)."""
+        return self.periodic_eval.run(model if model is not None else self.model, self.device, self.cfg.precision)
 
-    def _periodic_eval(self, log, tensorboard: TensorBoardLog | None) -> None:
+    def _periodic_eval(self, log, tensorboard: TensorBoardLog | None, model: FLIP | None = None) -> None:
         """Evaluate and record; a failure is logged as a warning and training goes on."""
         p = self.progress
         try:
-            metrics = self.evaluate()
+            metrics = self.evaluate(model)
         except Exception as exc:  # noqa: BLE001 - an evaluation problem must never cost the training run
             error = f"{type(exc).__name__}: {exc}"
             self.eval_errors.append({"step": p.step, "error": error})
@@ -326,13 +372,17 @@ class Trainer:
         if self.dist.world_size > 1:
             ranks = [None] * self.dist.world_size
             torch.distributed.all_gather_object(ranks, self._rank_state())
+        # Under FSDP, gathering the whole weights and optimizer state is a collective: every process joins.
+        states = self._whole_weights() if self.fsdp else None
+        optimizer_state = full_optimizer_state(self.pretrainer, self.optimizer)
         if self.dist.is_main:
             extra = {DECODER_FILE.removesuffix(".safetensors"): self.decoder} if self.decoder is not None else None
-            state = {"optimizer": self.optimizer.state_dict(), "ranks": ranks}
+            state = {"optimizer": optimizer_state, "ranks": ranks}
             step = self.progress.step
             try:
                 self.last_checkpoint = save_checkpoint(self.run_dir, step, self.model, self._saved_config(), state,
-                                                       keep_last=self.cfg.keep_checkpoints, extra_modules=extra)
+                                                       keep_last=self.cfg.keep_checkpoints, extra_modules=extra,
+                                                       states=states)
             # torch.save reports a failed write as a RuntimeError, safetensors as a SafetensorError
             except (OSError, RuntimeError, SafetensorError) as exc:
                 if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
@@ -542,9 +592,14 @@ class Trainer:
                 if stopping:
                     raise StopRequested(f"stopped at step {p.step} of {self.total_steps} after writing "
                                         f"{self.last_checkpoint}", self.run_dir, p.step, self.last_checkpoint)
-                if main and self.periodic_eval and (p.step % cfg.eval_every == 0 or done):
+                if self._evaluates and (p.step % cfg.eval_every == 0 or done):
                     eval_start = time.perf_counter()
-                    self._periodic_eval(log, tensorboard)
+                    # The evaluation (its data loaders, the whole copy's initialisation) must not draw from the
+                    # training RNG, saved before it: a resumed run would draw other masks than this one.
+                    with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                        model = self._whole_model()  # under FSDP every process takes part in gathering it
+                        if main:
+                            self._periodic_eval(log, tensorboard, model)
                     p.eval_time_s += time.perf_counter() - eval_start
                 self.reporter.step(p.step, last_metrics if at_log else None)
         finally:
@@ -573,14 +628,17 @@ class Trainer:
             "nonfinite_steps": self.progress.nonfinite_steps, "truncated_captions": self._truncated(),
             "eval": eval_metrics, "parent": self.cfg.parent,
             # the batch as it ran: each device's forward chunk x accumulation steps x processes
-            "world_size": self.dist.world_size, "per_device_batch": self.local_batch // self.cfg.accum_steps,
+            "world_size": self.dist.world_size, "fsdp": self.fsdp,
+            "per_device_batch": self.local_batch // self.cfg.accum_steps,
             "accum_steps": self.cfg.accum_steps, "global_batch": self.cfg.batch_size,
             "final_losses": {k: last[k] for k in ("contrastive", "recon") if k in last},
         }
         summary.update(self._eval_summary())
         if self.cfg.text_mask != "none" and getattr(self, "_last_tokens", None) is not None:
-            summary["text_masking"] = time_text_tower(self.model, self._last_tokens.to(self.device),
-                                                      self.cfg.text_mask, self.cfg.text_mask_ratio)
+            model = self._whole_model()  # a collective under FSDP; the main process times it
+            if model is not None:
+                summary["text_masking"] = time_text_tower(model, self._last_tokens.to(self.device),
+                                                          self.cfg.text_mask, self.cfg.text_mask_ratio)
         if self.dist.is_main:
             self._write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         return summary
