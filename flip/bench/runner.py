@@ -1,9 +1,9 @@
 """`run_bench`: everything `flipctl bench` measures, in one process, as one JSON-able dict.
 
-Order of work: FLOPs (meta device, free) -> step timing of every (implementation, mask ratio),
-interleaved -> time split of our step per part, interleaved -> the other variants' steps (on CUDA:
-bf16 and torch.compile beside the configured step) -> peak memory per mask ratio (and open_clip's)
--> optional max-batch search -> optional data-loader throughput. Mask ratio 0 is always timed:
+Order of work: FLOPs (meta device, free) -> step timing of every (implementation or variant, mask
+ratio), interleaved (the variants, on CUDA: our step in bf16 and torch.compile'd beside the
+configured one) -> time split of our step per part, interleaved -> peak memory per mask ratio (and
+open_clip's) -> optional max-batch search -> optional data-loader throughput. Mask ratio 0 is always timed:
 speed-ups are against it. MFU is against the device's dense peak from `flip.bench.peaks` (or
 --peak-tflops); an unknown device gets none.
 """
@@ -230,12 +230,7 @@ class _Runner:
         self._free()
         self.phase("timing")
 
-        variants = {}
-        for variant in planned_variants(cfg, device):
-            variants[variant] = self._time_variant(variant, ratios)
-            self._free()
-        if variants:
-            self.phase("variants")
+        variants = {v: {r: steps.seconds[_label(v.name, r)] for r in ratios} for v in planned_variants(cfg, device)}
 
         peaks, their_peaks = {}, {}
         for r in ratios:
@@ -284,21 +279,6 @@ class _Runner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _time_variant(self, variant: Variant, ratios: list[float]) -> dict[float, list[float]]:
-        """Seconds of each timed step of our step run as `variant`, per mask ratio (ratios interleaved)."""
-        cfg = self.cfg
-        self.progress(f"building models: {variant.name}")
-        images, tokens = synthetic_batch(self.model_cfg, cfg.batch_size, self.device, seed=cfg.seed)
-        fns = {}
-        for r in ratios:
-            step = self.ours(r, variant)[2]
-            fns[_label(variant.name, r)] = (lambda s=step: s(images, tokens, 1e-4))
-        # A compiled step compiles on its first call: that call must be a warm-up, never a timed step.
-        warmup = max(cfg.warmup, 1) if variant.compile else cfg.warmup
-        timings = time_interleaved(fns, cfg.steps, warmup, self.device,
-                                   on_progress=lambda m: self.progress(f"{variant.name}: {m}"))
-        return {r: timings.seconds[_label(variant.name, r)] for r in ratios}
-
     def peak(self, precision: str) -> PeakChoice:
         """The peak MFU is computed against for a step in `precision` on this device."""
         name = _environment_device_name(self.device)
@@ -316,6 +296,10 @@ class _Runner:
             fns[_label("flipctl", r)] = (lambda s=ours[r][2]: s(images, tokens, 1e-4))
             if cfg.compare:
                 fns[_label("open_clip", r)] = (lambda s=self.theirs(r, weights_from=ours[r][0]): s(images, tokens, 1e-4))
+        variants = planned_variants(cfg, device)
+        for variant in variants:
+            for r in ratios:
+                fns[_label(variant.name, r)] = (lambda s=self.ours(r, variant)[2]: s(images, tokens, 1e-4))
         if cfg.ablations:
             for r in ratios:
                 for name, knobs in ABLATIONS.items():
@@ -323,7 +307,10 @@ class _Runner:
                         continue  # nothing masked, nothing to reconstruct
                     step = self.ours(r, **knobs)[2]
                     fns[_label(f"flipctl+{name}", r)] = (lambda s=step: s(images, tokens, 1e-4))
-        steps = time_interleaved(fns, cfg.steps, cfg.warmup, device, on_progress=self.progress)
+        # A compiled step compiles on its first call: that call must be a warm-up, never a timed step.
+        compiled = cfg.compile or any(v.compile for v in variants)
+        warmup = max(cfg.warmup, 1) if compiled else cfg.warmup
+        steps = time_interleaved(fns, cfg.steps, warmup, device, on_progress=self.progress)
         if not cfg.split:
             return steps, None
         parts = {}
@@ -432,6 +419,9 @@ class _Runner:
             out["data_loader"] = loader
         if variants:
             out["variants"] = self._variant_rows(variants, results, flops)
+            out["methods"]["variants"] = ("our step as each variant (precision, torch.compile), built like the "
+                                          "configured one and timed in the same round-robin; MFU against the "
+                                          "peak of the variant's own matmul dtype")
         notes = [self._backend.note] if self._backend is not None and self._backend.note else []
         if notes:
             out["notes"] = notes
