@@ -1,6 +1,7 @@
 """User errors become one line and exit code 2; anything else is a bug and keeps its traceback.
 
-A user error is a `flip.errors.FlipError` (bad settings, data or checkpoints). A training run
+A user error is a `flip.errors.FlipError` (bad settings, data or checkpoints), or an `OSError`
+about a file the user named (a directory given for a file, a file for a directory). A training run
 stopped by a fault (`flip.train.faults.TrainingStopped`: a non-finite loss, a failed write, too
 much bad data) is one line too, with its own exit code. Any other exception, a plain
 `ValueError` included, propagates: Typer (pretty exceptions off) prints its traceback and
@@ -102,6 +103,10 @@ def user_errors(fn):
             if text is None:
                 raise
             fail(text)
+        except OSError as exc:  # a file the user named: missing, a directory, unwritable, a full disk
+            if exc.filename is None:
+                raise
+            fail(f"{exc.filename}: {exc.strerror or exc}")
         except KeyboardInterrupt:
             typer.echo("interrupted: rerun with --resume to continue from the last checkpoint", err=True)
             sys.exit(130)
