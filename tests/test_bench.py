@@ -178,6 +178,7 @@ def _assert_one_line_error(result, needle):
     (["--memory-limit", "2GiB"], "--max-batch"),
     (["--peak-tflops", "0"], "--peak-tflops"),
     (["--threads", "0"], "--threads"),
+    (["--compile", "--compile-backend", "bogus"], "--compile-backend"),
 ])
 def test_bench_rejects_bad_input(args, needle):
     _assert_one_line_error(runner.invoke(app, ["bench", *args]), needle)
