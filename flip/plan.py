@@ -19,7 +19,10 @@ and `small` presets' steps on CPU (tests/test_plan.py; README "Clusters").
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -29,6 +32,9 @@ from flip.models import FLIP, ModelConfig, get_preset
 
 BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
 HEADROOM = 0.9  # of a device's memory usable for tensors (CUDA context, NCCL buffers, fragmentation)
+DEFAULT_PEAK_TFLOPS = 989.0  # H100/H200 SXM, dense bf16 (NVIDIA's datasheets)
+DEFAULT_MFU = 0.45  # a good large-scale ViT run's model FLOPs utilisation (the data bench's default too)
+LEGACY_LOADER_SAMPLES_PER_CORE = 146.0  # issue 13: the original PIL loader, samples/s per core
 
 
 def _meta_model(cfg: ModelConfig, checkpointing: bool) -> FLIP:
@@ -79,13 +85,26 @@ class Variant:
     @property
     def flags(self) -> list[str]:
         return ([f"--accum-steps {self.accum_steps}"] if self.accum_steps > 1 else []) + (
-            ["--activation-checkpointing"] if self.checkpointing else [])
+            ["--activation-checkpointing"] if self.checkpointing else []) + (["--fsdp"] if self.fsdp else [])
 
     @property
     def label(self) -> str:
         parts = ([f"{self.accum_steps} accumulation steps"] if self.accum_steps > 1 else []) + (
             ["activation checkpointing"] if self.checkpointing else []) + (["FSDP"] if self.fsdp else [])
         return ", ".join(parts) or "plain"
+
+
+@dataclass
+class LoaderNeed:
+    """The input rate one GPU's step consumes, and the data-loader cores that takes."""
+
+    gpu_peak_tflops: float
+    mfu: float
+    flops_per_sample: float  # the training step's, forward and backward, at the mask ratio
+    samples_per_s: float  # one GPU's step at that MFU
+    samples_per_core: float  # one loader core's rate
+    samples_per_core_source: str
+    cores: int  # per GPU
 
 
 @dataclass
@@ -101,11 +120,16 @@ class Plan:
     activation_bytes: float  # per sample
     checkpointed_activation_bytes: float  # per sample, with activation checkpointing
     variants: list[Variant] = field(default_factory=list)
-    choice: Variant | None = None  # the cheapest that fits with flipctl's settings (no FSDP yet)
+    choice: Variant | None = None  # the cheapest that fits: replicated if any fits so, else sharded (FSDP)
+    loader: LoaderNeed | None = None
 
     @property
     def usable_bytes(self) -> float:
         return HEADROOM * self.gpu_memory
+
+    @property
+    def fsdp_needed(self) -> bool:
+        return self.choice is not None and self.choice.fsdp
 
 
 def step_bytes(cfg: ModelConfig, parameters: int, act: float, act_ckpt: float, per_device: int, world: int,
@@ -129,7 +153,9 @@ def step_bytes(cfg: ModelConfig, parameters: int, act: float, act_ckpt: float, p
     return state + activations + images + loss
 
 
-def plan_run(model: str, batch_size: int, gpus: int, gpu_memory: int, mask_ratio: float = 0.5) -> Plan:
+def plan_run(model: str, batch_size: int, gpus: int, gpu_memory: int, mask_ratio: float = 0.5,
+             gpu_peak_tflops: float = DEFAULT_PEAK_TFLOPS, mfu: float = DEFAULT_MFU,
+             loader_samples_per_core: float | None = None) -> Plan:
     try:
         cfg = get_preset(model)
     except KeyError as exc:
@@ -141,6 +167,12 @@ def plan_run(model: str, batch_size: int, gpus: int, gpu_memory: int, mask_ratio
                           key="batch_size")
     if not 0 <= mask_ratio < 1:
         raise ConfigError(f"must be in [0, 1), got {mask_ratio}", key="mask_ratio")
+    if not gpu_peak_tflops > 0:
+        raise ConfigError(f"must be > 0, got {gpu_peak_tflops:g}", key="gpu_peak_tflops")
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"must be in (0, 1], got {mfu:g}", key="mfu")
+    if loader_samples_per_core is not None and not loader_samples_per_core > 0:
+        raise ConfigError(f"must be > 0, got {loader_samples_per_core:g}", key="loader_samples_per_core")
     per_device = batch_size // gpus
     parameters = sum(p.numel() for p in _meta_model(cfg, False).parameters())
     act, act_ckpt = activation_bytes(cfg, mask_ratio), activation_bytes(cfg, mask_ratio, checkpointing=True)
@@ -154,8 +186,41 @@ def plan_run(model: str, batch_size: int, gpus: int, gpu_memory: int, mask_ratio
         for k, ckpt in order:
             need = step_bytes(cfg, parameters, act, act_ckpt, per_device, gpus, k, ckpt, fsdp)
             plan.variants.append(Variant(k, ckpt, fsdp, per_device // k, need, need <= plan.usable_bytes))
-    plan.choice = next((v for v in plan.variants if v.fits and not v.fsdp), None)
+    # Replicated first: FSDP adds two all-gathers and a reduce-scatter of the weights per step.
+    plan.choice = next((v for v in plan.variants if v.fits and not v.fsdp), None) or next(
+        (v for v in plan.variants if v.fits), None)
+    plan.loader = loader_need(cfg, mask_ratio, gpu_peak_tflops, mfu, loader_samples_per_core)
     return plan
+
+
+def loader_need(cfg: ModelConfig, mask_ratio: float, gpu_peak_tflops: float, mfu: float,
+                samples_per_core: float | None = None) -> LoaderNeed:
+    """Samples/s one GPU's step consumes (its peak x MFU / the step's counted FLOPs per sample, as
+    `flipctl bench --data` computes it) and the loader cores that takes at `samples_per_core`
+    (default: `measured_loader_rate()`)."""
+    from flip.bench.data import step_needs
+
+    need = step_needs(cfg, (mask_ratio,), gpu_peak_tflops, mfu)[f"{mask_ratio:g}"]
+    source = "given"
+    if samples_per_core is None:
+        samples_per_core, source = measured_loader_rate()
+    return LoaderNeed(gpu_peak_tflops, mfu, need["flops_per_sample"], need["samples_per_s"], samples_per_core,
+                      source, math.ceil(need["samples_per_s"] / samples_per_core))
+
+
+def measured_loader_rate(results_dir: Path | None = None) -> tuple[float, str]:
+    """Samples/s one loader core decodes and augments, and where the figure comes from: the committed
+    `flipctl bench --data` measurement of the default (worker) path when this checkout has one, else
+    issue 13's measurement of the original loader (a conservative figure)."""
+    results_dir = results_dir or Path(__file__).resolve().parents[1] / "results" / "bench"
+    for path in sorted(results_dir.glob("data-paths-*.json")):
+        try:
+            rate = json.loads(path.read_text())["paths"]["worker"]["per_core_cpu"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a data-path report this version reads
+        if isinstance(rate, (int, float)) and rate > 0:
+            return float(rate), f"measured: {path.name}, worker path, per CPU core"
+    return LEGACY_LOADER_SAMPLES_PER_CORE, "measured: issue 13, the original loader, per core"
 
 
 def launch_flags(gpus: int, gpus_per_node: int = 8) -> str:

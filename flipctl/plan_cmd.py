@@ -12,7 +12,8 @@ from rich.table import Table
 
 from flip.bench.memory import format_size, parse_size
 from flip.errors import ConfigError
-from flip.plan import HEADROOM, launch_flags, plan_run
+from flip.plan import (DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, HEADROOM, LEGACY_LOADER_SAMPLES_PER_CORE, launch_flags,
+                       plan_run)
 from flipctl.console import make_console
 from flipctl.errors import user_errors
 
@@ -27,6 +28,13 @@ def plan_command(
     gpu_memory: str = typer.Option("80GiB", help="memory of one GPU, e.g. 80GiB or 40GB."),
     mask_ratio: float = typer.Option(0.5, help="fraction of image patches dropped."),
     gpus_per_node: int = typer.Option(8, help="GPUs per machine, for the launch flags printed."),
+    gpu_peak_tflops: float = typer.Option(DEFAULT_PEAK_TFLOPS, help="one GPU's dense bf16 peak, TFLOP/s "
+                                          "(989: H100/H200 SXM), for the input rate a GPU consumes."),
+    mfu: float = typer.Option(DEFAULT_MFU, help="the model FLOPs utilisation assumed for that rate."),
+    loader_samples_per_core: Optional[float] = typer.Option(
+        None, help="samples/s one data-loader core delivers. Default: the committed `flipctl bench --data` "
+                   f"measurement of the worker path if this checkout has one, else {LEGACY_LOADER_SAMPLES_PER_CORE:g} "
+                   "(issue 13's measurement of the original loader)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the plan as JSON here."),
 ) -> None:
     """Estimate whether a run fits: memory per GPU from the preset's shapes, with and without
@@ -37,7 +45,7 @@ def plan_command(
         raise ConfigError(exc.detail, key="gpu_memory") from None
     if gpus_per_node < 1:
         raise ConfigError(f"must be at least 1, got {gpus_per_node}", key="gpus_per_node")
-    plan = plan_run(model, batch_size, gpus, memory, mask_ratio)
+    plan = plan_run(model, batch_size, gpus, memory, mask_ratio, gpu_peak_tflops, mfu, loader_samples_per_core)
 
     console.print(f"{plan.model}, global batch {plan.batch_size} on {plan.gpus} GPUs of {format_size(memory)} "
                   f"(mask {plan.mask_ratio:g}): {plan.per_device_batch} samples per GPU per step")
@@ -57,12 +65,17 @@ def plan_command(
     train = f"flipctl train --model {plan.model} --batch-size {plan.batch_size} --mask-ratio {plan.mask_ratio:g}"
     if plan.choice is not None:
         flags = " ".join([*plan.choice.flags, launch_flags(gpus, gpus_per_node)])
+        console.print("--fsdp needed: " + ("yes, nothing fits with replicated parameters" if plan.fsdp_needed
+                                           else "no, it fits replicated (DDP)"))
         console.print(f"fits with {plan.choice.label}; use:\n  {train} {flags} ...", soft_wrap=True)
     else:
-        sharded = next((v for v in plan.variants if v.fits and v.fsdp), None)
-        console.print("[red]does not fit[/red] with replicated parameters, whatever the accumulation steps"
-                      + (f"; it would with {sharded.label} (parameter sharding, which flipctl does not do yet)"
-                         if sharded else ", nor with parameter sharding: use more GPUs"))
+        console.print("[red]does not fit[/red], whatever the accumulation steps, with replicated or sharded "
+                      "(--fsdp) parameters: use more GPUs")
+    need = plan.loader
+    console.print(f"input: at {need.mfu:.0%} MFU of {need.gpu_peak_tflops:g} TFLOP/s, a GPU's step "
+                  f"({need.flops_per_sample / 1e9:.0f} GFLOP a sample at mask {plan.mask_ratio:g}) consumes "
+                  f"{need.samples_per_s:,.0f} samples/s: {need.cores} loader cores per GPU at "
+                  f"{need.samples_per_core:.0f} samples/s per core ({need.samples_per_core_source})", soft_wrap=True)
     if json_out:
         record = {**dataclasses.asdict(plan), "usable_bytes": plan.usable_bytes}
         json_out.write_text(json.dumps(record, indent=2))

@@ -66,9 +66,36 @@ def test_plan_prints_the_per_gpu_batch_and_the_flags(tmp_path):
                                             "--mask-ratio", "0")[1]["activation_bytes"] * 0.6
 
 
-def test_plan_says_when_nothing_fits_without_sharding(tmp_path):
+def test_plan_says_when_fsdp_is_needed(tmp_path):
+    text, plan = _plan(tmp_path, "--model", "L/16", "--batch-size", "32768", "--gpus", "256")
+    assert not plan["choice"]["fsdp"] and "--fsdp needed: no" in text and "--fsdp" not in text.split("use:")[1]
+    # replicated weights, gradients and AdamW moments alone (16 GB) overflow a 16 GiB GPU: only sharding fits
     text, plan = _plan(tmp_path, "--model", "H/14", "--batch-size", "32768", "--gpus", "8", "--gpu-memory", "16GiB")
-    assert plan["choice"] is None and "does not fit" in text and "parameter sharding" in text
+    assert plan["choice"]["fsdp"] and plan["choice"]["bytes"] <= plan["usable_bytes"]
+    assert "--fsdp needed: yes" in text and "--fsdp --nproc 8" in " ".join(text.split())
+    text, plan = _plan(tmp_path, "--model", "H/14", "--batch-size", "32768", "--gpus", "8", "--gpu-memory", "4GiB")
+    assert plan["choice"] is None and "does not fit" in text and "use more GPUs" in text
+
+
+def test_plan_prints_the_loader_cores_each_gpu_needs(tmp_path):
+    """Samples/s a GPU's step consumes = peak x MFU / counted FLOPs per sample; cores = that / per-core rate."""
+    from flip.bench.data import step_needs
+    from flip.plan import LEGACY_LOADER_SAMPLES_PER_CORE, measured_loader_rate
+
+    args = ("--model", "B/16", "--batch-size", "4096", "--gpus", "8", "--mask-ratio", "0.5")
+    text, plan = _plan(tmp_path, *args, "--loader-samples-per-core", "146")
+    need = step_needs(get_preset("B/16"), (0.5,), 989.0, 0.45)["0.5"]
+    assert plan["loader"]["samples_per_s"] == pytest.approx(need["samples_per_s"])
+    assert plan["loader"]["cores"] == -(-need["samples_per_s"] // 146) and f"{plan['loader']['cores']} loader cores" in text
+    # masking more: fewer FLOPs a sample, so more samples/s to feed; a slower GPU needs fewer
+    _, masked = _plan(tmp_path, *args[:-1], "0.75", "--loader-samples-per-core", "146")
+    _, slower = _plan(tmp_path, *args, "--loader-samples-per-core", "146", "--gpu-peak-tflops", "312")
+    assert masked["loader"]["cores"] > plan["loader"]["cores"] > slower["loader"]["cores"]
+    # the default rate: a committed data-path measurement, else issue 13's figure for the original loader
+    assert measured_loader_rate(tmp_path) == (LEGACY_LOADER_SAMPLES_PER_CORE,
+                                              "measured: issue 13, the original loader, per core")
+    (tmp_path / "data-paths-x.json").write_text(json.dumps({"paths": {"worker": {"per_core_cpu": 400.0}}}))
+    assert measured_loader_rate(tmp_path)[0] == 400.0
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -76,6 +103,8 @@ def test_plan_says_when_nothing_fits_without_sharding(tmp_path):
     (["--gpus", "3"], "--batch-size (256) must be at least 2 and split evenly over the 3 GPUs"),
     (["--model", "Z/99"], "Z/99"),
     (["--mask-ratio", "1"], "--mask-ratio must be in [0, 1)"),
+    (["--loader-samples-per-core", "0"], "--loader-samples-per-core must be > 0"),
+    (["--gpu-peak-tflops", "-1"], "--gpu-peak-tflops must be > 0"),
 ])
 def test_plan_bad_input_is_one_line(args, needle):
     base = {"--model": "tiny", "--batch-size": "256", "--gpus": "2"}
