@@ -176,3 +176,19 @@ def test_a_run_with_activation_checkpointing_saves_a_plain_checkpoint(small_data
     assert summary["train_flops_per_step"] > plain  # the recomputed forward is counted
     model, _ = load_model(tmp_path / "run")  # what eval and export read
     assert isinstance(model, FLIP) and not model.visual.grad_checkpointing
+
+
+def test_bench_reports_its_batches(tmp_path):
+    """`flipctl bench` times one process's step without accumulation, and says so as a run's summary does."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from flipctl.main import app
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--batch-size", "4", "--steps", "1", "--warmup", "0", "--mask-ratios",
+                                      "0.5", "--no-split", "--threads", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["batch"] == {"per_device": 4, "accum_steps": 1, "world_size": 1, "global": 4}
+    assert "batch 4 per device x 1 accumulation step(s) x 1 process(es) = global batch 4" in " ".join(result.output.split())

@@ -21,7 +21,10 @@ def step_table(report: dict) -> Table:
     results = report["results"]
     mfu = any(row["mfu"] is not None for row in results)
     compiled = f", compiled ({cfg.get('compile_backend') or 'inductor'})" if cfg["compile"] else ""
-    table = Table(title=f"training step: {cfg['model']}, batch {cfg['batch_size']}, {cfg['device']} {cfg['precision']}"
+    b = report.get("batch")  # reports written before it was recorded: the batch alone
+    batch = (f"batch {b['per_device']} per device x {b['accum_steps']} accumulation step(s) x {b['world_size']} "
+             f"process(es) = global batch {b['global']}") if b else f"batch {cfg['batch_size']}"
+    table = Table(title=f"training step: {cfg['model']}, {batch}, {cfg['device']} {cfg['precision']}"
                         f"{compiled}; median of {cfg['steps']} steps")
     for name in ("mask", "image tokens", "samples/s", "step ms", "GFLOP/step", "TFLOP/s", *(["MFU"] if mfu else []),
                  "peak memory"):

@@ -227,7 +227,9 @@ class _Runner:
         ratios = cfg.ratios()
         batch = cfg.batch_size
         report: dict = {"config": {**asdict(cfg), "mask_ratios": ratios, "device": str(device)},
-                        "environment": _environment(device)}
+                        "environment": _environment(device),
+                        # as a run's summary has it: one process's step, no accumulation
+                        "batch": {"per_device": batch, "accum_steps": 1, "world_size": 1, "global": batch}}
 
         self.progress("counting FLOPs")
         flops = {r: step_flops(self.model_cfg, r, batch) for r in ratios}
