@@ -233,3 +233,22 @@ def test_fsdp_training_checkpoints_whole_and_resumes_exactly(small_dataset, tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = load_file(str(resolve_checkpoint(resumed) / "model.safetensors"))
     assert all(torch.equal(weights[k], rerun[k]) for k in weights)
+
+
+def test_fsdp_with_one_process_trains_unsharded_with_a_note(small_dataset, tmp_path):
+    from flip.train.config import TrainConfig
+    from flip.train.reporting import Reporter
+    from flip.train.trainer import train
+
+    class Notes(Reporter):
+        def __init__(self):
+            self.lines = []
+
+        def message(self, text):
+            self.lines.append(text)
+
+    notes = Notes()
+    summary = train(TrainConfig(data=str(small_dataset / "train"), batch_size=8, samples=8, workers=0, fsdp=True,
+                                periodic_eval=False, shuffle_buffer=20, out=str(tmp_path / "run")), reporter=notes)
+    assert summary["steps"] == 1 and summary["fsdp"] is False
+    assert any("--fsdp" in line and "one process" in line for line in notes.lines)
