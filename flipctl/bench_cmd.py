@@ -23,7 +23,6 @@ from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import user_errors
 
 console = make_console()
-LOADER_BESIDE_STEPS = "-"  # what a bare --data stands for: the loader timed beside the steps, as before
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
@@ -66,11 +65,13 @@ def bench_command(
     warmup: int = typer.Option(2, help="untimed steps per configuration first."),
     compare: Optional[str] = typer.Option(None, help="open_clip: also time open_clip's model of the same network with patch_dropout, interleaved with ours."),
     split: bool = typer.Option(True, "--split/--no-split", help="time image tower, text tower, loss and optimizer separately."),
-    data: Optional[str] = typer.Option(
-        None, "--data", is_flag=False, flag_value=LOADER_BESIDE_STEPS, metavar="[SHARDS|synthetic-jpeg:SIZE]",
-        help="alone: also time the data loader (decode, augment, tokenise) beside the steps. With shards, or "
-             "synthetic-jpeg:384 (generated 384 px JPEG q90 shards): time the decode paths side by side instead "
-             "(legacy PIL, worker, device; per core, the cores per accelerator each needs at each mask ratio)."),
+    data: bool = typer.Option(False, "--data", help="also time the data loader alone (decode, augment, tokenise); "
+                                                    "with SHARDS or synthetic-jpeg:SIZE, the decode paths instead."),
+    data_spec: Optional[str] = typer.Argument(
+        None, metavar="[SHARDS|synthetic-jpeg:SIZE]", show_default=False,
+        help="with --data: time the decode paths side by side instead of the steps (legacy PIL, worker, device; "
+             "per core, and the cores per accelerator each needs at each mask ratio), on these shards or on "
+             "generated ones (synthetic-jpeg:384: 384 px JPEG q90, img2dataset's layout)."),
     decode: str = typer.Option(",".join(DECODE_MODES), help="decode paths for --data SHARDS, comma-separated: "
                                                              "legacy, worker, device."),
     mfu: float = typer.Option(DEFAULT_MFU, help="for --data SHARDS: the MFU at which the step's sample rate is "
@@ -88,10 +89,11 @@ def bench_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (every figure) to this JSON file."),
 ) -> None:
     """Time training steps per mask ratio: throughput, FLOPs, ideal vs measured speed-up, memory, time split."""
-    if data is not None and data != LOADER_BESIDE_STEPS:
-        return _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu, host_cores,
+    if data_spec is not None:
+        if not data:
+            raise ConfigError(f"{data_spec!r}: a data spec is timed with --data (flipctl bench --data {data_spec})")
+        return _data_paths(ctx, data_spec, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu, host_cores,
                            device, seed, json_out)
-    data = data is not None  # a bare --data: the loader beside the steps
     cfg = make_config(model, batch_size, mask_ratios, device, precision, compile, compile_backend, steps, warmup,
                       compare, split, data, data_path, workers, max_batch, memory_limit, peak_tflops, seed,
                       ablations, variants)
@@ -137,7 +139,9 @@ def _command_line(ctx: typer.Context) -> str:
         if source is None or source.name != "COMMANDLINE":
             continue
         value = ctx.params[param.name]
-        if getattr(param, "is_flag", False):
+        if param.param_type_name == "argument":
+            words.append(str(value))
+        elif getattr(param, "is_flag", False):
             words.append(param.opts[0] if value else param.secondary_opts[0])
         else:
             words += [param.opts[0], str(value)]

@@ -232,3 +232,12 @@ def test_plain_caption_fast_path_cleans_exactly_as_open_clip():
     for text in ["A Photo of  a DOG\r\n at night", "x\ty", "tom &amp; jerry", "a\x0bb", "\x1b[31mred", "café",
                  "", "  spaces  ", "it\u2019s", "<b>bold</b> &lt;3"]:
         assert _clean(bpe, text) == bpe.clean_fn(text), text
+
+
+def test_runs_saved_before_decode_existed_resume_on_the_pil_path():
+    from flip.train.trainer import resumed_config
+
+    saved = TrainConfig(out="runs/old").to_dict()
+    del saved["decode"]
+    assert resumed_config("runs/old", saved, {}).decode == "legacy"
+    assert resumed_config("runs/new", TrainConfig(out="runs/new").to_dict(), {}).decode == "worker"

@@ -127,6 +127,8 @@ def resumed_config(run_dir: str | Path, saved: dict[str, Any], settings: dict[st
     """The saved config of the run being resumed, with `settings` (what a requeued command line gives)
     checked against it: equal values are accepted, the settings that may change on resume (knobs with
     resume=True: logging, checkpointing, fault policy) are applied, any other difference is refused."""
+    # Runs saved before --decode existed were cropped by the PIL path: they resume on it, as they began.
+    saved = {"decode": "legacy", **saved}
     saved_cfg = TrainConfig.from_dict(saved)
     given = TrainConfig.from_dict({**saved, **settings})  # normalised as a fresh run's settings are
     changeable = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resume"]}
