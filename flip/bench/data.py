@@ -173,6 +173,10 @@ class DataBenchConfig:
                                  ("host_cores", self.host_cores, 1)):
             if value < low:
                 raise ConfigError(f"must be at least {low}, got {value}", key=name)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"must be one of auto, cpu, cuda, got {self.device!r}", key="device")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available here; use --device cpu")
         if not 0 < self.mfu <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.mfu}", key="mfu")
         if self.peak_tflops is not None and not self.peak_tflops > 0:
