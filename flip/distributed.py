@@ -63,12 +63,17 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
+def check_device_name(name: str) -> None:
+    """Refuse a device name other than `auto`, `cpu`, `cuda` or `cuda:N` (without looking for the device)."""
+    if name not in ("auto", "cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ConfigError(f"must be auto, cpu, cuda or cuda:N, got {name!r}", key="device")
+
+
 def resolve_device(name: str, info: DistInfo = DistInfo()) -> torch.device:
     """`auto`, `cpu`, `cuda` or `cuda:N` -> a device; under torchrun `cuda` means this rank's GPU."""
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"must be auto, cpu or cuda, got {name!r}", key="device")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
     if name == "cuda":

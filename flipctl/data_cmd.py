@@ -31,6 +31,12 @@ def ensure_builtin_with_progress(cfg: SynthConfig = SynthConfig()) -> Path:
     return out
 
 
+def _check_folder(out: Path) -> None:
+    """Refuse an output folder that is a file before generating anything."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a folder to write the dataset to")
+
+
 @app.command("synth")
 @user_errors
 def synth(
@@ -52,6 +58,9 @@ def synth(
             raise ConfigError(f"must be at least 1, got {value}", key=name)
     if image_size < 16:
         raise ConfigError(f"must be at least 16, got {image_size}", key="image_size")
+    if workers < 0:
+        raise ConfigError(f"must be at least 0, got {workers}", key="workers")
+    _check_folder(out)
     cfg = SynthConfig(seed=seed, train_samples=train_samples, shard_size=shard_size, image_size=image_size,
                       zeroshot_per_class=zeroshot_per_class, retrieval_images=retrieval_images,
                       captions_per_image=captions_per_image, workers=max(1, workers))
@@ -79,6 +88,7 @@ def jpeg_shards(
             raise ConfigError(f"must be at least {low}, got {value}", key=name)
     if quality > 100:
         raise ConfigError(f"must be at most 100, got {quality}", key="quality")
+    _check_folder(out)
     paths = write_jpeg_shards(out, JpegShardConfig(image_size=image_size, quality=quality, samples=samples,
                                                    shard_size=shard_size, seed=seed))
     Console().print_json(data={"out": str(out), "shards": len(paths), "samples": samples, "image_size": image_size})

@@ -17,11 +17,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from flip.errors import ConfigError
 from flip.eval.api import evaluate_checkpoint
 from flip.eval.features import Masking, Runtime
 from flip.eval.linear_probe import ProbeConfig
 from flipctl.console import make_console
-from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import user_errors
 
 app = typer.Typer(help="Evaluate a checkpoint: zero-shot classification, retrieval, linear probe.",
@@ -81,7 +81,7 @@ def _evaluate(ckpt: str, task: str, title: str, json_out: Optional[Path], **kwar
 
 
 def _runtime(device: str, batch_size: int, precision: str, workers: int) -> Runtime:
-    return Runtime(device, batch_size, precision, max(0, workers))
+    return Runtime(device, batch_size, precision, workers)
 
 
 @app.command("zeroshot")
@@ -105,8 +105,6 @@ def zeroshot(
     """Zero-shot classification: top-1, top-5, mean per-class recall (CLIP_benchmark's protocol)."""
     masking = Masking(mask_ratio, views, seed)
     runtime = _runtime(device, batch_size, precision, workers)
-    if data is None:
-        ensure_builtin_with_progress()
     _evaluate(ckpt, "zeroshot", f"zero-shot, {masking.mode}", json_out, data=data, masking=masking,
               runtime=runtime, templates=templates, classnames=classnames, split=split, compile=compile)
 
@@ -129,8 +127,6 @@ def retrieval(
     """Image-text retrieval: R@1/5/10 image->text and text->image (CLIP_benchmark's protocol)."""
     masking = Masking(mask_ratio, views, seed)
     runtime = _runtime(device, batch_size, precision, workers)
-    if data is None:
-        ensure_builtin_with_progress()
     _evaluate(ckpt, "retrieval", f"retrieval, {masking.mode}", json_out, data=data, masking=masking,
               runtime=runtime, images_root=images_root, split=split, compile=compile)
 
@@ -151,6 +147,9 @@ def linear_probe(
     json_out: Optional[Path] = JSON_OUT, compile: bool = COMPILE,
 ) -> None:
     """Linear probe: logistic regression on frozen image features, L2 strength chosen on a validation split."""
-    _evaluate(ckpt, "linear-probe", "linear probe (test split)", json_out, data=data,
-              runtime=_runtime(device, batch_size, precision, workers), probe=ProbeConfig(max_iter=max_iter),
+    runtime, probe = _runtime(device, batch_size, precision, workers), ProbeConfig(max_iter=max_iter)
+    for key, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < fraction < 1:
+            raise ConfigError(f"must be in (0, 1), got {fraction}", key=key)
+    _evaluate(ckpt, "linear-probe", "linear probe (test split)", json_out, data=data, runtime=runtime, probe=probe,
               val_fraction=val_fraction, test_fraction=test_fraction, probe_seed=seed, compile=compile)

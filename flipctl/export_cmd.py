@@ -10,7 +10,7 @@ from rich.syntax import Syntax
 
 from flip.checkpoint import load_model, resolve_checkpoint
 from flip.errors import ConfigError
-from flip.export.open_clip import export_open_clip
+from flip.export.open_clip import check_name, export_open_clip
 from flipctl.errors import user_errors
 
 console = Console()
@@ -28,6 +28,8 @@ def export_command(
     """Export a checkpoint so that open_clip (and CLIP_benchmark) build the same model."""
     if format not in FORMATS:
         raise ConfigError(f"must be one of {', '.join(FORMATS)}, got {format!r}", key="format")
+    if name is not None:
+        check_name(name)
     ckpt_dir = resolve_checkpoint(ckpt)
     model, _ = load_model(ckpt_dir, "cpu")
     export = export_open_clip(model, out, name=name, weights_format=weights, source=str(ckpt_dir.resolve()))

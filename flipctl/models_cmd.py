@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
+from flip.errors import ConfigError
 from flip.flops import forward_flops, parameter_count
 from flip.models import PRESETS
 from flipctl.console import make_console
@@ -18,6 +20,10 @@ MASKS = (0.0, 0.5, 0.75)
 @user_errors
 def models_command(json_out: Optional[str] = typer.Option(None, "--json", help="also write the table as JSON")) -> None:
     """List model presets: sizes, parameters, forward GFLOPs per sample at mask 0/50/75%."""
+    if json_out and Path(json_out).is_dir():  # checked before the FLOPs are counted
+        raise ConfigError(f"{json_out} is a directory", key="json")
+    if json_out and not Path(json_out).parent.is_dir():
+        raise ConfigError(f"{json_out} cannot be written: no folder {Path(json_out).parent}", key="json")
     rows = []
     for name, cfg in PRESETS.items():
         params = parameter_count(cfg)
@@ -40,6 +46,5 @@ def models_command(json_out: Optional[str] = typer.Option(None, "--json", help="
     make_console().print(table)
     if json_out:
         import json
-        from pathlib import Path
 
         Path(json_out).write_text(json.dumps(rows, indent=2))

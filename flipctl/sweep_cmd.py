@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flip.distributed import resolve_device
-from flip.errors import ConfigError
+from flip.errors import ConfigError, DataError
 from flip.launch import SlurmSweepRuns
 from flip.sweep import estimate, execute, memory, plan, report
 from flip.sweep.spec import SpecError, default_preset, load_spec, shipped_specs, with_data
@@ -108,6 +108,20 @@ def _print_plan(jobs, store: RunStore, device, est: dict, warnings: list[str]) -
         console.print(f"[yellow]warning:[/yellow] {line}")
 
 
+def _check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
+    """Read the evaluation sets given as flags as the runs' evaluations will (their lists of images and
+    captions, no image decoded): a wrong path or format fails now, also in a dry run, not after training."""
+    from flip.eval.datasets import load_classification, load_retrieval
+
+    for key, path, load in (("eval_data", eval_data, load_retrieval), ("eval_zeroshot", eval_zeroshot,
+                                                                        load_classification)):
+        if path is not None:
+            try:
+                load(path)
+            except DataError as exc:
+                raise ConfigError(f"cannot be used: {exc}", key=key) from None
+
+
 @user_errors
 @with_launch_flags(torchrun=False)
 def sweep_command(
@@ -151,6 +165,7 @@ def sweep_command(
         raise SpecError("with --data, give the evaluation sets too: --eval-zeroshot (class folders) and --eval-data "
                         "(retrieval), since the built-in ones say nothing about your data")
     spec = with_data(spec, **overrides)
+    _check_eval_sets(eval_data, eval_zeroshot)
     run_store = RunStore(store)
     out = out or Path("runs/sweeps") / f"{spec.name}-{spec.preset or 'custom'}"
     device = resolve_device(spec.base.get("device", "auto"))

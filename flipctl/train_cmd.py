@@ -130,9 +130,14 @@ def train_command(
 
     def start(stop):
         cfg = resolve(TrainConfig.from_dict(values))
+        # Everything that can be checked here is, before the built-in data is generated (a minute).
+        needs_shared_out(launch, "out" in values)
+        if launch.launcher == "slurm":
+            launch.slurm()  # --time & co.
+        if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+            raise ConfigError(f"{cfg.out} is a file, not a run directory", key="out")
         if values.get("data") is None:
             ensure_builtin_with_progress()
-        needs_shared_out(launch, "out" in values)
         console.print(f"run directory: [bold]{cfg.out}[/bold]")
         return run_job(TrainJob(cfg.to_dict(), reporter=RichReporter), launch,
                        lambda: train(cfg, reporter=RichReporter(), stop=stop), echo=console.print)

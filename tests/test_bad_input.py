@@ -60,6 +60,7 @@ def files(tmp_path_factory):
         "spec-bad.toml": "[[rows]\n",
         "spec-unknown.toml": 'name = "x"\nsurprise = 1\n',
         "spec-empty.toml": "",
+        "spec-no-name.toml": '[sweep]\ntitle = "x"\n',
         "no-keys.json": '{"annotations": []}',
         "no-image.json": '[{"caption": "a dog"}]',
         "not-json.json": "{",
@@ -99,11 +100,12 @@ CASES = [
     ("train --text-mask half", "--text-mask"), ("train --text-mask-ratio 1", "--text-mask-ratio"),
     ("train --recon-weight -1", "--recon-weight"), ("train --decoder-depth 0", "--decoder-depth"),
     ("train --decoder-width 130 --recon-weight 1", "decoder"), ("train --report-to wandb", "report"),
-    ("train --model Z/99", "model"), ("train --out", USAGE),
+    ("train --model Z/99", "model"), ("train --out", USAGE), ("train --device tpu", "--device"),
+    ("train --device cuda:x", "--device"), ("train --out {file}", "{file}"),
     ("train --seed x", USAGE), ("train --nproc 0", "nproc"), ("train --launcher mars", "launcher"),
     ("train --launcher slurm --time soon", "time"), ("train --nnodes 2 --node-rank 5", "node-rank"),
     # train: files
-    ("train --data {missing}", "not found"), ("train --data {file} --samples 512", "no readable samples"), ("train --data {dir}", "{dir}"),
+    ("train --data {missing}", "not found"), ("train --data {file} --samples 512 --workers 0", "{file}"), ("train --data {dir}", "{dir}"),
     ("train --data ''", "empty"), ("train --eval-data {missing}.csv", "not found"),
     ("train --eval-data {no-columns.csv}", "columns"), ("train --eval-zeroshot {missing}", "not found"),
     ("train --eval-templates {templates-no-placeholder.txt}", "placeholder"),
@@ -134,7 +136,8 @@ CASES = [
     # data
     ("data synth", USAGE), ("data synth {dir} --train-samples 0", "samples"),
     ("data synth {dir} --shard-size 0", "shard"), ("data synth {dir} --image-size 3", "image"),
-    ("data synth {dir} --captions-per-image 0", "captions"),
+    ("data synth {dir} --captions-per-image 0", "captions"), ("data synth {file}", "{file}"),
+    ("data synth {dir} --workers -1", "--workers"), ("data jpeg-shards {file}", "{file}"),
     # eval zeroshot
     ("eval zeroshot", USAGE), (f"eval zeroshot {E} {{missing}}", "{missing}"), (f"eval zeroshot {E} {{half}}", "model.safetensors missing"),
     (f"eval zeroshot {E} {{truncated}}", "model.safetensors"), (f"eval zeroshot {E} {{other}}", "{other}"),
@@ -150,6 +153,7 @@ CASES = [
     (f"eval zeroshot {E} {{good}} --mask-ratio 1.5", "mask ratio"), (f"eval zeroshot {E} {{good}} --views 0", "views"),
     (f"eval zeroshot {E} {{good}} --views 1000", "views"), (f"eval zeroshot {E} {{good}} --batch-size 0", "batch size"),
     (f"eval zeroshot {E} {{good}} --precision fp8", "precision"), (f"eval zeroshot {E} {{good}} --device tpu", "device"),
+    (f"eval zeroshot {E} {{good}} --workers -1", "--workers"),
     (f"eval zeroshot {E} {{good}} --seed x", USAGE),
     (f"eval zeroshot {E} {{good}} --split nope --data {{dir}}", "{dir}"),
     (f"eval zeroshot {E} {{good}} --json {{dir}} --data {{missing}}", "{missing}"),
@@ -163,22 +167,33 @@ CASES = [
     (f"eval retrieval {E} {{good}} --data {{dir.csv}}", "dir.csv"),
     (f"eval retrieval {E} {{good}} --data {{dir}}", "{dir}"), (f"eval retrieval {E} {{good}} --data {{file}}", "{file}"),
     (f"eval retrieval {E} {{half}}", "model.safetensors missing"), (f"eval retrieval {E} {{other}}", "{other}"),
-    (f"eval retrieval {E} {{good}} --views -1", "views"),
+    (f"eval retrieval {E} {{good}} --views -1", "views"), (f"eval retrieval {E} {{good}} --workers -1", "--workers"),
+    (f"eval retrieval {E} {{good}} --batch-size 0", "batch size"), (f"eval retrieval {E} {{missing}} --device tpu", "device"),
     # eval linear-probe
     (f"eval linear-probe {E} {{good}}", USAGE), (f"eval linear-probe {E} {{good}} --data {{missing}}", "{missing}"),
     (f"eval linear-probe {E} {{good}} --data {{dir}}", "{dir}"),
     (f"eval linear-probe {E} {{good}} --data {{dir}} --val-fraction 2", "fraction"),
     (f"eval linear-probe {E} {{half}} --data {{dir}}", "model.safetensors missing"),
+    (f"eval linear-probe {E} {{good}} --data {{dir}} --max-iter 0", "--max-iter"),
+    (f"eval linear-probe {E} {{good}} --data {{dir}} --test-fraction 0", "--test-fraction"),
+    (f"eval linear-probe {E} {{good}} --data {{dir}} --workers -1", "--workers"),
+    (f"eval linear-probe {E} {{good}} --data {{dir}} --batch-size 0", "batch size"),
+    (f"eval linear-probe {E} {{good}} --data {{dir}} --device tpu", "device"),
     # export
     ("export {dir}/out", USAGE), (f"export {{dir}}/out {E} {{missing}}", "{missing}"),
     (f"export {{dir}}/out {E} {{half}}", "model.safetensors missing"), (f"export {{dir}}/out {E} {{truncated}}", "model.safetensors"),
     (f"export {{dir}}/out {E} {{other}}", "{other}"), (f"export {{dir}}/out {E} {{good}} --format onnx", "--format"),
     (f"export {{dir}}/out {E} {{good}} --weights pt", "weights format"), (f"export {{file}} {E} {{good}}", "{file}"),
-    (f"export {{dir}}/out {E} {{good}} --name 'a b/c'", "a b/c"),
+    (f"export {{dir}}/out {E} {{good}} --name 'a b/c'", "a b/c"), (f"export {{dir}}/out {E} {{good}} --name a/b", "--name"),
+    (f"export {{dir}}/out {E} {{missing}} --name ..", "--name"),
     # sweep, report
     ("sweep", "sweep"), ("sweep nosuchsweep", "nosuchsweep"), ("sweep {missing}.toml", "not found"),
     ("sweep {spec-bad.toml}", "TOML"), ("sweep {spec-unknown.toml}", "surprise"),
-    ("sweep {dir}", "{dir}"), ("sweep mask-ratio --preset huge --dry-run", "unknown preset"),
+    ("sweep {dir}", "{dir}"), ("sweep {spec-empty.toml}", "[sweep]"), ("sweep {spec-no-name.toml}", "name"),
+    ("sweep mask-ratio --preset huge --dry-run", "unknown preset"),
+    ("sweep mask-ratio --preset smoke --dry-run --eval-data {no-columns.csv}", "--eval-data"),
+    ("sweep mask-ratio --preset smoke --dry-run --eval-data {missing}.csv", "not found"),
+    ("sweep mask-ratio --preset smoke --eval-zeroshot {file} --store {dir}/store", "--eval-zeroshot"),
     ("sweep mask-ratio --seeds 0 --dry-run", "--seeds"), ("sweep mask-ratio --jobs 0 --dry-run", "--jobs"),
     ("sweep mask-ratio --seeds x", USAGE), ("sweep mask-ratio --max-parallel 0 --dry-run", "--max-parallel"),
     ("sweep mask-ratio --data {missing} --dry-run", "--eval-zeroshot"),
@@ -213,6 +228,24 @@ def test_bad_input_is_one_line_and_exit_code_2(line, needle, files, tmp_path, mo
     errors = [line for line in lines if line.startswith("error: ")]
     assert len(errors) == 1 and lines[-1] == errors[0] and len(lines) <= 2, output
     assert _placeholders(needle).format(**values).lower() in errors[0].lower(), output
+
+
+# Bad input that is refused before any data is generated (the built-in set takes a minute).
+BEFORE_DATA = ["train --device tpu", "train --out {file}", "train --launcher slurm --time soon", "data synth {file}",
+               "data jpeg-shards {file}", f"eval zeroshot {E} {{missing}}", f"eval zeroshot {E} {{good}} --device tpu",
+               f"eval retrieval {E} {{good}} --workers -1"]
+
+
+@pytest.mark.parametrize("line", BEFORE_DATA)
+def test_bad_input_is_refused_before_data_is_generated(line, files, tmp_path, monkeypatch):
+    def generate(*args, **kwargs):
+        raise AssertionError("generated data before refusing the bad input")
+
+    monkeypatch.setenv("FLIP_CACHE", str(tmp_path / "cache"))  # no built-in set to reuse
+    monkeypatch.setattr("flip.data.builtin.write_builtin_dataset", generate)
+    monkeypatch.setattr("flipctl.data_cmd.write_builtin_dataset", generate)
+    monkeypatch.setattr("flip.data.synth_jpeg.write_jpeg_shards", generate)
+    test_bad_input_is_one_line_and_exit_code_2(line, "", files, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("args, needle", [

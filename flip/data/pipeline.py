@@ -262,8 +262,10 @@ class ShardStream(IterableDataset):
                     yield self._batch_images(images), tokens, meta
                     images, captions, keys = [], [], []
             if read == 0 and offset == 0:
-                raise DataError(f"no readable samples in the shards of data slot {slot} "
-                                   f"({errors.total()} errors); check the --data shards")
+                shards = self._epoch_shards(epoch, slot, num_slots)[0]
+                named = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+                raise DataError(f"no readable samples in {named} (the shards of data slot {slot}, "
+                                f"{errors.total()} errors); check the --data shards")
             epoch, offset = epoch + 1, 0
 
 

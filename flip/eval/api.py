@@ -15,6 +15,7 @@ from typing import Any, Callable
 from flip.checkpoint import load_model, resolve_checkpoint
 from flip.compile import compile_methods
 from flip.data import builtin
+from flip.data.synth import SynthConfig, is_complete, total_items
 from flip.data.tokenizer import Tokenizer
 from flip.distributed import resolve_device
 from flip.errors import ConfigError
@@ -84,7 +85,7 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
 
     if task == "zeroshot":
         if data is None:
-            data = builtin.zeroshot_dir(builtin.ensure_builtin())
+            data = builtin.zeroshot_dir(_builtin_root(progress))
         dataset = load_classification(data, split)
         if classnames is not None:
             dataset = with_classnames(dataset, resolve_classnames(classnames), f"--classnames {classnames}")
@@ -101,7 +102,7 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
                                            "templates": as_text(template_fns), "truncated_prompts": truncated}
     elif task == "retrieval":
         if data is None:
-            data = builtin.retrieval_csv(builtin.ensure_builtin())
+            data = builtin.retrieval_csv(_builtin_root(progress))
         dataset = load_retrieval(str(data), images_root, split)
         truncated = tokenizer.count_truncated(dataset.captions)
         log(f"retrieval: {len(dataset.images)} images, {len(dataset.captions)} captions from "
@@ -128,6 +129,16 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
     record["speed"] = {"images_per_s": meter.rate(IMAGES), "images": meter.items.get(IMAGES, 0),
                        "seconds": meter.seconds.get(IMAGES, 0.0)}
     return record
+
+
+def _builtin_root(progress: Progress | None) -> Path:
+    """The built-in sets, generated first (a minute, once) as a phase `progress` shows when they are missing:
+    after the settings and the checkpoint were checked."""
+    cfg = SynthConfig()
+    if progress is None or is_complete(builtin.builtin_dir(cfg), cfg):
+        return builtin.ensure_builtin(cfg)
+    progress.start("generating built-in dataset", total_items(cfg))
+    return builtin.ensure_builtin(cfg, progress=progress.advance)
 
 
 def _truncated_note(count: int, what: str, tokenizer: Tokenizer) -> str:

@@ -79,6 +79,8 @@ class Runtime:
             raise ConfigError(f"precision must be fp32 or bf16, got {self.precision!r}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be positive, got {self.batch_size}")
+        if self.workers < 0:
+            raise ConfigError(f"must be at least 0, got {self.workers}", key="workers")
 
     def autocast(self):
         # fp32 leaves an enclosing autocast alone (the trainer's quick eval runs inside its own).

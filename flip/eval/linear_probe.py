@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from flip.errors import DataError
+from flip.errors import ConfigError, DataError
 from flip.eval.datasets import ClassificationSet
 from flip.eval.features import Masking, Progress, Runtime, encode_images
 from flip.eval.metrics import classification_metrics
@@ -25,6 +25,12 @@ class ProbeConfig:
     l2_grid: tuple[float, ...] = tuple(10.0 ** e for e in range(2, -7, -1))  # strong -> weak: warm starts
     refine: bool = True  # also try half a decade either side of the best
     max_iter: int = 1000
+
+    def __post_init__(self):
+        if self.max_iter < 1:
+            raise ConfigError(f"must be at least 1, got {self.max_iter}", key="max_iter")
+        if not self.l2_grid:
+            raise ConfigError("the L2 grid is empty")
 
 
 @dataclass

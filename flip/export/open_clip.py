@@ -58,6 +58,13 @@ def model_name(cfg: ModelConfig) -> str:
     return "flip-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", base)
 
 
+def check_name(name: str) -> None:
+    """An export name is the stem of `<name>.json`, which open_clip takes as the model's name: one file name
+    of letters, digits, `.`, `_` and `-` (what `model_name` makes of a preset)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"must be a file name of letters, digits, '.', '_' and '-', got {name!r}", key="name")
+
+
 def open_clip_config(cfg: ModelConfig) -> dict:
     """The open_clip model config (`embed_dim`, `vision_cfg`, `text_cfg`) of a flipctl model."""
     v, t = cfg.vision, cfg.text
@@ -145,6 +152,7 @@ def export_open_clip(model: FLIP, out_dir: str | Path, name: str | None = None, 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = name or model_name(model.cfg)
+    check_name(name)
     config = open_clip_config(model.cfg)
     config_path = out_dir / f"{name}.json"
     config_path.write_text(json.dumps(config, indent=2) + "\n")

@@ -4,7 +4,8 @@ A spec names the paper table it mirrors, a base config, the rows (an explicit li
 axes, or both crossed), seeds, what to evaluate, optional unmasked tuning of every run, optional
 memory-matched batches (Table 1a), the report's columns and plots, and presets (`smoke`, `tiny`,
 `paper`) that are deep-merged over the spec. Everything is checked when the spec is loaded, so a
-bad spec fails before anything trains:
+bad spec fails before anything trains. The least spec is a [sweep] table with a name: one run
+of the base config (TrainConfig's defaults) per seed.
 
     [sweep]                      name, title, paper, description, baseline (a row label), seeds
     [base]                       TrainConfig fields shared by every run
@@ -305,7 +306,13 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
     elif presets:
         raise SpecError(f"{where}: choose a preset with --preset ({', '.join(presets)})")
 
-    sweep = _keys(raw.get("sweep", {}), SWEEP_KEYS, f"{where}: [sweep]")
+    if "sweep" not in raw:  # an empty file, or a TrainConfig TOML given as a spec
+        raise SpecError(f"{where}: no [sweep] table; a spec needs at least [sweep] with a name "
+                        f"(see the shipped ones in {SPEC_DIR})")
+    sweep = _keys(raw["sweep"], SWEEP_KEYS, f"{where}: [sweep]")
+    name = _typed(sweep.get("name", ""), str, f"{where}: sweep.name")
+    if not name.strip():
+        raise SpecError(f"{where}: [sweep] needs a name")
     seeds = _typed(sweep.get("seeds", 1), int, f"{where}: sweep.seeds")
     if seeds < 1:
         raise SpecError(f"{where}: sweep.seeds must be >= 1")
@@ -358,7 +365,7 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
         plots.append(Plot(**{k: v for k, v in p.items() if k != "paper"}))
 
     spec = SweepSpec(
-        name=_typed(sweep.get("name", path.stem), str, f"{where}: sweep.name"),
+        name=name,
         title=sweep.get("title", path.stem), paper=sweep.get("paper", ""),
         description=sweep.get("description", "").strip(), source=path, preset=preset, base=base, rows=rows,
         seeds=seeds, baseline=baseline, evals=evals, memory_match=memory, tuning=tuning, columns=columns,

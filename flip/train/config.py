@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
 from flip.data.decode import DECODE_MODES
+from flip.distributed import check_device_name
 from flip.masking import MASK_STRATEGIES, TEXT_MASKS, grid_strides
 from flip.models.config import get_preset
 
@@ -187,6 +188,7 @@ class TrainConfig:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             _check_knob(f, hints[f.name], getattr(self, f.name))
+        check_device_name(self.device)
         try:
             preset = get_preset(self.model)
         except KeyError as exc:
