@@ -136,7 +136,7 @@ def test_quick_eval_limit_keeps_whole_images(small_dataset):
 # -- the JSON record, and the library call that makes it ---------------------------------------------
 RECORD_KEYS = {"task", "checkpoint", "model", "train_mask_ratio", "train_samples", "settings", "data", "metrics",
                "speed"}
-SETTINGS_KEYS = {"device", "batch_size", "precision", "workers", "masking"}
+SETTINGS_KEYS = {"device", "batch_size", "precision", "workers", "masking", "compile"}
 MASKING_KEYS = {"mask_ratio", "views", "seed", "mode", "patches", "kept_per_view"}
 SPEED_KEYS = {"images_per_s", "images", "seconds"}
 TASK_KEYS = {

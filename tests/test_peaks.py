@@ -53,12 +53,18 @@ def test_override_wins_and_the_choice_names_its_source():
     assert line.startswith("MFU against 989.5 TFLOP/s dense bf16 (H200 SXM: NVIDIA H200 Tensor Core GPU datasheet")
 
 
-def test_fp32_steps_are_measured_against_tf32_only_where_torch_uses_it(monkeypatch):
+def test_fp32_steps_are_measured_against_tf32_only_where_torch_uses_it():
     assert matmul_dtype("bf16") == "bf16"
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert matmul_dtype("fp32") == "fp32"
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert matmul_dtype("fp32") == "tf32"
+    # Set and restore by hand: `allow_tf32` is a property of torch's cuBLAS module object, which
+    # newer pytest's monkeypatch cannot restore (it sees no attribute and tries to delete one).
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert matmul_dtype("fp32") == "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert matmul_dtype("fp32") == "tf32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_variants_planned_for_a_cuda_device():

@@ -108,9 +108,9 @@ class BenchConfig:
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ConfigError(f"must be positive, got {self.peak_tflops}", key="peak_tflops")
         if self.compile_backend is not None:
-            import torch._dynamo
+            from torch import _dynamo  # not `import torch._dynamo`: that makes `torch` local to this method
 
-            known = torch._dynamo.list_backends(exclude_tags=())
+            known = _dynamo.list_backends(exclude_tags=())
             if self.compile_backend not in known:  # else torch.compile fails deep inside the first step
                 raise ConfigError(f"must be a torch.compile backend (e.g. inductor, aot_eager, eager), got "
                                   f"{self.compile_backend!r}", key="compile_backend")
