@@ -106,12 +106,7 @@ def bench_command(
     status_console = Console(stderr=True)
     with status_console.status("bench") as status:
         report = run_bench(cfg, progress=lambda message: status.update(f"bench: {message}"))
-    report["command"] = _command_line(ctx)
-    render(report, console)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report, indent=2) + "\n")
-        console.print(f"report written to [bold]{json_out}[/bold]")
+    _finish(ctx, report, render, json_out)
 
 
 def _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu, host_cores, device,
@@ -123,8 +118,13 @@ def _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak
                           host_cores=host_cores, device=device, seed=seed).validate()
     with Console(stderr=True).status("bench --data") as status:
         report = run_data_bench(cfg, progress=lambda message: status.update(f"bench --data: {message}"))
+    _finish(ctx, report, render_data_paths, json_out)
+
+
+def _finish(ctx: typer.Context, report: dict, render_report, json_out: Optional[Path]) -> None:
+    """Stamp the report with its command line, print it, and write it as JSON when asked."""
     report["command"] = _command_line(ctx)
-    render_data_paths(report, console)
+    render_report(report, console)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2) + "\n")

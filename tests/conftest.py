@@ -25,3 +25,16 @@ def small_dataset(tmp_path_factory):
                       captions_per_image=3, workers=1)
     write_builtin_dataset(root, cfg)
     return root
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A checkpoint of a randomly initialised tiny model (weights only; the eval commands' input)."""
+    from flip.models import FLIP, get_preset
+    from flip.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    model = FLIP(get_preset("tiny"))
+    run = tmp_path_factory.mktemp("run")
+    save_checkpoint(run, 5, model, {"model": model.cfg.to_dict(), "train": {"mask_ratio": 0.5}}, None)
+    return run

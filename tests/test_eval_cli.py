@@ -18,8 +18,6 @@ from flip.eval.features import Runtime
 from flip.eval.retrieval import evaluate_retrieval, load_csv_retrieval_set
 from flip.eval.templates import resolve_templates
 from flip.eval.zeroshot import evaluate_zeroshot
-from flip.models import FLIP, get_preset
-from flip.train.checkpoint import save_checkpoint
 from flipctl.main import app
 
 runner = CliRunner()
@@ -28,15 +26,6 @@ runner = CliRunner()
 def _run(*args):
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.output
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    model = FLIP(get_preset("tiny"))
-    run = tmp_path_factory.mktemp("run")
-    save_checkpoint(run, 5, model, {"model": model.cfg.to_dict(), "train": {"mask_ratio": 0.5}}, None)
-    return run
 
 
 def _tar(path: Path, samples: list[dict[str, bytes]]) -> None:

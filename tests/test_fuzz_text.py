@@ -247,18 +247,6 @@ def test_training_counts_cut_captions_across_a_resume(small_dataset, tmp_path):
     assert json.loads((run / "summary.json").read_text())["truncated_captions"] == 32
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    from flip.models import FLIP, get_preset
-    from flip.train.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    model = FLIP(get_preset("tiny"))
-    run = tmp_path_factory.mktemp("run")
-    save_checkpoint(run, 5, model, {"model": model.cfg.to_dict(), "train": {"mask_ratio": 0.5}}, None)
-    return run
-
-
 def test_evaluation_records_count_cut_captions_and_prompts(small_dataset, ckpt, tmp_path):
     from flip.eval import evaluate_checkpoint
 
