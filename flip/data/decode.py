@@ -2,10 +2,9 @@
 
 Three ways, chosen by `StreamConfig.decode`:
 
-- `worker` (default): the leanest CPU path. JPEGs are decoded with torchvision.io's libjpeg-turbo
-  decoder, cropped (a view) and resized in uint8 (antialiased bilinear, torch's uint8 kernel); when
-  the crop is at least twice the output size in both directions, the JPEG is instead decoded at
-  1/2, 1/4 or 1/8 scale in the DCT domain (PIL's `draft`), which skips most of the decode work, then
+- `worker` (default): the leanest CPU path. JPEGs are decoded by libjpeg-turbo (simplejpeg's binding),
+  cropped (a view) and resized in uint8 (antialiased bilinear, torch's uint8 kernel); when the crop
+  is at least twice the output size in both directions, the JPEG is instead decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL's `draft`), which skips most of the decode work, then
   cropped and resized by PIL in uint8. PNG and WebP go through PIL. The result stays uint8: float
   conversion and normalisation happen on the device (`flip.train.input_stage`).
 - `device`: JPEGs are not decoded here at all (only their header is checked, `jpeg_header`); the
@@ -19,11 +18,12 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import simplejpeg
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import get_worker_info
 from torchvision import transforms as T
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from flip.data.augment import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig, CropBox
 
@@ -41,11 +41,6 @@ class Undecodable(Exception):
 
 def is_jpeg(data: bytes) -> bool:
     return data[:3] == JPEG_MAGIC
-
-
-def as_tensor(data: bytes) -> torch.Tensor:
-    # A copy (microseconds): torch warns about, and may not be handed, a view of read-only bytes.
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int, int] | None:
@@ -84,6 +79,13 @@ def jpeg_header(data: bytes) -> tuple[int, int] | None:
     if not data.rstrip(b"\x00").endswith(JPEG_EOI):
         raise Undecodable("truncated JPEG (no end-of-image marker)")
     return size[:2] if size[2] in DEVICE_JPEG_COMPONENTS else None
+
+
+def decode_jpeg_rgb(data: bytes) -> torch.Tensor:
+    """A JPEG -> (3, H, W) uint8 RGB in channels-last memory, by simplejpeg's libjpeg-turbo binding: the
+    same pixels as torchvision.io's decoder (same library and settings) at ~10% less time, since it
+    reads the bytes in place and skips torch's operator dispatch."""
+    return torch.from_numpy(simplejpeg.decode_jpeg(data, colorspace="RGB")).permute(2, 0, 1)
 
 
 def draft_factor(box: CropBox, size: int) -> int:
@@ -127,7 +129,7 @@ def decode_crop(data: bytes, box_for, size: int) -> torch.Tensor:
             box = box_for(height, width)
             factor = draft_factor(box, size)
             if factor == 1:  # the common case: libjpeg-turbo at full size, then uint8 crop + resize
-                return resize_crop(decode_jpeg(as_tensor(data), mode=ImageReadMode.RGB), box, size)
+                return resize_crop(decode_jpeg_rgb(data), box, size)
             image = Image.open(io.BytesIO(data))
             # DCT-domain downscale: libjpeg decodes only the coarse coefficients
             image.draft("RGB", (width // factor, height // factor))
@@ -142,9 +144,15 @@ def decode_crop(data: bytes, box_for, size: int) -> torch.Tensor:
 def stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
     """(3, S, S) uint8 images -> an (n, 3, S, S) batch in channels-last memory: the layout the decoders and
     the resize produce, so each sample is one plain copy (an NCHW stack would transpose every pixel; the
-    input stage makes the normalised batch contiguous on the device)."""
-    batch = torch.empty((len(images), *images[0].shape), dtype=torch.uint8).contiguous(
-        memory_format=torch.channels_last)
+    input stage makes the normalised batch contiguous on the device).
+
+    In a DataLoader worker the batch is written straight into shared memory, as torch's own collate does:
+    otherwise handing it to the main process copies it there once more (a 224 px batch of 256 is 38 MB)."""
+    shape = (len(images), *images[0].shape)
+    batch = torch.empty(shape, dtype=torch.uint8, memory_format=torch.channels_last)
+    if get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(batch.untyped_storage().nbytes())
+        batch = torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape, batch.stride())
     for slot, image in zip(batch, images):
         slot.copy_(image)
     return batch
