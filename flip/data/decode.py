@@ -4,9 +4,10 @@ Three ways, chosen by `StreamConfig.decode`:
 
 - `worker` (default): the leanest CPU path. JPEGs are decoded by libjpeg-turbo (simplejpeg's binding),
   cropped (a view) and resized in uint8 (antialiased bilinear, torch's uint8 kernel); when the crop
-  is at least twice the output size in both directions, the JPEG is instead decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL's `draft`), which skips most of the decode work, then
-  cropped and resized by PIL in uint8. PNG and WebP go through PIL. The result stays uint8: float
-  conversion and normalisation happen on the device (`flip.train.input_stage`).
+  is at least twice the output size in both directions, the JPEG is decoded at 1/2, 1/4 or 1/8 scale
+  in the DCT domain (part of the decode work skipped), then cropped and resized by PIL in uint8.
+  PNG, WebP and CMYK JPEGs go through PIL. The result stays uint8: float conversion and
+  normalisation happen on the device (`flip.train.input_stage`).
 - `device`: JPEGs are not decoded here at all (only their header is checked, `jpeg_header`); the
   input stage decodes the batch. Other formats are decoded here as in `worker`.
 - `legacy`: the original path, PIL decode + torchvision's RandomResizedCrop (bicubic) + flip +
@@ -100,12 +101,13 @@ def _from_pil(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)
 
 
-def _pil_crop_resize(image: Image.Image, box: CropBox, size: int, scale_y: float, scale_x: float) -> torch.Tensor:
-    """PIL's one-pass crop + antialiased bilinear resize in uint8 (box in source pixels, scaled)."""
-    image = image.convert("RGB")
+def _pil_crop_resize(image: Image.Image, box: CropBox, size: int, scale_y: float = 1.0, scale_x: float = 1.0
+                     ) -> torch.Tensor:
+    """PIL's one-pass crop + antialiased bilinear resize in uint8; the box is in source pixels, `scale`d
+    to the image's (a sub-pixel region: PIL resamples it exactly)."""
     region = (box.left * scale_x, box.top * scale_y, (box.left + box.width) * scale_x,
               (box.top + box.height) * scale_y)
-    out = image.resize((size, size), Image.BILINEAR, box=region)
+    out = image.convert("RGB").resize((size, size), Image.BILINEAR, box=region)
     if box.flip:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
     return _from_pil(out)
@@ -130,13 +132,14 @@ def decode_crop(data: bytes, box_for, size: int) -> torch.Tensor:
             factor = draft_factor(box, size)
             if factor == 1:  # the common case: libjpeg-turbo at full size, then uint8 crop + resize
                 return resize_crop(decode_jpeg_rgb(data), box, size)
-            image = Image.open(io.BytesIO(data))
-            # DCT-domain downscale: libjpeg decodes only the coarse coefficients
-            image.draft("RGB", (width // factor, height // factor))
-            return _pil_crop_resize(image, box, size, image.size[1] / height, image.size[0] / width)
+            # DCT-domain downscale: libjpeg-turbo skips the fine coefficients; the box follows the scale
+            image = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // factor),
+                                           min_width=-(-width // factor))
+            scaled_h, scaled_w = image.shape[:2]
+            return _pil_crop_resize(Image.fromarray(image), box, size, scaled_h / height, scaled_w / width)
         image = Image.open(io.BytesIO(data))  # PNG, WebP, CMYK JPEGs: PIL (header first, for the box)
         width, height = image.size
-        return _pil_crop_resize(image, box_for(height, width), size, 1.0, 1.0)
+        return _pil_crop_resize(image, box_for(height, width), size)
     except Exception as exc:  # PIL and torchvision raise many types for bad bytes
         raise Undecodable(str(exc)) from None
 
