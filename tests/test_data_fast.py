@@ -176,6 +176,36 @@ def test_loader_resumes_exactly(jpeg_shards, decode):
         assert torch.equal(stage(a[0]), stage(b[0])) and torch.equal(a[1], b[1])
 
 
+def test_worker_batches_arrive_channels_last_with_the_in_process_pixels(jpeg_shards):
+    cfg = _stream(jpeg_shards, "worker", seed=4)
+    in_process, from_worker = _take(make_loader(cfg, workers=0), 2), _take(make_loader(cfg, workers=1), 2)
+    for (a, tokens_a, _), (b, tokens_b, _) in zip(in_process, from_worker):
+        assert b.dtype == torch.uint8 and b.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a, b) and torch.equal(tokens_a, tokens_b)
+
+
+def test_a_worker_stacks_its_batch_straight_into_shared_memory(monkeypatch):
+    """Else handing the batch to the trainer copies it into shared memory once more (38 MB for B/16)."""
+    import flip.data.decode as decode
+
+    images = [torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8) for _ in range(3)]
+    assert not decode.stack_channels_last(images).is_shared()  # in-process: plain memory
+    monkeypatch.setattr(decode, "get_worker_info", lambda: object())
+    batch = decode.stack_channels_last(images)
+    assert batch.is_shared() and batch.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(batch, torch.stack(images))
+
+
+def test_jpeg_decode_matches_torchvision_bit_for_bit(jpeg_shards):
+    """The worker path's libjpeg-turbo (simplejpeg) gives torchvision.io's pixels, which the device path uses."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from flip.data.decode import decode_jpeg_rgb
+    for data in _jpegs(jpeg_shards, 4):
+        reference = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        assert torch.equal(decode_jpeg_rgb(data), reference)
+
+
 class _StopAfter:
     def __init__(self, steps):
         self.steps, self.calls = steps, 0
