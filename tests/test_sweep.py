@@ -278,22 +278,25 @@ def test_data_fraction_trains_on_the_leading_shards(small_dataset, tmp_path):
 
 
 def test_sweeps_reuse_each_others_runs():
-    """Tables 1d / 1e / 1f share their masked runs (the first, 20,000-sample Table 1a's): same configs,
-    same run ids, so each trains them once. Table 1a itself now trains 60,000 samples: other runs."""
+    """Tables 1c-1f train at Table 1a's budget (60,000 samples) with its configs, so their masked rows
+    are Table 1a's runs (same run ids) and each is trained once across the whole study."""
     from flip.sweep.plan import build_plan
     from flip.sweep.store import RunStore
 
     batches = {"0%": (64, None), "50%": (112, None), "75%": (200, None)}
     store = RunStore("unused")
 
-    def ids(name, rows):
+    def ids(name, rows, batch_of=lambda row: batches[row[:3]]):
         spec = load_spec(name, "tiny")
-        return {j.run_id for j in build_plan(spec, store, {r: batches[r[:3]] for r in rows}) if j.kind == "train"}
+        return {j.run_id for j in build_plan(spec, store, {r: batch_of(r) for r in rows}) if j.kind == "train"}
 
+    table_1a = ids("mask-ratio", ["0%", "50%", "75%"])
     masked = ids("inference", ["50%", "75%"])
-    assert len(masked) == 6 and ids("unmasked-tuning", ["50%", "75%"]) == masked
+    assert len(table_1a) == 9 and len(masked) == 6 and masked <= table_1a
+    assert ids("unmasked-tuning", ["50%", "75%"]) == masked
     assert len(ids("recon-loss", ["50%", "75%", "50% + recon", "75% + recon"]) & masked) == 6
-    assert not ids("mask-ratio", ["0%", "50%", "75%"]) & masked
+    text_rows = ["none", "random 50%", "padding first 50%"]
+    assert len(ids("text-mask", text_rows, lambda row: batches["75%"]) & table_1a) == 3
 
 
 def test_committed_results_match_specs_that_still_load():
