@@ -320,6 +320,9 @@ def test_committed_results_match_specs_that_still_load():
         batches = {row: (int(group.batch_size.iloc[0]), None) for row, group in results.groupby("row")}
         planned = {job.run_id for job in build_plan(spec, RunStore("unused"), batches)}
         assert planned == set(results.run_id), f"{path.parent}: the spec now plans other runs; rerun the sweep"
+        # `flipctl report` rebuilds from sweep.json: it must name the runs the committed tables show
+        manifest = json.loads((path.parent / "sweep.json").read_text())
+        assert {job["run_id"] for job in manifest["jobs"]} == planned, f"{path.parent}: sweep.json is stale"
 
 
 def test_estimate_prefers_the_stores_finished_runs_over_a_probe(tmp_path):
