@@ -151,11 +151,12 @@ def stack_channels_last(images: list[torch.Tensor]) -> torch.Tensor:
 
     In a DataLoader worker the batch is written straight into shared memory, as torch's own collate does:
     otherwise handing it to the main process copies it there once more (a 224 px batch of 256 is 38 MB)."""
-    shape = (len(images), *images[0].shape)
-    batch = torch.empty(shape, dtype=torch.uint8, memory_format=torch.channels_last)
-    if get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(batch.untyped_storage().nbytes())
-        batch = torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape, batch.stride())
+    n, (c, h, w) = len(images), images[0].shape
+    if get_worker_info() is None:
+        batch = torch.empty((n, c, h, w), dtype=torch.uint8, memory_format=torch.channels_last)
+    else:  # an NHWC block of shared memory, seen as NCHW: channels-last strides
+        storage = torch.UntypedStorage._new_shared(n * c * h * w)
+        batch = torch.empty(0, dtype=torch.uint8).set_(storage).view(n, h, w, c).permute(0, 3, 1, 2)
     for slot, image in zip(batch, images):
         slot.copy_(image)
     return batch
