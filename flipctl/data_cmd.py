@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flip.data import builtin
-from flip.data.synth import SynthConfig, is_complete, total_items, write_builtin_dataset
+from flip.data.synth import SCENE_KINDS, SynthConfig, is_complete, total_items, write_builtin_dataset
 from flip.errors import ConfigError
 from flipctl.errors import user_errors
 
@@ -48,6 +48,8 @@ def synth(
     retrieval_images: int = typer.Option(SynthConfig.retrieval_images, help="held-out retrieval images"),
     captions_per_image: int = typer.Option(SynthConfig.captions_per_image, help="captions per retrieval image"),
     seed: int = typer.Option(SynthConfig.seed, help="everything is generated from this seed"),
+    scenes: str = typer.Option(SynthConfig.scenes, help="object sizes of the training and retrieval scenes: "
+                                                        f"{' or '.join(SCENE_KINDS)} (see `flipctl train --help`)"),
     workers: int = typer.Option(SynthConfig.workers, help="generator processes"),
 ) -> None:
     """Generate the built-in procedural dataset: webdataset train shards plus zero-shot and retrieval sets."""
@@ -60,8 +62,10 @@ def synth(
         raise ConfigError(f"must be at least 16, got {image_size}", key="image_size")
     if workers < 0:
         raise ConfigError(f"must be at least 0, got {workers}", key="workers")
+    if scenes not in SCENE_KINDS:
+        raise ConfigError(f"unknown scene kind {scenes!r}; choose one of {', '.join(SCENE_KINDS)}", key="scenes")
     _check_folder(out)
-    cfg = SynthConfig(seed=seed, train_samples=train_samples, shard_size=shard_size, image_size=image_size,
+    cfg = SynthConfig(scenes=scenes, seed=seed, train_samples=train_samples, shard_size=shard_size, image_size=image_size,
                       zeroshot_per_class=zeroshot_per_class, retrieval_images=retrieval_images,
                       captions_per_image=captions_per_image, workers=max(1, workers))
     info = _generate(out, cfg)

@@ -267,3 +267,40 @@ def test_rewrite_replaces_stale_shards(tmp_path):
     write_builtin_dataset(tmp_path, smaller)
     assert sorted(p.name for p in (tmp_path / "train").glob("*.tar")) == ["shard-00000.tar"]
     assert is_complete(tmp_path, smaller) and not is_complete(tmp_path, cfg)
+
+
+# ---------------------------------------------------------------- scene kinds
+
+
+def _train_meta(root: Path) -> list[dict]:
+    with tarfile.open(root / "train" / "shard-00000.tar") as tar:
+        return [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+
+
+def test_large_scenes_keep_the_layouts_and_the_zeroshot_set(dataset, tmp_path):
+    """`scenes="large"` changes only the object sizes: same layouts, captions but for size words, and the
+    same zero-shot images, so a model trained on either is scored on the same test."""
+    out, manifest, _ = dataset
+    cfg = replace(SMALL, train_samples=100, scenes="large", workers=1)
+    large = write_builtin_dataset(tmp_path, cfg)
+    assert "scenes" not in manifest["config"]  # "mixed" caches written before the option stay valid
+    assert large["config"]["scenes"] == "large"
+    assert is_complete(tmp_path, cfg) and not is_complete(tmp_path, replace(cfg, scenes="mixed"))
+
+    mixed_meta, large_meta = _train_meta(out), _train_meta(tmp_path)
+    assert {o["size"] for m in mixed_meta for o in m["objects"]} == {"small", "large"}
+    assert {o["size"] for m in large_meta for o in m["objects"]} == {"large"}
+    layout = lambda m: [(o["shape"], o["colour"], o["position"]) for o in m["objects"]] + [m["background"]]
+    assert [layout(m) for m in large_meta] == [layout(m) for m in mixed_meta]
+
+    zeroshot = lambda root: {k: v for k, v in tree_hashes(root).items() if k.startswith("zeroshot/")}
+    assert zeroshot(tmp_path) == zeroshot(out)
+    assert tree_hashes(tmp_path)["retrieval/captions.csv"] != tree_hashes(out)["retrieval/captions.csv"]
+
+
+def test_unknown_scene_kind_is_a_config_error(tmp_path):
+    from flip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown scene kind"):
+        write_builtin_dataset(tmp_path, replace(SMALL, scenes="huge"))
+    assert not (tmp_path / "train").exists()  # refused before anything was written
