@@ -96,3 +96,41 @@ def jpeg_shards(
     paths = write_jpeg_shards(out, JpegShardConfig(image_size=image_size, quality=quality, samples=samples,
                                                    shard_size=shard_size, seed=seed))
     Console().print_json(data={"out": str(out), "shards": len(paths), "samples": samples, "image_size": image_size})
+
+
+@app.command("mask-coverage")
+@user_errors
+def mask_coverage(
+    scenes: str = typer.Option(SynthConfig.scenes, help=f"scene kind: {' or '.join(SCENE_KINDS)}"),
+    mask_ratio: list[float] = typer.Option([0.5, 0.75], help="mask ratios to report (repeat the flag)"),
+    samples: int = typer.Option(2000, help="scenes to draw"),
+    image_size: int = typer.Option(SynthConfig.image_size, help="training resolution in pixels"),
+    patch_size: int = typer.Option(8, help="ViT patch size in pixels (tiny: 8)"),
+    seed: int = typer.Option(0, help="seed of the drawn scenes"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+) -> None:
+    """How often FLIP's random mask hides every patch of a built-in scene's object (one a caption names)."""
+    import dataclasses
+    import json
+
+    from rich.table import Table
+
+    from flip.data.mask_coverage import mask_coverage as coverage
+
+    patches, rows = coverage(scenes, mask_ratio, samples, image_size, patch_size, seed)
+    table = Table(title=f"{scenes} scenes: {samples} drawn, {(image_size // patch_size) ** 2} patches of "
+                        f"{patch_size} px; mean patches per object: "
+                        + ", ".join(f"{size} {n:.1f}" for size, n in patches.items()))
+    table.add_column("mask", justify="right")
+    table.add_column("kept patches", justify="right")
+    for size in patches:
+        table.add_column(f"P({size} object hidden)", justify="right")
+    table.add_column("scenes with an object hidden", justify="right")
+    for row in rows:
+        table.add_row(f"{row.mask_ratio:.0%}", str(row.kept_patches),
+                      *(f"{row.hidden_by_size[size]:.1%}" for size in patches), f"{row.scenes_with_hidden_object:.1%}")
+    Console().print(table)
+    if json_out is not None:
+        report = {"scenes": scenes, "samples": samples, "image_size": image_size, "patch_size": patch_size,
+                  "seed": seed, "patches_per_object": patches, "rows": [dataclasses.asdict(r) for r in rows]}
+        json_out.write_text(json.dumps(report, indent=2) + "\n")

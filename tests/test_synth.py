@@ -278,8 +278,8 @@ def _train_meta(root: Path) -> list[dict]:
 
 
 def test_large_scenes_keep_the_layouts_and_the_zeroshot_set(dataset, tmp_path):
-    """`scenes="large"` changes only the object sizes: same layouts, captions but for size words, and the
-    same zero-shot images, so a model trained on either is scored on the same test."""
+    """`scenes="large"` changes only the object sizes: the same layouts and the same zero-shot images, so a
+    model trained on either is scored on the same test."""
     out, manifest, _ = dataset
     cfg = replace(SMALL, train_samples=100, scenes="large", workers=1)
     large = write_builtin_dataset(tmp_path, cfg)
@@ -304,3 +304,47 @@ def test_unknown_scene_kind_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown scene kind"):
         write_builtin_dataset(tmp_path, replace(SMALL, scenes="huge"))
     assert not (tmp_path / "train").exists()  # refused before anything was written
+
+
+# ---------------------------------------------------------------- what a mask hides
+
+
+def test_hidden_probability_is_the_exact_hypergeometric():
+    from flip.data.mask_coverage import hidden_probability
+
+    assert hidden_probability(1, 64, 32) == 0.5
+    assert hidden_probability(0, 64, 16) == 1.0  # nothing to hide
+    assert hidden_probability(49, 64, 16) == 0.0  # more patches than the mask drops
+    assert hidden_probability(2, 4, 2) == pytest.approx(1 / 6)
+
+
+def test_mask_coverage_counts_patches_and_large_scenes_hide_less():
+    from flip.data.mask_coverage import mask_coverage, object_patches
+
+    # A large object spans 19 px of a 64 px image: 3x3 to 4x4 patches of 8 px (a ring or star, fewer).
+    assert 4 <= object_patches(synth.SceneObject("square", "red", "large", cell=4), 64, 8) <= 16
+    assert object_patches(synth.SceneObject("square", "red", "small", cell=4), 64, 8) <= 9
+    patches, mixed = mask_coverage("mixed", (0.0, 0.5, 0.75), samples=300)
+    assert patches["small"] < patches["large"]
+    assert mixed[0].scenes_with_hidden_object == 0.0 and mixed[0].kept_patches == 64
+    assert mixed[1].scenes_with_hidden_object < mixed[2].scenes_with_hidden_object
+    assert mixed[2].hidden_by_size["small"] > mixed[2].hidden_by_size["large"]
+    large_patches, large = mask_coverage("large", (0.0, 0.5, 0.75), samples=300)
+    assert set(large_patches) == {"large"}
+    assert large[2].scenes_with_hidden_object < mixed[2].scenes_with_hidden_object / 1.5
+
+
+def test_mask_coverage_cli_reports_and_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from flipctl.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "coverage.json"
+    result = runner.invoke(app, ["data", "mask-coverage", "--samples", "50", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [row["mask_ratio"] for row in report["rows"]] == [0.5, 0.75] and report["scenes"] == "mixed"
+    for args, needle in ((["--scenes", "huge"], "unknown scene kind"), (["--mask-ratio", "1.2"], "must be in [0, 1)")):
+        result = runner.invoke(app, ["data", "mask-coverage", "--samples", "5", *args])
+        assert result.exit_code != 0 and needle in result.output and "Traceback" not in result.output

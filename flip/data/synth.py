@@ -133,10 +133,10 @@ POSITIONS: tuple[str, ...] = (
 
 # What the training and retrieval scenes draw their object sizes from. "mixed" (the default) hides
 # small objects on purpose: a small one covers ~4 of the tiny model's 64 patches, so a 75% mask drops
-# every patch of at least one object the caption names in ~37% of scenes (~7% at 50%). "large" draws
-# only large objects (~9 patches; ~7% / 0.2% per object), closer to photos, whose captions name what
-# fills much of the frame; it tests whether a result comes from that design (results/README.md).
-# Same seeds, same layouts and captions but for the size words; the zero-shot set is the same images.
+# every patch of some object in 37% of scenes (6.5% at 50%; `flipctl data mask-coverage`). "large"
+# draws only large objects (~9 patches: 16% / 0.5%), closer to photos, whose captions name what fills
+# much of the frame; it tests whether a result comes from that design (results/README.md). The same
+# seeds give the same layouts (and the same zero-shot images); captions are drawn the same way.
 SCENE_KINDS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
     "mixed": SIZES,
     "large": ("large",),
