@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flip.data import builtin
-from flip.data.synth import SynthConfig, is_complete, total_items, write_builtin_dataset
+from flip.data.synth import SCENE_KINDS, SynthConfig, is_complete, total_items, write_builtin_dataset
 from flip.errors import ConfigError
 from flipctl.errors import user_errors
 
@@ -48,6 +48,8 @@ def synth(
     retrieval_images: int = typer.Option(SynthConfig.retrieval_images, help="held-out retrieval images"),
     captions_per_image: int = typer.Option(SynthConfig.captions_per_image, help="captions per retrieval image"),
     seed: int = typer.Option(SynthConfig.seed, help="everything is generated from this seed"),
+    scenes: str = typer.Option(SynthConfig.scenes, help="object sizes of the training and retrieval scenes: "
+                                                        f"{' or '.join(SCENE_KINDS)} (see `flipctl train --help`)"),
     workers: int = typer.Option(SynthConfig.workers, help="generator processes"),
 ) -> None:
     """Generate the built-in procedural dataset: webdataset train shards plus zero-shot and retrieval sets."""
@@ -60,8 +62,10 @@ def synth(
         raise ConfigError(f"must be at least 16, got {image_size}", key="image_size")
     if workers < 0:
         raise ConfigError(f"must be at least 0, got {workers}", key="workers")
+    if scenes not in SCENE_KINDS:
+        raise ConfigError(f"unknown scene kind {scenes!r}; choose one of {', '.join(SCENE_KINDS)}", key="scenes")
     _check_folder(out)
-    cfg = SynthConfig(seed=seed, train_samples=train_samples, shard_size=shard_size, image_size=image_size,
+    cfg = SynthConfig(scenes=scenes, seed=seed, train_samples=train_samples, shard_size=shard_size, image_size=image_size,
                       zeroshot_per_class=zeroshot_per_class, retrieval_images=retrieval_images,
                       captions_per_image=captions_per_image, workers=max(1, workers))
     info = _generate(out, cfg)
@@ -92,3 +96,41 @@ def jpeg_shards(
     paths = write_jpeg_shards(out, JpegShardConfig(image_size=image_size, quality=quality, samples=samples,
                                                    shard_size=shard_size, seed=seed))
     Console().print_json(data={"out": str(out), "shards": len(paths), "samples": samples, "image_size": image_size})
+
+
+@app.command("mask-coverage")
+@user_errors
+def mask_coverage(
+    scenes: str = typer.Option(SynthConfig.scenes, help=f"scene kind: {' or '.join(SCENE_KINDS)}"),
+    mask_ratio: list[float] = typer.Option([0.5, 0.75], help="mask ratios to report (repeat the flag)"),
+    samples: int = typer.Option(2000, help="scenes to draw"),
+    image_size: int = typer.Option(SynthConfig.image_size, help="training resolution in pixels"),
+    patch_size: int = typer.Option(8, help="ViT patch size in pixels (tiny: 8)"),
+    seed: int = typer.Option(0, help="seed of the drawn scenes"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+) -> None:
+    """How often FLIP's random mask hides every patch of a built-in scene's object (one a caption names)."""
+    import dataclasses
+    import json
+
+    from rich.table import Table
+
+    from flip.data.mask_coverage import mask_coverage as coverage
+
+    patches, rows = coverage(scenes, mask_ratio, samples, image_size, patch_size, seed)
+    table = Table(title=f"{scenes} scenes: {samples} drawn, {(image_size // patch_size) ** 2} patches of "
+                        f"{patch_size} px; mean patches per object: "
+                        + ", ".join(f"{size} {n:.1f}" for size, n in patches.items()))
+    table.add_column("mask", justify="right")
+    table.add_column("kept patches", justify="right")
+    for size in patches:
+        table.add_column(f"P({size} object hidden)", justify="right")
+    table.add_column("scenes with an object hidden", justify="right")
+    for row in rows:
+        table.add_row(f"{row.mask_ratio:.0%}", str(row.kept_patches),
+                      *(f"{row.hidden_by_size[size]:.1%}" for size in patches), f"{row.scenes_with_hidden_object:.1%}")
+    Console().print(table)
+    if json_out is not None:
+        report = {"scenes": scenes, "samples": samples, "image_size": image_size, "patch_size": patch_size,
+                  "seed": seed, "patches_per_object": patches, "rows": [dataclasses.asdict(r) for r in rows]}
+        json_out.write_text(json.dumps(report, indent=2) + "\n")

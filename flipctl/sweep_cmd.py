@@ -171,8 +171,11 @@ def sweep_command(
     device = resolve_device(spec.base.get("device", "auto"))
 
     if not dry_run and spec.base.get("data") is None:
+        from flip.data.synth import SynthConfig
         from flipctl.data_cmd import ensure_builtin_with_progress
-        ensure_builtin_with_progress()
+        for scenes in sorted({row.fields.get("builtin_scenes", spec.base.get("builtin_scenes", "mixed"))
+                              for row in spec.rows}):
+            ensure_builtin_with_progress(SynthConfig(scenes=scenes))
     batches = memory.matched_batches(spec, run_store, device, log=lambda text: console.print(text))
     jobs_list = plan.build_plan(spec, run_store, batches)
     if batches:

@@ -19,6 +19,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
+from flip.data.synth import SynthConfig
 from flip.errors import ConfigError
 from flip.launch import TrainJob
 from flip.train.config import TrainConfig, knob_help, load_toml
@@ -137,7 +138,7 @@ def train_command(
         if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
             raise ConfigError(f"{cfg.out} is a file, not a run directory", key="out")
         if values.get("data") is None:
-            ensure_builtin_with_progress()
+            ensure_builtin_with_progress(SynthConfig(scenes=cfg.builtin_scenes))
         console.print(f"run directory: [bold]{cfg.out}[/bold]")
         return run_job(TrainJob(cfg.to_dict(), reporter=RichReporter), launch,
                        lambda: train(cfg, reporter=RichReporter(), stop=stop), echo=console.print)

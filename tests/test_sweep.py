@@ -105,6 +105,16 @@ def test_shipped_specs_load_with_every_preset(name, preset):
         spec.config(row, 0).validate()
 
 
+@pytest.mark.parametrize("preset", ["smoke", "tiny"])
+def test_data_check_spec_loads_and_trains_its_rows_on_their_scenes(preset):
+    """masking-scenes checks the built-in data (no paper preset): its rows pick their scene kind."""
+    spec = load_spec("masking-scenes", preset)
+    assert "masking-scenes" in shipped_specs()
+    scenes = {row.label: spec.config(row, 0).builtin_scenes for row in spec.rows}
+    assert scenes == {f"{kind}, {m}%": kind for kind in ("mixed", "large") for m in (0, 50, 75)}
+    assert len({spec.config(row, 0).batch_size for row in spec.rows}) == 1  # equal batch, not memory-matched
+
+
 def test_tiny_presets_use_several_seeds():
     assert load_spec("mask-ratio", "tiny").seeds >= 3
 

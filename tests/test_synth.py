@@ -267,3 +267,84 @@ def test_rewrite_replaces_stale_shards(tmp_path):
     write_builtin_dataset(tmp_path, smaller)
     assert sorted(p.name for p in (tmp_path / "train").glob("*.tar")) == ["shard-00000.tar"]
     assert is_complete(tmp_path, smaller) and not is_complete(tmp_path, cfg)
+
+
+# ---------------------------------------------------------------- scene kinds
+
+
+def _train_meta(root: Path) -> list[dict]:
+    with tarfile.open(root / "train" / "shard-00000.tar") as tar:
+        return [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+
+
+def test_large_scenes_keep_the_layouts_and_the_zeroshot_set(dataset, tmp_path):
+    """`scenes="large"` changes only the object sizes: the same layouts and the same zero-shot images, so a
+    model trained on either is scored on the same test."""
+    out, manifest, _ = dataset
+    cfg = replace(SMALL, train_samples=100, scenes="large", workers=1)
+    large = write_builtin_dataset(tmp_path, cfg)
+    assert "scenes" not in manifest["config"]  # "mixed" caches written before the option stay valid
+    assert large["config"]["scenes"] == "large"
+    assert is_complete(tmp_path, cfg) and not is_complete(tmp_path, replace(cfg, scenes="mixed"))
+
+    mixed_meta, large_meta = _train_meta(out), _train_meta(tmp_path)
+    assert {o["size"] for m in mixed_meta for o in m["objects"]} == {"small", "large"}
+    assert {o["size"] for m in large_meta for o in m["objects"]} == {"large"}
+    layout = lambda m: [(o["shape"], o["colour"], o["position"]) for o in m["objects"]] + [m["background"]]
+    assert [layout(m) for m in large_meta] == [layout(m) for m in mixed_meta]
+
+    zeroshot = lambda root: {k: v for k, v in tree_hashes(root).items() if k.startswith("zeroshot/")}
+    assert zeroshot(tmp_path) == zeroshot(out)
+    assert tree_hashes(tmp_path)["retrieval/captions.csv"] != tree_hashes(out)["retrieval/captions.csv"]
+
+
+def test_unknown_scene_kind_is_a_config_error(tmp_path):
+    from flip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown scene kind"):
+        write_builtin_dataset(tmp_path, replace(SMALL, scenes="huge"))
+    assert not (tmp_path / "train").exists()  # refused before anything was written
+
+
+# ---------------------------------------------------------------- what a mask hides
+
+
+def test_hidden_probability_is_the_exact_hypergeometric():
+    from flip.data.mask_coverage import hidden_probability
+
+    assert hidden_probability(1, 64, 32) == 0.5
+    assert hidden_probability(0, 64, 16) == 1.0  # nothing to hide
+    assert hidden_probability(49, 64, 16) == 0.0  # more patches than the mask drops
+    assert hidden_probability(2, 4, 2) == pytest.approx(1 / 6)
+
+
+def test_mask_coverage_counts_patches_and_large_scenes_hide_less():
+    from flip.data.mask_coverage import mask_coverage, object_patches
+
+    # A large object spans 19 px of a 64 px image: 3x3 to 4x4 patches of 8 px (a ring or star, fewer).
+    assert 4 <= object_patches(synth.SceneObject("square", "red", "large", cell=4), 64, 8) <= 16
+    assert object_patches(synth.SceneObject("square", "red", "small", cell=4), 64, 8) <= 9
+    patches, mixed = mask_coverage("mixed", (0.0, 0.5, 0.75), samples=300)
+    assert patches["small"] < patches["large"]
+    assert mixed[0].scenes_with_hidden_object == 0.0 and mixed[0].kept_patches == 64
+    assert mixed[1].scenes_with_hidden_object < mixed[2].scenes_with_hidden_object
+    assert mixed[2].hidden_by_size["small"] > mixed[2].hidden_by_size["large"]
+    large_patches, large = mask_coverage("large", (0.0, 0.5, 0.75), samples=300)
+    assert set(large_patches) == {"large"}
+    assert large[2].scenes_with_hidden_object < mixed[2].scenes_with_hidden_object / 1.5
+
+
+def test_mask_coverage_cli_reports_and_refuses_bad_input(tmp_path):
+    from typer.testing import CliRunner
+
+    from flipctl.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "coverage.json"
+    result = runner.invoke(app, ["data", "mask-coverage", "--samples", "50", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [row["mask_ratio"] for row in report["rows"]] == [0.5, 0.75] and report["scenes"] == "mixed"
+    for args, needle in ((["--scenes", "huge"], "unknown scene kind"), (["--mask-ratio", "1.2"], "must be in [0, 1)")):
+        result = runner.invoke(app, ["data", "mask-coverage", "--samples", "5", *args])
+        assert result.exit_code != 0 and needle in result.output and "Traceback" not in result.output

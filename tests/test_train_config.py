@@ -92,3 +92,23 @@ def test_cli_names_the_setting_as_given(tmp_path):
     assert f"mask_ratio (in {cfg}) must be in [0, 1), got 1.5" in _plain(result.output)
     result = runner.invoke(app, ["train", "--config", str(cfg), "--mask-ratio", "2", "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and "--mask-ratio must be in [0, 1), got 2.0" in result.output
+
+
+def test_builtin_scenes_pick_their_own_dataset_and_keep_default_run_ids(tmp_path):
+    """`--builtin-scenes large` trains and evaluates on its own generated copy; a run that leaves it at the
+    default keeps the run id it had before the knob existed (committed results name those ids)."""
+    from flip.data import builtin
+    from flip.data.synth import SynthConfig
+    from flip.sweep.store import run_id
+    from flip.train.trainer import resolve
+
+    large = resolve(TrainConfig(builtin_scenes="large", out=str(tmp_path / "run")))
+    root = builtin.builtin_dir(SynthConfig(scenes="large"))
+    assert root != builtin.builtin_dir() and large.data == builtin.train_spec(root)
+    assert large.eval_data == str(builtin.retrieval_csv(root)) and large.hflip is False
+    assert resolve(large) == large  # a resolved config (as a resume reads it) resolves to itself
+    assert run_id(TrainConfig(model="tiny", mask_ratio=0.0, batch_size=64, samples=20000, workers=1)) == \
+        "tiny-m0-b64-s0-5b5ef1a5e5"  # Table 1a's first version (results/ history)
+    with pytest.raises(ConfigError, match="built-in dataset only") as info:
+        resolve(TrainConfig(builtin_scenes="large", data=str(tmp_path)))
+    assert info.value.key == "builtin_scenes"

@@ -16,7 +16,8 @@ def cache_root() -> Path:
 
 
 def builtin_dir(cfg: SynthConfig = SynthConfig()) -> Path:
-    return cache_root() / f"builtin-seed{cfg.seed}-n{cfg.train_samples}-px{cfg.image_size}"
+    scenes = "" if cfg.scenes == "mixed" else f"-{cfg.scenes}"
+    return cache_root() / f"builtin-seed{cfg.seed}-n{cfg.train_samples}-px{cfg.image_size}{scenes}"
 
 
 def ensure_builtin(cfg: SynthConfig = SynthConfig(),

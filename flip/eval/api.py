@@ -85,7 +85,7 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
 
     if task == "zeroshot":
         if data is None:
-            data = builtin.zeroshot_dir(_builtin_root(progress))
+            data = builtin.zeroshot_dir(_builtin_root(progress, train))
         dataset = load_classification(data, split)
         if classnames is not None:
             dataset = with_classnames(dataset, resolve_classnames(classnames), f"--classnames {classnames}")
@@ -102,7 +102,7 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
                                            "templates": as_text(template_fns), "truncated_prompts": truncated}
     elif task == "retrieval":
         if data is None:
-            data = builtin.retrieval_csv(_builtin_root(progress))
+            data = builtin.retrieval_csv(_builtin_root(progress, train))
         dataset = load_retrieval(str(data), images_root, split)
         truncated = tokenizer.count_truncated(dataset.captions)
         log(f"retrieval: {len(dataset.images)} images, {len(dataset.captions)} captions from "
@@ -131,10 +131,10 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
     return record
 
 
-def _builtin_root(progress: Progress | None) -> Path:
-    """The built-in sets, generated first (a minute, once) as a phase `progress` shows when they are missing:
-    after the settings and the checkpoint were checked."""
-    cfg = SynthConfig()
+def _builtin_root(progress: Progress | None, train: dict) -> Path:
+    """The built-in sets of the scenes the checkpoint trained on, generated first (a minute, once) as a phase
+    `progress` shows when they are missing: after the settings and the checkpoint were checked."""
+    cfg = SynthConfig(scenes=train.get("builtin_scenes", "mixed"))
     if progress is None or is_complete(builtin.builtin_dir(cfg), cfg):
         return builtin.ensure_builtin(cfg)
     progress.start("generating built-in dataset", total_items(cfg))

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
 from flip.data.decode import DECODE_MODES
+from flip.data.synth import SCENE_KINDS
 from flip.distributed import check_device_name
 from flip.masking import MASK_STRATEGIES, TEXT_MASKS, grid_strides
 from flip.models.config import get_preset
@@ -59,6 +60,10 @@ class TrainConfig:
                                   "Default: the built-in dataset.")
     data_fraction: float = knob(1.0, "train on only this leading fraction of the shards (the scaling study's "
                                      "data axis: fewer distinct samples, the same samples seen).", gt=0, le=1)
+    builtin_scenes: str = knob("mixed", "the built-in dataset's scenes: mixed (small and large objects; a 75% mask "
+                                        "often hides every patch of a small one the caption names) or large "
+                                        "(only large objects, as photos' captions name what fills the frame).",
+                               choices=tuple(SCENE_KINDS))
     model: str = knob("tiny", "model preset (see `flipctl models`).")
     context_length: int = knob(32, "text tokens per caption.", ge=3)
     # masking (image), and the paper's ablation knobs (Table 1c, 1f)

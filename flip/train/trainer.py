@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from flip.data import builtin
 from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_loader
 from flip.data.shards import count_samples, expand_urls
+from flip.data.synth import SynthConfig
 from flip.distributed import (DistInfo, full_model_state, full_optimizer_state, init_distributed,
                               load_optimizer_state, resolve_device, shard_model)
 from flip.compile import compile_module
@@ -74,9 +75,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill every None with its concrete value, so the saved config says exactly what ran."""
     cfg.validate()
     cfg = dataclasses.replace(cfg)
+    scenes_root = builtin.builtin_dir(SynthConfig(scenes=cfg.builtin_scenes))
+    if cfg.data is not None and cfg.builtin_scenes != "mixed" and Path(cfg.data) != Path(builtin.train_spec(scenes_root)):
+        raise ConfigError("applies to the built-in dataset only, not to --data", key="builtin_scenes")
     builtin_data = cfg.data is None
     if builtin_data:
-        root = builtin.builtin_dir()
+        root = scenes_root
         cfg.data = builtin.train_spec(root)
         if cfg.samples is None and cfg.epochs is None:
             cfg.samples = 60_000 if get_preset(cfg.model).name == "tiny" else 40_000
@@ -734,5 +738,6 @@ def unmasked_tuning_config(ckpt_path: str, samples: int | None = None, epochs: f
 
 def _ensure_builtin_data(cfg: TrainConfig) -> None:
     """(Re)generate the built-in dataset when the run trains on it and the cache lacks it."""
-    if cfg.data is None or Path(cfg.data) == Path(builtin.train_spec(builtin.builtin_dir())):
-        builtin.ensure_builtin()
+    synth = SynthConfig(scenes=cfg.builtin_scenes)
+    if cfg.data is None or Path(cfg.data) == Path(builtin.train_spec(builtin.builtin_dir(synth))):
+        builtin.ensure_builtin(synth)
