@@ -288,7 +288,7 @@ def test_data_fraction_trains_on_the_leading_shards(small_dataset, tmp_path):
 
 
 def test_sweeps_reuse_each_others_runs():
-    """Tables 1c, 1d, 1e and Figures 1/3 train at Table 1a's budget (60,000 samples) with its configs,
+    """Tables 1c, 1d, 1e, 1f and Figures 1/3 train at Table 1a's budget (60,000 samples) with its configs,
     so the rows they share with it are Table 1a's runs (same run ids): each is trained once."""
     from flip.sweep.plan import build_plan
     from flip.sweep.store import RunStore
@@ -307,6 +307,8 @@ def test_sweeps_reuse_each_others_runs():
     text_rows = ["none", "random 50%", "padding first 50%"]
     assert len(ids("text-mask", text_rows, lambda row: batches["75%"]) & table_1a) == 3  # its "none" row
     curves = [f"mask_ratio={m}%, samples={n}" for m in (0, 50, 75) for n in (15000, 30000, 60000)]
+    recon = ids("recon-loss", ["50%", "50% + recon", "75%", "75% + recon"])
+    assert len(recon) == 12 and len(recon & table_1a) == 6  # the rows without the decoder
     assert len(ids("time-accuracy", curves, lambda row: batches[row.split("=")[1].split(",")[0]]) & table_1a) == 9
 
 
