@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flip.data import builtin
-from flip.data.synth import SCENE_KINDS, SynthConfig, is_complete, total_items, write_builtin_dataset
+from flip.data.synth import (SCENE_KINDS, SynthConfig, check_scene_kind, is_complete, total_items,
+                             write_builtin_dataset)
 from flip.errors import ConfigError
 from flipctl.errors import user_errors
 
@@ -62,12 +63,11 @@ def synth(
         raise ConfigError(f"must be at least 16, got {image_size}", key="image_size")
     if workers < 0:
         raise ConfigError(f"must be at least 0, got {workers}", key="workers")
-    if scenes not in SCENE_KINDS:
-        raise ConfigError(f"unknown scene kind {scenes!r}; choose one of {', '.join(SCENE_KINDS)}", key="scenes")
+    check_scene_kind(scenes)
     _check_folder(out)
-    cfg = SynthConfig(scenes=scenes, seed=seed, train_samples=train_samples, shard_size=shard_size, image_size=image_size,
+    cfg = SynthConfig(seed=seed, train_samples=train_samples, shard_size=shard_size, image_size=image_size,
                       zeroshot_per_class=zeroshot_per_class, retrieval_images=retrieval_images,
-                      captions_per_image=captions_per_image, workers=max(1, workers))
+                      captions_per_image=captions_per_image, scenes=scenes, workers=max(1, workers))
     info = _generate(out, cfg)
     Console().print_json(data=info)
 

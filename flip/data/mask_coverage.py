@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
 
-from flip.data.synth import SCENE_KINDS, SIZES, SceneObject, _draw_object, sample_scene
+from flip.data.synth import SCENE_KINDS, SIZES, SceneObject, check_scene_kind, render_object, sample_scene
 from flip.errors import ConfigError
 from flip.masking import num_kept
 
@@ -35,10 +34,8 @@ class CoverageRow:
 
 def object_patches(obj: SceneObject, image_size: int, patch_size: int) -> int:
     """Patches (of an image_size / patch_size grid) holding at least one pixel of `obj`."""
-    image = Image.new("RGB", (image_size, image_size))
-    _draw_object(ImageDraw.Draw(image), obj, image_size)
     grid = image_size // patch_size
-    drawn = np.asarray(image.convert("L"))[:grid * patch_size, :grid * patch_size] > 0
+    drawn = np.asarray(render_object(obj, image_size).convert("L"))[:grid * patch_size, :grid * patch_size] > 0
     return int(drawn.reshape(grid, patch_size, grid, patch_size).any(axis=(1, 3)).sum())
 
 
@@ -48,10 +45,10 @@ def hidden_probability(object_patches: int, num_patches: int, keep: int) -> floa
 
 
 def mask_coverage(scenes: str = "mixed", mask_ratios: Sequence[float] = (0.5, 0.75), samples: int = 2000,
-                  image_size: int = 64, patch_size: int = 8, seed: int = 0) -> tuple[dict[str, float], list[CoverageRow]]:
+                  image_size: int = 64, patch_size: int = 8,
+                  seed: int = 0) -> tuple[dict[str, float], list[CoverageRow]]:
     """Mean patches per object size, and each mask ratio's hidden-object figures, over `samples` scenes."""
-    if scenes not in SCENE_KINDS:
-        raise ConfigError(f"unknown scene kind {scenes!r}; choose one of {', '.join(SCENE_KINDS)}", key="scenes")
+    check_scene_kind(scenes)
     if samples < 1 or patch_size < 1 or image_size < patch_size:
         raise ConfigError("needs samples >= 1 and 1 <= patch size <= image size")
     if any(not 0 <= r < 1 for r in mask_ratios):

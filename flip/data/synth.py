@@ -69,10 +69,12 @@ __all__ = [
     "TEXTURES",
     "ZEROSHOT_TEMPLATES",
     "Scene",
+    "check_scene_kind",
     "SceneObject",
     "SynthConfig",
     "describe_scene",
     "is_complete",
+    "render_object",
     "render_scene",
     "sample_class_scene",
     "sample_scene",
@@ -141,6 +143,13 @@ SCENE_KINDS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType({
     "mixed": SIZES,
     "large": ("large",),
 })
+
+
+
+def check_scene_kind(scenes: str) -> None:
+    if scenes not in SCENE_KINDS:
+        raise ConfigError(f"unknown scene kind {scenes!r}; choose one of {', '.join(SCENE_KINDS)}", key="scenes")
+
 
 # Object sizes as a fraction of the image side (~10 px and ~19 px at 64 px,
 # so large objects in neighbouring cells do not touch).
@@ -377,6 +386,13 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, image_size: int) -
         draw.rectangle((cx - w, cy - r, cx + w, cy + r), fill=fill)
     else:
         raise ValueError(f"unknown shape {obj.shape!r}")
+
+
+def render_object(obj: SceneObject, image_size: int = 64) -> Image.Image:
+    """`obj` alone, in its colour on black, where `render_scene` would draw it (to see what it covers)."""
+    image = Image.new("RGB", (image_size, image_size))
+    _draw_object(ImageDraw.Draw(image), obj, image_size)
+    return image
 
 
 def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
@@ -790,9 +806,7 @@ def _validate(cfg: SynthConfig) -> None:
         raise ConfigError("sample counts must be non-negative")
     if cfg.captions_per_image < 1:
         raise ConfigError("must be at least 1", key="captions_per_image")
-    if cfg.scenes not in SCENE_KINDS:
-        raise ConfigError(f"unknown scene kind {cfg.scenes!r}; choose one of {', '.join(SCENE_KINDS)}",
-                          key="scenes")
+    check_scene_kind(cfg.scenes)
 
 
 def write_builtin_dataset(

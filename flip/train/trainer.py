@@ -76,7 +76,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     cfg.validate()
     cfg = dataclasses.replace(cfg)
     scenes_root = builtin.builtin_dir(SynthConfig(scenes=cfg.builtin_scenes))
-    if cfg.data is not None and cfg.builtin_scenes != "mixed" and Path(cfg.data) != Path(builtin.train_spec(scenes_root)):
+    other_data = cfg.data is not None and Path(cfg.data) != Path(builtin.train_spec(scenes_root))
+    if other_data and cfg.builtin_scenes != "mixed":
         raise ConfigError("applies to the built-in dataset only, not to --data", key="builtin_scenes")
     builtin_data = cfg.data is None
     if builtin_data:
