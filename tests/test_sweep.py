@@ -115,6 +115,22 @@ def test_data_check_spec_loads_and_trains_its_rows_on_their_scenes(preset):
     assert len({spec.config(row, 0).batch_size for row in spec.rows}) == 1  # equal batch, not memory-matched
 
 
+@pytest.mark.parametrize("preset", ["smoke", "tiny"])
+def test_text_mask_context_check_keeps_every_caption_whole_when_dropping_padding_first(preset):
+    """At a 64-token context, half the positions hold every built-in caption, so "padding first" drops
+    padding only (the paper's setting), which the 32-token Table 1c cannot give."""
+    from flip.data.synth import MAX_CAPTION_TOKENS
+    from flip.masking import num_kept
+
+    spec = load_spec("text-mask-context", preset)
+    for row in spec.rows:
+        cfg = spec.config(row, 0)
+        assert cfg.context_length == 64 and cfg.mask_ratio == 0.75
+        if cfg.text_mask != "none":
+            assert num_kept(cfg.context_length, cfg.text_mask_ratio) >= MAX_CAPTION_TOKENS + 2  # with SOT / EOT
+    assert num_kept(32, 0.5) < MAX_CAPTION_TOKENS + 2  # Table 1c's context: words must go
+
+
 def test_tiny_presets_use_several_seeds():
     assert load_spec("mask-ratio", "tiny").seeds >= 3
 
