@@ -173,8 +173,7 @@ def sweep_command(
     if not dry_run and spec.base.get("data") is None:
         from flip.data.synth import SynthConfig
         from flipctl.data_cmd import ensure_builtin_with_progress
-        for scenes in sorted({row.fields.get("builtin_scenes", spec.base.get("builtin_scenes", "mixed"))
-                              for row in spec.rows}):
+        for scenes in sorted({spec.config(row, seed=0).builtin_scenes for row in spec.rows}):
             ensure_builtin_with_progress(SynthConfig(scenes=scenes))
     batches = memory.matched_batches(spec, run_store, device, log=lambda text: console.print(text))
     jobs_list = plan.build_plan(spec, run_store, batches)
