@@ -21,7 +21,7 @@ from flipctl.main import app
 
 FLIPCTL = [sys.executable, "-m", "flipctl.main"]
 SHIPPED = ["mask-ratio", "batch-size", "text-mask", "inference", "unmasked-tuning", "recon-loss",
-           "time-accuracy", "scaling"]
+           "time-accuracy", "scaling", "mask-ratio-equal-batch"]
 
 
 def _write_spec(path: Path, body: str) -> Path:
