@@ -14,11 +14,12 @@ from flip.data.emoji import EmojiConfig, build_emoji_corpus
 from flip.data.synth import (SCENE_KINDS, SynthConfig, check_scene_kind, is_complete, total_items,
                              write_builtin_dataset)
 from flip.errors import ConfigError
+from flipctl.console import make_console
 from flipctl.errors import user_errors
 
 app = typer.Typer(help="Datasets: generate the built-in one, JPEG shards for loader timing, or build the emoji corpus.",
                   no_args_is_help=True)
-console = Console(stderr=True)
+console = make_console(stderr=True)  # off a terminal: lines as long as their content, not cut at 80
 
 
 def _generate(out: Path, cfg: SynthConfig) -> dict:
@@ -161,8 +162,8 @@ def emoji(
     cfg = EmojiConfig(seed=seed, vendors=tuple(v.strip() for v in vendors.split(",") if v.strip()),
                       held_out_vendor=held_out_vendor, held_out_fraction=held_out_fraction, shard_size=shard_size,
                       style_retrieval_images=style_retrieval_images, retrieval_captions=retrieval_captions)
-    with Progress(TextColumn("[bold]building emoji corpus"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(TextColumn("[bold]building emoji corpus"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not console.is_terminal) as progress:  # off a terminal: errors stay one line
         task = progress.add_task("emoji", total=None)
         result = build_emoji_corpus(out, source, cfg, force=force,
                                     progress=lambda done, total: progress.update(task, completed=done, total=total))

@@ -132,14 +132,14 @@ def _tones(modifiers: str, where: str) -> tuple[str, ...]:
         raise DataError(f"{where}: unknown skin tone modifier in {modifiers!r}") from None
 
 
-def _datasource_emoji(pkg: Package, catalog: dict[str, Emoji], skipped: dict[str, int]) -> None:
+def _datasource_emoji(pkg: Package, catalog: dict[str, Emoji], skipped: dict[str, set[str]]) -> None:
     """Add the package's emoji to `catalog` (first package wins for metadata) and its art to their images."""
     flag = f"has_img_{pkg.vendor}"
     art = pkg.path / "img" / pkg.vendor / str(IMAGE_SIZE)
     for entry in _entries(pkg, "emoji.json", DATASOURCE_FIELDS + (flag,)):
         category = CATEGORIES.get(entry["category"])
         if category is None:
-            skipped[entry["category"]] = skipped.get(entry["category"], 0) + 1
+            skipped.setdefault(str(entry["category"]), set()).add(code_key(entry["unified"]))
             continue
         base = code_key(entry["unified"])
         name = str(entry["name"]).lower()
@@ -182,7 +182,7 @@ def load_catalog(packages: list[Package]) -> tuple[dict[str, Emoji], dict[str, i
     """Every emoji of the selected emoji-datasource packages, with each selected vendor's art; and the
     counts of entries left out by category."""
     catalog: dict[str, Emoji] = {}
-    skipped: dict[str, int] = {}
+    skipped: dict[str, set[str]] = {}
     for pkg in packages:
         if pkg.vendor != "openmoji":
             _datasource_emoji(pkg, catalog, skipped)
@@ -196,7 +196,7 @@ def load_catalog(packages: list[Package]) -> tuple[dict[str, Emoji], dict[str, i
         for vendor, path in emoji.images.items():
             if not path.is_file():
                 raise DataError(f"{PACKAGES[vendor]} lists {emoji.key} ({emoji.name}) but its image is missing: {path}")
-    return catalog, skipped
+    return catalog, {category: len(keys) for category, keys in sorted(skipped.items())}
 
 
 # -- images ----------------------------------------------------------------------------------------
