@@ -264,3 +264,7 @@ def test_openmoji_svgs_are_rasterised_and_held_out(packages, tmp_path):
     assert image.getpixel((32, 32)) != image.getpixel((0, 0))  # the drawn circle is there
     captions = {m["caption"] for m in _train_items(out)} | {c for m in _train_items(out) for c in m["captions"].values()}
     assert any("(wave, test)" in c or "(grinning, test)" in c for c in captions)  # OpenMoji's keywords used
+    (packages / "openmoji/color/svg/1F436.svg").write_text("<svg viewBox='0 0 72 72'")  # cut short
+    broken = tmp_path / "broken"
+    result = CliRunner().invoke(app, ["data", "emoji", str(broken), "--from", str(packages)])
+    _assert_one_line_error(result, "1F436.svg", broken)
