@@ -1,21 +1,25 @@
-"""`flipctl data ...`: the built-in dataset."""
+"""`flipctl data ...`: the built-in dataset, JPEG shards for loader timing, the emoji corpus."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flip.data import builtin
+from flip.data.emoji import EmojiConfig, build_emoji_corpus
 from flip.data.synth import (SCENE_KINDS, SynthConfig, check_scene_kind, is_complete, total_items,
                              write_builtin_dataset)
 from flip.errors import ConfigError
+from flipctl.console import make_console
 from flipctl.errors import user_errors
 
-app = typer.Typer(help="Datasets: generate the built-in one, or JPEG shards for loader timing.", no_args_is_help=True)
-console = Console(stderr=True)
+app = typer.Typer(help="Datasets: generate the built-in one, JPEG shards for loader timing, or build the emoji corpus.",
+                  no_args_is_help=True)
+console = make_console(stderr=True)  # off a terminal: lines as long as their content, not cut at 80
 
 
 def _generate(out: Path, cfg: SynthConfig) -> dict:
@@ -134,3 +138,40 @@ def mask_coverage(
         report = {"scenes": scenes, "samples": samples, "image_size": image_size, "patch_size": patch_size,
                   "seed": seed, "patches_per_object": patches, "rows": [dataclasses.asdict(r) for r in rows]}
         json_out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command("emoji")
+@user_errors
+def emoji(
+    out: Path = typer.Argument(..., help="output folder (built next to it, then moved into place)"),
+    source: Path = typer.Option(..., "--from", help="a node_modules folder, or a folder holding the unpacked "
+                                "packages emoji-datasource-apple, emoji-datasource-facebook and openmoji"),
+    seed: int = typer.Option(EmojiConfig.seed, help="the held-out emoji, caption choices and samples follow it"),
+    vendors: str = typer.Option(",".join(EmojiConfig.vendors), help="whose art to use (comma-separated)"),
+    held_out_vendor: Optional[str] = typer.Option(None, help="vendor kept out of training, for the held-out-style "
+                                                  "retrieval set. Default: openmoji if used, else the last vendor"),
+    held_out_fraction: float = typer.Option(EmojiConfig.held_out_fraction, help="fraction of the emoji (with all "
+                                            "their skin tones and art) kept out of training, per subcategory"),
+    shard_size: int = typer.Option(EmojiConfig.shard_size, help="samples per training shard"),
+    style_retrieval_images: int = typer.Option(EmojiConfig.style_retrieval_images, help="images in the "
+                                               "held-out-style retrieval set (0: all of the held-out vendor's art)"),
+    retrieval_captions: int = typer.Option(EmojiConfig.retrieval_captions, help="captions per retrieval image"),
+    force: bool = typer.Option(False, "--force", help="replace an emoji corpus of other settings in OUT"),
+) -> None:
+    """Build a real image-text corpus from emoji art (npm packages): train shards, zero-shot and retrieval sets."""
+    cfg = EmojiConfig(seed=seed, vendors=tuple(v.strip() for v in vendors.split(",") if v.strip()),
+                      held_out_vendor=held_out_vendor, held_out_fraction=held_out_fraction, shard_size=shard_size,
+                      style_retrieval_images=style_retrieval_images, retrieval_captions=retrieval_captions)
+    with Progress(TextColumn("[bold]building emoji corpus"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not console.is_terminal) as progress:  # off a terminal: errors stay one line
+        task = progress.add_task("emoji", total=None)
+        result = build_emoji_corpus(out, source, cfg, force=force,
+                                    progress=lambda done, total: progress.update(task, completed=done, total=total))
+    stats = result.stats
+    if not result.built:
+        console.print(f"{out} already holds this corpus (same settings and packages): nothing to do")
+    sets = stats["sets"]
+    console.print(f"{out}: {sets['train']['samples']} training samples, {stats['bytes'] / 2**20:.1f} MiB; "
+                  f"train with: flipctl train --data {out}/train --eval-zeroshot {out}/zeroshot/category "
+                  f"--eval-data {out}/retrieval/style/captions.csv")
+    Console().print_json(data={name: {k: v for k, v in s.items() if not isinstance(v, dict)} for name, s in sets.items()})

@@ -17,7 +17,7 @@ from flip.distributed import resolve_device
 from flip.errors import ConfigError, DataError
 from flip.launch import SlurmSweepRuns
 from flip.sweep import estimate, execute, memory, plan, report
-from flip.sweep.spec import SpecError, default_preset, load_spec, shipped_specs, with_data
+from flip.sweep.spec import SpecError, default_preset, load_spec, parse_settings, shipped_specs, with_data
 from flip.sweep.store import RunStore
 from flipctl.console import make_console
 from flipctl.errors import user_errors
@@ -139,6 +139,9 @@ def sweep_command(
     data: Optional[str] = typer.Option(None, help="train on these webdataset shards instead of the built-in data."),
     eval_data: Optional[str] = typer.Option(None, help="retrieval set to evaluate on (CSV, Karpathy JSON, shards)."),
     eval_zeroshot: Optional[str] = typer.Option(None, help="zero-shot set (class folders) to evaluate on."),
+    settings: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="set a base training config field "
+                                       "after the preset, e.g. --set samples=46080 (repeatable); part of each "
+                                       "run's identity, recorded in sweep.json."),
     max_parallel: Optional[int] = typer.Option(None, help="with --launcher slurm: runs queued or running on the "
                                                "cluster at once (each run a SLURM job). Default: all."),
     launch: LaunchFlags = LaunchFlags(),
@@ -161,6 +164,8 @@ def sweep_command(
         import dataclasses
         spec = dataclasses.replace(spec, seeds=seeds)
     overrides = {"data": data, "eval_data": eval_data, "eval_zeroshot": eval_zeroshot}
+    if settings:  # recorded in sweep.json only when given, so `flipctl report` sets them again
+        overrides["settings"] = parse_settings(settings)
     if data is not None and (spec.evals.zeroshot and eval_zeroshot is None or spec.evals.retrieval and eval_data is None):
         raise SpecError("with --data, give the evaluation sets too: --eval-zeroshot (class folders) and --eval-data "
                         "(retrieval), since the built-in ones say nothing about your data")

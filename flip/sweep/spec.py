@@ -383,9 +383,46 @@ def _validate_runs(spec: SweepSpec) -> None:
             raise SpecError(f"{spec.source}: row {row.label!r}: {exc}") from None
 
 
-def with_data(spec: SweepSpec, data: str | None, eval_data: str | None, eval_zeroshot: str | None) -> SweepSpec:
-    """Point a spec at the user's own shards and evaluation sets."""
-    base = dict(spec.base)
+def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`--set KEY=VALUE` items as {field: value}; VALUE is read as a TOML value (`46080`, `1e-3`, `true`,
+    `"block"`), and taken as it is when it is not one (`tiny`, `/data/{00..09}.tar`)."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set takes KEY=VALUE (a training config field), got {item!r}")
+        try:
+            values[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key.strip()] = text.strip()
+    return values
+
+
+def _with_settings(spec: SweepSpec, settings: dict[str, Any]) -> dict[str, Any]:
+    """The spec's base with `--set` values over it, checked as the spec's own fields are; a field a row
+    sets is refused, since the row's value would win and the flag would change nothing."""
+    checked = _check_fields(settings, "--set")
+    for key in checked:
+        rows = [r.label for r in spec.rows if key in r.fields]
+        if rows:
+            raise SpecError(f"--set {key}: the sweep's rows set it ({', '.join(rows)}), so it cannot be overridden")
+    trial = dataclasses.replace(spec, base={**spec.base, **checked})
+    for row in spec.rows:
+        try:
+            trial.config(row, 0).validate()
+        except ConfigError as exc:
+            raise SpecError(f"--set: {exc}" + (f" (row {row.label!r})" if len(spec.rows) > 1 else "")) from None
+    return trial.base
+
+
+def with_data(spec: SweepSpec, data: str | None, eval_data: str | None, eval_zeroshot: str | None,
+              settings: dict[str, Any] | None = None) -> SweepSpec:
+    """Point a spec at the user's own shards and evaluation sets, and set base fields (`--set`) after the preset."""
+    given = {"data": data, "eval_data": eval_data, "eval_zeroshot": eval_zeroshot}
+    clash = [k for k in settings or {} if given.get(k.replace("-", "_")) is not None]
+    if clash:
+        raise SpecError(f"--set {clash[0]} and --{clash[0].replace('_', '-')} both given: use one")
+    base = _with_settings(spec, settings) if settings else dict(spec.base)
     if data is not None:
         base["data"] = data
     if eval_data is not None:
