@@ -51,13 +51,15 @@ def settings_from_file(file: str | Path | None, file_keys: Collection[str]) -> I
     except ConfigError as exc:
         if exc.key is not None and exc.setting is None:
             exc.setting = setting_name(exc.key, file_keys, file)
+        if exc.other is not None and exc.other_setting is None:
+            exc.other_setting = setting_name(exc.other, file_keys, file)
         raise
 
 
 def error_line(exc: FlipError) -> str:
     """The one line shown for a user error."""
     if isinstance(exc, ConfigError) and exc.key is not None:
-        return f"{exc.setting or flag(exc.key)} {exc.detail}"
+        return exc.text(exc.setting or flag(exc.key), exc.other_setting or (exc.other and flag(exc.other)))
     return _user_error_line(str(exc)) or str(exc).strip() or type(exc).__name__
 
 

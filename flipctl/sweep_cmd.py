@@ -108,6 +108,16 @@ def _print_plan(jobs, store: RunStore, device, est: dict, warnings: list[str]) -
         console.print(f"[yellow]warning:[/yellow] {line}")
 
 
+def _check_eval_sets_used(spec, eval_data: str | None, eval_zeroshot: str | None) -> None:
+    """An evaluation set the spec never evaluates on does nothing."""
+    if eval_data is not None and not spec.evals.retrieval:
+        raise ConfigError(f"does nothing: {spec.source} evaluates no retrieval ([eval] retrieval = false)",
+                          key="eval_data")
+    if eval_zeroshot is not None and not (spec.evals.zeroshot or spec.evals.linear_probe):
+        raise ConfigError(f"does nothing: {spec.source} evaluates no zero-shot classification or linear probe "
+                          f"([eval] zeroshot = false)", key="eval_zeroshot")
+
+
 def _check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
     """Read the evaluation sets given as flags as the runs' evaluations will (their lists of images and
     captions, no image decoded): a wrong path or format fails now, also in a dry run, not after training."""
@@ -133,7 +143,8 @@ def sweep_command(
     out: Optional[Path] = typer.Option(None, help="report folder. Default: runs/sweeps/NAME-PRESET."),
     store: Path = typer.Option(Path("runs/store"), help="run store shared by all sweeps."),
     seeds: Optional[int] = typer.Option(None, help="seeds per row (overrides the spec)."),
-    jobs: int = typer.Option(1, help="runs at once on this machine (each in its own process)."),
+    jobs: Optional[int] = typer.Option(None, help="runs at once on this machine (each in its own process). "
+                                       "Default: 1."),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan with estimated times; train nothing."),
     list_specs: bool = typer.Option(False, "--list", help="list the shipped sweeps and exit."),
     data: Optional[str] = typer.Option(None, help="train on these webdataset shards instead of the built-in data."),
@@ -149,10 +160,13 @@ def sweep_command(
         return
     if spec_name is None:
         raise SpecError("give a sweep name or spec file (flipctl sweep --list shows the shipped ones)")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise SpecError(f"--jobs must be >= 1, got {jobs}")
     if max_parallel is not None and (launch.launcher != "slurm" or max_parallel < 1):
         raise ConfigError("takes a number >= 1, with --launcher slurm (here: --jobs)", key="max_parallel")
+    if jobs is not None and launch.launcher == "slurm":
+        raise ConfigError("does nothing with --launcher slurm (runs are SLURM jobs, not processes here): use "
+                          "--max-parallel", key="jobs")
     spawn = SlurmSweepRuns(launch.slurm()) if launch.launcher == "slurm" else None
     spec = load_spec(spec_name, preset or default_preset(spec_name))
     if seeds is not None:
@@ -164,6 +178,7 @@ def sweep_command(
     if data is not None and (spec.evals.zeroshot and eval_zeroshot is None or spec.evals.retrieval and eval_data is None):
         raise SpecError("with --data, give the evaluation sets too: --eval-zeroshot (class folders) and --eval-data "
                         "(retrieval), since the built-in ones say nothing about your data")
+    _check_eval_sets_used(spec, eval_data, eval_zeroshot)
     spec = with_data(spec, **overrides)
     _check_eval_sets(eval_data, eval_zeroshot)
     run_store = RunStore(store)
@@ -191,7 +206,7 @@ def sweep_command(
     manifest = report.manifest_for(spec, jobs_list, run_store, overrides, command)
     manifest.write(out)
     start = time.perf_counter()
-    parallel = (max_parallel or len(jobs_list)) if spawn else jobs
+    parallel = (max_parallel or len(jobs_list)) if spawn else (jobs or 1)
     outcome = execute.run_jobs(jobs_list, run_store, parallel=parallel, progress=RichSweepProgress(), spawn=spawn)
     console.print(f"sweep {spec.name}: {len(outcome.ran)} runs executed, {len(outcome.skipped_done)} already done, "
                   f"{len(outcome.failed)} failed or skipped, in {_fmt_s(time.perf_counter() - start)}")

@@ -71,8 +71,10 @@ def write_job(job: Job, store: RunStore) -> Path:
         payload["parent_dir"] = str(store.run_dir(job.parent))
     write_json_atomic(sweep_dir / JOB, payload)
     defaults = TrainConfig().to_dict()
+    # The sweep evaluates on its eval sets itself; to a run without periodic evaluation they are no-ops.
+    unused = {"out"} | (set() if job.config.periodic_eval else {"eval_data", "eval_zeroshot"})
     lines = [f"{k} = {_toml_value(v)}" for k, v in job.config.to_dict().items()
-             if k != "out" and v is not None and v != defaults.get(k)]
+             if k not in unused and v is not None and v != defaults.get(k)]
     (sweep_dir / "train.toml").write_text("# the training config of this run (see command.txt)\n"
                                           + "\n".join(lines) + "\n")
     (sweep_dir / COMMAND).write_text(reproduce_command(job, store) + "\n")

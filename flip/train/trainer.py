@@ -729,7 +729,8 @@ def unmasked_tuning_config(ckpt_path: str, samples: int | None = None, epochs: f
     settings = {
         **TrainConfig.ablation_defaults(),  # text masking, the decoder, ...: back to plain CLIP
         "mask_ratio": 0.0, "samples": samples, "epochs": epochs, "lr": tuned_lr, "base_lr": None,
-        "warmup": warmup, "warmup_fraction": 0.2,  # the paper warms up 25.6M of its 128M tuning samples
+        # the paper warms up 25.6M of its 128M tuning samples; a --warmup in samples replaces the fraction
+        "warmup": warmup, "warmup_fraction": 0.2 if warmup is None else TrainConfig.warmup_fraction,
         "init_from": str(ckpt_dir), "parent": str(ckpt_dir), "out": out or f"{parent.out}-unmasked",
         **overrides}
     cfg = dataclasses.replace(parent, **settings)
