@@ -66,6 +66,7 @@ def _progress_bar() -> Progress:
 
 def _evaluate(ckpt: str, task: str, title: str, json_out: Optional[Path], **kwargs) -> None:
     """Run the evaluation with progress bars, print its table and write its record to `json_out`."""
+    _check_writable(json_out)
     with _progress_bar() as bar:
         record = evaluate_checkpoint(ckpt, task, progress=RichProgress(bar), log=console.print, **kwargs)
     table = Table(title=title)
@@ -79,6 +80,21 @@ def _evaluate(ckpt: str, task: str, title: str, json_out: Optional[Path], **kwar
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(record, indent=2) + "\n")
         console.print(f"wrote {json_out}")
+
+
+def _check_writable(path: Optional[Path]) -> None:
+    """Fail before evaluating, not after, when the record cannot be written to `path`."""
+    if path is None:
+        return
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--json {path}: cannot write there ({exc.strerror or exc}); evaluated nothing") from None
+    if not existed:
+        path.unlink()  # written once the evaluation is done
 
 
 def _masking(mask_ratio: float, views: int, seed: int | None) -> Masking:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -108,6 +112,19 @@ def _print_plan(jobs, store: RunStore, device, est: dict, warnings: list[str]) -
         console.print(f"[yellow]warning:[/yellow] {line}")
 
 
+def _check_training_data(spec) -> None:
+    """Each row's settings and shards checked as `flipctl train` checks them, before anything is written:
+    a wrong --data fails now, not in every run after it started."""
+    from flip.data.shards import check_shards
+    from flip.train.trainer import resolve
+
+    configs = [spec.config(row, 0) for row in spec.rows]
+    for data in sorted({cfg.data for cfg in configs} - {None}):
+        check_shards(data)
+    for cfg in configs:
+        resolve(cfg)  # e.g. built-in scenes asked of --data
+
+
 def _check_eval_sets_used(spec, eval_data: str | None, eval_zeroshot: str | None) -> None:
     """An evaluation set the spec never evaluates on does nothing."""
     if eval_data is not None and not spec.evals.retrieval:
@@ -181,6 +198,7 @@ def sweep_command(
     _check_eval_sets_used(spec, eval_data, eval_zeroshot)
     spec = with_data(spec, **overrides)
     _check_eval_sets(eval_data, eval_zeroshot)
+    _check_training_data(spec)
     run_store = RunStore(store)
     out = out or Path("runs/sweeps") / f"{spec.name}-{spec.preset or 'custom'}"
     device = resolve_device(spec.base.get("device", "auto"))
@@ -207,15 +225,42 @@ def sweep_command(
     manifest.write(out)
     start = time.perf_counter()
     parallel = (max_parallel or len(jobs_list)) if spawn else (jobs or 1)
-    outcome = execute.run_jobs(jobs_list, run_store, parallel=parallel, progress=RichSweepProgress(), spawn=spawn)
-    console.print(f"sweep {spec.name}: {len(outcome.ran)} runs executed, {len(outcome.skipped_done)} already done, "
-                  f"{len(outcome.failed)} failed or skipped, in {_fmt_s(time.perf_counter() - start)}")
+    with _interrupts_resumable(command):
+        outcome = execute.run_jobs(jobs_list, run_store, parallel=parallel, progress=RichSweepProgress(),
+                                   spawn=spawn)
+    elsewhere = f", {len(outcome.done_elsewhere)} finished by another sweep" if outcome.done_elsewhere else ""
+    console.print(f"sweep {spec.name}: {len(outcome.ran)} runs executed, {len(outcome.skipped_done)} already done"
+                  f"{elsewhere}, {len(outcome.failed)} failed or skipped, in {_fmt_s(time.perf_counter() - start)}")
     _print_report(report.write_report(out, spec, jobs_list, run_store, command, manifest.commit), out)
     if outcome.failed:
         for rid in outcome.failed:
             console.print(f"[red]{outcome.states[rid]}[/red] {rid}: {(run_store.status(rid) or {}).get('error', '')} "
                           f"(log: {run_store.sweep_dir(rid) / 'worker.log'})")
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _interrupts_resumable(command: str):
+    """Ctrl-C or SIGTERM: the running runs stop at a checkpoint (`run_jobs` does it) and are marked
+    interrupted; one line gives the command that continues the sweep. Exit code 130 / 143."""
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        yield
+    except (KeyboardInterrupt, _Terminated) as exc:
+        typer.echo(f"interrupted: running runs stopped at their last checkpoint; continue the sweep with: "
+                   f"cd {shlex.quote(os.getcwd())} && {command}", err=True)
+        raise typer.Exit(143 if isinstance(exc, _Terminated) else 130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    """SIGTERM to the sweep, handled as Ctrl-C is."""
 
 
 def _print_report(result: dict, out: Path) -> None:
