@@ -372,7 +372,7 @@ def test_estimate_prefers_the_stores_finished_runs_over_a_probe(tmp_path):
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"train": dataclasses.replace(cfg, seed=seed).to_dict()}))
         (run / "summary.json").write_text(json.dumps({"samples_seen": 6400, "train_time_s": seconds}))
-    store.save_probe(estimate._step_key(cfg, torch.device("cpu")), 1.0)  # a stale, 100x slow probe
+    store.save_probe(estimate._rate_key(cfg, torch.device("cpu")), 1.0)  # a stale, 100x slow probe
     job = Job(run_id="new", kind="train", row="b", seed=3, variant="base",
               config=dataclasses.replace(cfg, samples=12800, seed=3), steps=200, samples=12800)
     seconds, how = estimate.estimate([job], store, torch.device("cpu"))["new"]

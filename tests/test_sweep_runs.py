@@ -3,8 +3,10 @@ sweeps sharing a store train every run once; a stale claim is recovered; Ctrl-C 
 checkpoint, marks them interrupted and names the command that continues; bad data and outputs fail
 before anything is trained or written."""
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -192,8 +194,8 @@ def _check_run_trained_once(store: Path, rid: str, steps: int) -> None:
 
 def _two_sweeps_at_once(ds, tmp_path) -> None:
     spec, store = _spec(tmp_path), tmp_path / "store"
-    procs = [subprocess.Popen(_sweep_args(spec, ds, store, tmp_path / f"out{i}"), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [subprocess.Popen(_sweep_args(spec, ds, store, tmp_path / f"out{i}") + ["--progress-every", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     executed = [int(" ".join(o.split()).split(" runs executed")[0].rsplit(" ", 1)[1]) for o in outputs]
@@ -202,6 +204,10 @@ def _two_sweeps_at_once(ds, tmp_path) -> None:
     assert len(rids) == 2
     for rid in rids:
         _check_run_trained_once(store, rid, steps=3)
+        # Off a terminal, the sweep that ran it logged its progress and a line when it finished.
+        output = next(o for o in outputs if f"progress {rid}: step" in o)
+        assert re.search(rf"progress {rid}: step \d/3 \(\d+%\)  (-|[\d.]+) samples/s  ETA ", output), output
+        assert re.search(rf"done  {rid}  \(wd 0(.2)?, seed 0, in 0:00:\d\d\)", output), output
 
 
 def test_two_sweeps_on_one_store_train_each_run_once(small_dataset, tmp_path):
@@ -289,3 +295,76 @@ def test_eval_json_into_an_unwritable_place_fails_before_evaluating(ckpt, tmp_pa
     monkeypatch.setattr(eval_cmd, "evaluate_checkpoint", lambda *a, **k: (_ for _ in ()).throw(SystemExit(5)))
     CliRunner().invoke(app, ["eval", "zeroshot", "--ckpt", str(ckpt), "--json", str(good)])
     assert not good.exists()  # the probe of a writable place leaves no empty record
+
+
+# -- estimates and progress ----------------------------------------------------------------------------------
+
+MASKS_SPEC = """
+[sweep]
+name = "masks"
+[base]
+model = "tiny"
+batch_size = 16
+samples = 1600
+[axes]
+mask_ratio = [0.0, 0.5, 0.75]
+"""
+
+
+def test_estimates_rank_runs_of_one_model_by_their_flops(tmp_path, monkeypatch):
+    """Whatever a probe measured (here: a machine getting faster between probes, as a busy one does), runs of
+    one model that differ only in mask ratio are ranked by their FLOPs, in proportion to them."""
+    import torch
+
+    from flip.sweep import estimate
+    from flip.sweep.plan import build_plan
+    from flip.sweep.spec import load_spec
+
+    (tmp_path / "masks.toml").write_text(MASKS_SPEC)
+    store = RunStore(tmp_path / "store")
+    jobs = build_plan(load_spec(tmp_path / "masks.toml"), store, {})
+    timings = iter([1.0, 0.1, 0.01])
+    monkeypatch.setattr(estimate, "time_step", lambda cfg, device: next(timings))
+    est = estimate.estimate(jobs, store, torch.device("cpu"))
+    seconds = {job.config.mask_ratio: est[job.run_id][0] for job in jobs}
+    assert {how for _, how in est.values()} == {"timed"}
+    assert seconds[0.0] > seconds[0.5] > seconds[0.75]
+    flops = {job.config.mask_ratio: estimate.flops_per_sample(job.config) for job in jobs}
+    assert seconds[0.5] / seconds[0.0] == pytest.approx(flops[0.5] / flops[0.0])
+    assert next(timings) == 0.1  # one probe for the model, not one per mask ratio
+
+
+def test_dry_run_plan_follows_flops(tmp_path):
+    (tmp_path / "masks.toml").write_text(MASKS_SPEC)
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "masks.toml"), "--store", str(tmp_path / "store"),
+                                      "--dry-run"])
+    assert result.exit_code == 0, result.output
+    shown = {}
+    for line in result.output.splitlines():
+        found = re.search(r"tiny-m(0|0\.5|0\.75)-b16\S*.*?(\d+(?:\.\d+)?) (s|min)\b", line)
+        if found:
+            shown[float(found[1])] = float(found[2]) * (60 if found[3] == "min" else 1)
+    assert len(shown) == 3 and shown[0.0] >= shown[0.5] >= shown[0.75], result.output
+
+
+def test_plain_progress_prints_a_line_per_finished_run_and_progress_at_intervals():
+    from rich.console import Console
+
+    from flipctl.sweep_cmd import PlainSweepProgress
+
+    out, now = io.StringIO(), [0.0]
+    progress = PlainSweepProgress(Console(file=out, width=10_000), every_s=60, clock=lambda: now[0])
+    jobs = [_job("run-a"), _job("run-b")]
+    progress.start(jobs, jobs)
+    progress.update({"run-a": (1, 10, None)}, {})
+    now[0] = 30.0
+    progress.update({"run-a": (3, 10, 64.0)}, {})  # not yet a minute
+    now[0] = 61.0
+    progress.update({"run-a": (6, 10, 64.0)}, {})
+    now[0] = 90.0
+    progress.update({"run-b": (0, 10, None)}, {"run-a": "done"})
+    lines = out.getvalue().splitlines()
+    assert lines == ["sweep: 2 runs, 0 already done, 2 to run",
+                     "progress run-a: step 6/10 (60%)  64.0 samples/s  ETA 0:00:49",
+                     "sweep: 0/2 runs finished, 1 running, elapsed 0:01:01",
+                     "       done  run-a  (run-a, seed 0, in 0:01:30)"]

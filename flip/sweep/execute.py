@@ -31,7 +31,8 @@ class SweepProgress(Protocol):
 
     def start(self, jobs: list[Job], todo: list[Job]) -> None: ...
 
-    def update(self, running: dict[str, tuple[int, int]], finished: dict[str, str]) -> None: ...
+    def update(self, running: dict[str, tuple[int, int, float | None]], finished: dict[str, str]) -> None:
+        """`running`: run id -> (step, total steps, last logged samples/s); `finished`: run id -> state."""
 
     def close(self) -> None: ...
 
@@ -223,6 +224,6 @@ def _spawn(job: Job, store: RunStore) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent, start_new_session=True)
 
 
-def _steps(store: RunStore, job: Job) -> tuple[int, int]:
+def _steps(store: RunStore, job: Job) -> tuple[int, int, float | None]:
     progress = read_json(store.sweep_dir(job.run_id) / "progress.json") or {}
-    return progress.get("step", 0), progress.get("total", job.steps) or job.steps
+    return progress.get("step", 0), progress.get("total", job.steps) or job.steps, progress.get("samples_per_s")
