@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Collection, Iterator
 
+import click
 import typer
 
 from flip.errors import ConfigError, FlipError
@@ -109,8 +110,11 @@ def user_errors(fn):
             if exc.filename is None:
                 raise
             fail(f"{exc.filename}: {exc.strerror or exc}")
-        except KeyboardInterrupt:
-            typer.echo("interrupted: rerun with --resume to continue from the last checkpoint", err=True)
+        except KeyboardInterrupt:  # a second Ctrl-C (the first is a polite stop where a command has one)
+            ctx = click.get_current_context(silent=True)
+            again = " (`flipctl train --resume --out RUN` continues a run from its last checkpoint)" \
+                if ctx is not None and ctx.info_name in ("train", "tune-unmasked") else ""
+            typer.echo(f"interrupted{again}", err=True)
             sys.exit(130)
 
     return wrapper
