@@ -217,6 +217,7 @@ def test_two_sweeps_on_one_store_train_each_run_once(small_dataset, tmp_path):
 @pytest.mark.slow
 def test_two_sweeps_on_one_store_train_each_run_once_five_times(small_dataset, tmp_path):
     for i in range(5):
+        (tmp_path / str(i)).mkdir()
         _two_sweeps_at_once(small_dataset, tmp_path / str(i))
 
 
