@@ -20,15 +20,25 @@ class ConfigError(FlipError, ValueError):
     the setting's name: `ConfigError("must be in [0, 1), got 1.0", key="mask_ratio")`
     reads `mask_ratio must be in [0, 1), got 1.0`, and the command line names the
     setting as the user gave it instead (`--mask-ratio`, or `mask_ratio (in run.toml)`).
+
+    With `other` (a second setting's field name), `{other}` in the message stands for it, so a
+    rule between two settings names both as the user gave them:
+    `ConfigError("drops nothing at {other} 0", key="text_mask", other="text_mask_ratio")`.
     """
 
-    def __init__(self, message: str, key: str | None = None):
-        self.detail, self.key = message, key
+    def __init__(self, message: str, key: str | None = None, other: str | None = None):
+        self.detail, self.key, self.other = message, key, other
         self.setting: str | None = None  # the key as the user wrote it, when a front end knows
-        super().__init__(f"{key} {message}" if key else message)
+        self.other_setting: str | None = None  # the same for `other`
+        super().__init__(self.text(key, other))
 
-    def __reduce__(self):  # pickling (e.g. across processes) keeps the key
-        return type(self), (self.detail, self.key)
+    def text(self, name: str | None, other_name: str | None) -> str:
+        """The message with the settings named `name` and `other_name`."""
+        detail = self.detail.replace("{other}", other_name) if self.other else self.detail
+        return f"{name} {detail}" if name else detail
+
+    def __reduce__(self):  # pickling (e.g. across processes) keeps the keys
+        return type(self), (self.detail, self.key, self.other)
 
 
 class DataError(FlipError, ValueError):

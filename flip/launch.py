@@ -352,6 +352,7 @@ class SweepRunJob(submitit.helpers.Checkpointable):
         from flip.sweep import worker
 
         if process_rank() == 0:
+            worker.start_heartbeat(Path(self.job_path))
             return worker.run_job(Path(self.job_path))
         job = json.loads(Path(self.job_path).read_text())
         # the worker's own choice of train / resume / nothing, made the same way on every rank

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Collection, Iterator
 
+import click
 import typer
 
 from flip.errors import ConfigError, FlipError
@@ -51,13 +52,15 @@ def settings_from_file(file: str | Path | None, file_keys: Collection[str]) -> I
     except ConfigError as exc:
         if exc.key is not None and exc.setting is None:
             exc.setting = setting_name(exc.key, file_keys, file)
+        if exc.other is not None and exc.other_setting is None:
+            exc.other_setting = setting_name(exc.other, file_keys, file)
         raise
 
 
 def error_line(exc: FlipError) -> str:
     """The one line shown for a user error."""
     if isinstance(exc, ConfigError) and exc.key is not None:
-        return f"{exc.setting or flag(exc.key)} {exc.detail}"
+        return exc.text(exc.setting or flag(exc.key), exc.other_setting or (exc.other and flag(exc.other)))
     return _user_error_line(str(exc)) or str(exc).strip() or type(exc).__name__
 
 
@@ -107,8 +110,11 @@ def user_errors(fn):
             if exc.filename is None:
                 raise
             fail(f"{exc.filename}: {exc.strerror or exc}")
-        except KeyboardInterrupt:
-            typer.echo("interrupted: rerun with --resume to continue from the last checkpoint", err=True)
+        except KeyboardInterrupt:  # a second Ctrl-C (the first is a polite stop where a command has one)
+            ctx = click.get_current_context(silent=True)
+            again = " (`flipctl train --resume --out RUN` continues a run from its last checkpoint)" \
+                if ctx is not None and ctx.info_name in ("train", "tune-unmasked") else ""
+            typer.echo(f"interrupted{again}", err=True)
             sys.exit(130)
 
     return wrapper

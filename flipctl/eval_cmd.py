@@ -35,7 +35,8 @@ MASK_RATIO = typer.Option(0.0, help="masked inference: drop this fraction of eac
 VIEWS = typer.Option(1, help="ensemble of K complementary masked views that together cover every patch "
                              "exactly once (each keeps ~1/K of the patches); the K L2-normalised image "
                              "embeddings are averaged, then renormalised. Paper Table 1d.")
-SEED = typer.Option(0, help="seed of the masks drawn by --mask-ratio / --views.")
+SEED = typer.Option(None, help="seed of the masks drawn by --mask-ratio / --views (only with one of them). "
+                               "Default: 0.")
 BATCH_SIZE = typer.Option(256, help="images (and texts) per forward pass.")
 PRECISION = typer.Option("fp32", help="fp32, or bf16 autocast.")
 DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
@@ -65,6 +66,7 @@ def _progress_bar() -> Progress:
 
 def _evaluate(ckpt: str, task: str, title: str, json_out: Optional[Path], **kwargs) -> None:
     """Run the evaluation with progress bars, print its table and write its record to `json_out`."""
+    _check_writable(json_out)
     with _progress_bar() as bar:
         record = evaluate_checkpoint(ckpt, task, progress=RichProgress(bar), log=console.print, **kwargs)
     table = Table(title=title)
@@ -78,6 +80,28 @@ def _evaluate(ckpt: str, task: str, title: str, json_out: Optional[Path], **kwar
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(record, indent=2) + "\n")
         console.print(f"wrote {json_out}")
+
+
+def _check_writable(path: Optional[Path]) -> None:
+    """Fail before evaluating, not after, when the record cannot be written to `path`."""
+    if path is None:
+        return
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--json {path}: cannot write there ({exc.strerror or exc}); evaluated nothing") from None
+    if not existed:
+        path.unlink()  # written once the evaluation is done
+
+
+def _masking(mask_ratio: float, views: int, seed: int | None) -> Masking:
+    if seed is not None and mask_ratio == 0 and views == 1:
+        raise ConfigError("does nothing on full images: it seeds the masks of {other} or --views; give one of "
+                          "them too, or leave it out", key="seed", other="mask_ratio")
+    return Masking(mask_ratio, views, seed or 0)
 
 
 def _runtime(device: str, batch_size: int, precision: str, workers: int) -> Runtime:
@@ -103,7 +127,7 @@ def zeroshot(
     compile: bool = COMPILE,
 ) -> None:
     """Zero-shot classification: top-1, top-5, mean per-class recall (CLIP_benchmark's protocol)."""
-    masking = Masking(mask_ratio, views, seed)
+    masking = _masking(mask_ratio, views, seed)
     runtime = _runtime(device, batch_size, precision, workers)
     _evaluate(ckpt, "zeroshot", f"zero-shot, {masking.mode}", json_out, data=data, masking=masking,
               runtime=runtime, templates=templates, classnames=classnames, split=split, compile=compile)
@@ -125,7 +149,10 @@ def retrieval(
     compile: bool = COMPILE,
 ) -> None:
     """Image-text retrieval: R@1/5/10 image->text and text->image (CLIP_benchmark's protocol)."""
-    masking = Masking(mask_ratio, views, seed)
+    if images_root is not None and data is None:
+        raise ConfigError("does nothing without {other}: it is the folder a JSON or CSV's image paths are "
+                          "relative to", key="images_root", other="data")
+    masking = _masking(mask_ratio, views, seed)
     runtime = _runtime(device, batch_size, precision, workers)
     _evaluate(ckpt, "retrieval", f"retrieval, {masking.mode}", json_out, data=data, masking=masking,
               runtime=runtime, images_root=images_root, split=split, compile=compile)

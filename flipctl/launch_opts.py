@@ -55,6 +55,12 @@ class LaunchFlags:
         if wrong:
             other = "slurm" if self.launcher == "local" else "local"
             raise ConfigError(f"is a setting of --launcher {other} (this is --launcher {self.launcher})", key=wrong[0])
+        if self.node_rank is not None and (self.nnodes or 1) == 1:
+            raise ConfigError("does nothing with one node: give {other} > 1 too, or leave it out", key="node_rank",
+                              other="nnodes")
+        if self.rdzv_endpoint is not None and (self.nproc or 1) * (self.nnodes or 1) == 1:
+            raise ConfigError("does nothing for one process (it is where the processes meet): give {other} > 1 "
+                              "or --nnodes > 1 too, or leave it out", key="rdzv_endpoint", other="nproc")
         if self.launcher == "local" and self.local().world_size > 1 and "WORLD_SIZE" in os.environ:
             raise ConfigError("starts processes itself: do not also launch flipctl with torchrun", key="nproc")
         return self

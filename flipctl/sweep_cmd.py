@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -26,44 +32,93 @@ from flipctl.launch_opts import LaunchFlags, with_launch_flags
 console = make_console()
 
 
-class RichSweepProgress:
-    """Runs done / running / left, the running runs' steps, elapsed and estimated time left."""
+class PlainSweepProgress:
+    """Off a terminal (nohup, a SLURM .out, CI): a line per finished run, and every `every_s` seconds a
+    progress line per running run (step, samples/s, ETA) and one for the sweep, as `flipctl train` logs."""
 
-    def __init__(self):
+    def __init__(self, out: Console, every_s: float = 60.0, clock=time.monotonic):
+        self.out, self.every_s, self.clock = out, every_s, clock
+        self.seen_finished: set[str] = set()
+        self.first_seen: dict[str, tuple[float, int]] = {}  # run id -> (time, step) when first seen running
+
+    def _print(self, text: str) -> None:
+        self.out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def start(self, jobs, todo) -> None:
+        self.jobs = {job.run_id: job for job in jobs}
+        self.todo, self.started = len(todo), self.clock()
+        self.last = self.started
+        self._print(f"sweep: {len(jobs)} runs, {len(jobs) - len(todo)} already done, {len(todo)} to run")
+
+    def update(self, running, finished) -> None:
+        now = self.clock()
+        for rid in running:
+            self.first_seen.setdefault(rid, (now, running[rid][0]))
+        for rid in [rid for rid in finished if rid not in self.seen_finished]:
+            self.seen_finished.add(rid)
+            job = self.jobs.get(rid)
+            took = f", in {_duration(now - self.first_seen[rid][0])}" if rid in self.first_seen else ""
+            where = f"  ({job.row}, seed {job.seed}{', tuned' if job.variant == 'tuned' else ''}{took})" if job else ""
+            self._print(f"{finished[rid]:>11}  {rid}{where}")
+        if running and now - self.last >= self.every_s:
+            self.last = now
+            for rid, (step, total, samples_per_s) in running.items():
+                self._print(self._run_line(rid, step, total, samples_per_s, now))
+            done = len(self.seen_finished) - (len(self.jobs) - self.todo)
+            self._print(f"sweep: {max(0, done)}/{self.todo} runs finished, {len(running)} running, "
+                        f"elapsed {_duration(now - self.started)}")
+
+    def _run_line(self, rid: str, step: int, total: int, samples_per_s: float | None, now: float) -> str:
+        t0, step0 = self.first_seen[rid]
+        eta = _duration((now - t0) / (step - step0) * (total - step)) if step > step0 else "-"
+        rate = f"{samples_per_s:.1f} samples/s" if samples_per_s else "- samples/s"
+        return f"progress {rid}: step {step}/{total} ({100 * step / max(1, total):.0f}%)  {rate}  ETA {eta}"
+
+    def close(self) -> None: ...
+
+
+def _duration(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+class RichSweepProgress:
+    """Runs done / running / left, the running runs' steps, elapsed and estimated time left; off a
+    terminal, a `PlainSweepProgress`'s lines."""
+
+    def __init__(self, every_s: float = 60.0):
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                                  console=console, transient=False)
         self.overall = None
         self.run_tasks: dict[str, int] = {}
         self.seen_finished: set[str] = set()
-        self.plain = not console.is_terminal
+        self.plain = None if console.is_terminal else PlainSweepProgress(console, every_s)
 
     def start(self, jobs, todo) -> None:
+        if self.plain:
+            return self.plain.start(jobs, todo)
         self.total, self.todo = len(jobs), len(todo)
         self.already = self.total - self.todo
-        if self.plain:
-            console.print(f"sweep: {self.total} runs, {self.already} already done, {self.todo} to run")
-            return
         self.progress.start()
         self.overall = self.progress.add_task("sweep", total=self.todo, info=f"{self.already} already done")
 
     def update(self, running, finished) -> None:
+        if self.plain:
+            return self.plain.update(running, finished)
         new = [rid for rid in finished if rid not in self.seen_finished]
         for rid in new:
             self.seen_finished.add(rid)
-            if self.plain or rid in self.run_tasks:
-                console.print(f"{finished[rid]:>7}  {rid}")
             if rid in self.run_tasks:
+                console.print(f"{finished[rid]:>7}  {rid}")
                 self.progress.remove_task(self.run_tasks.pop(rid))
-        if self.plain:
-            return
         done_now = len(self.seen_finished) - self.already
         self.progress.update(self.overall, completed=max(0, done_now),
                              info=f"running {len(running)}, left {self.todo - max(0, done_now) - len(running)}")
-        for rid, (step, total) in running.items():
+        for rid, (step, total, samples_per_s) in running.items():
             if rid not in self.run_tasks:
                 self.run_tasks[rid] = self.progress.add_task(f"  {rid}", total=max(1, total), info="")
-            self.progress.update(self.run_tasks[rid], completed=step, total=max(1, total))
+            info = f"{samples_per_s:.0f} samples/s" if samples_per_s else ""
+            self.progress.update(self.run_tasks[rid], completed=step, total=max(1, total), info=info)
 
     def close(self) -> None:
         if not self.plain:
@@ -94,18 +149,45 @@ def _print_plan(jobs, store: RunStore, device, est: dict, warnings: list[str]) -
     table = Table(title=f"plan: {len(jobs)} runs")
     for col in ("run", "row", "seed", "variant", "batch", "steps", "samples", "est. time", "state"):
         table.add_column(col, justify="right" if col in ("seed", "batch", "steps", "samples", "est. time") else "left")
-    left = 0.0
+    left, unknown = 0.0, 0
     for job in jobs:
-        seconds, how = est.get(job.run_id, (None, ""))
+        seconds, how = est.get(job.run_id, (None, "unknown"))
         state = "done" if execute.is_complete(job, store) else (store.status(job.run_id) or {}).get("state", "to run")
-        if state != "done" and seconds:
-            left += seconds
+        if state != "done":
+            left += seconds or 0.0
+            unknown += seconds is None
+        shown = "unknown" if seconds is None else _fmt_s(seconds) + ("" if how == "timed" else f" ({how})")
         table.add_row(job.run_id, job.row, str(job.seed), job.variant, str(job.config.batch_size), str(job.steps),
-                      str(job.samples), _fmt_s(seconds) + ("" if how == "timed" else f" ({how})"), state)
+                      str(job.samples), shown, state)
     console.print(table)
-    console.print(f"estimated training time left: {_fmt_s(left)} on {device} (evaluations not included)")
+    more = f", plus {unknown} runs of unknown time" if unknown else ""
+    console.print(f"estimated training time left: {_fmt_s(left)}{more} on {device} (evaluations not included; runs "
+                  f"of one model scale with their counted FLOPs)")
     for line in warnings:
         console.print(f"[yellow]warning:[/yellow] {line}")
+
+
+def _check_training_data(spec) -> None:
+    """Each row's settings and shards checked as `flipctl train` checks them, before anything is written:
+    a wrong --data fails now, not in every run after it started."""
+    from flip.data.shards import check_shards
+    from flip.train.trainer import resolve
+
+    configs = [spec.config(row, 0) for row in spec.rows]
+    for data in sorted({cfg.data for cfg in configs} - {None}):
+        check_shards(data)
+    for cfg in configs:
+        resolve(cfg)  # e.g. built-in scenes asked of --data
+
+
+def _check_eval_sets_used(spec, eval_data: str | None, eval_zeroshot: str | None) -> None:
+    """An evaluation set the spec never evaluates on does nothing."""
+    if eval_data is not None and not spec.evals.retrieval:
+        raise ConfigError(f"does nothing: {spec.source} evaluates no retrieval ([eval] retrieval = false)",
+                          key="eval_data")
+    if eval_zeroshot is not None and not (spec.evals.zeroshot or spec.evals.linear_probe):
+        raise ConfigError(f"does nothing: {spec.source} evaluates no zero-shot classification or linear probe "
+                          f"([eval] zeroshot = false)", key="eval_zeroshot")
 
 
 def _check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
@@ -133,7 +215,8 @@ def sweep_command(
     out: Optional[Path] = typer.Option(None, help="report folder. Default: runs/sweeps/NAME-PRESET."),
     store: Path = typer.Option(Path("runs/store"), help="run store shared by all sweeps."),
     seeds: Optional[int] = typer.Option(None, help="seeds per row (overrides the spec)."),
-    jobs: int = typer.Option(1, help="runs at once on this machine (each in its own process)."),
+    jobs: Optional[int] = typer.Option(None, help="runs at once on this machine (each in its own process). "
+                                       "Default: 1."),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan with estimated times; train nothing."),
     list_specs: bool = typer.Option(False, "--list", help="list the shipped sweeps and exit."),
     data: Optional[str] = typer.Option(None, help="train on these webdataset shards instead of the built-in data."),
@@ -144,6 +227,8 @@ def sweep_command(
                                        "run's identity, recorded in sweep.json."),
     max_parallel: Optional[int] = typer.Option(None, help="with --launcher slurm: runs queued or running on the "
                                                "cluster at once (each run a SLURM job). Default: all."),
+    progress_every: float = typer.Option(60.0, help="off a terminal (nohup, SLURM, CI): seconds between progress "
+                                         "lines (each running run's step, samples/s and ETA)."),
     launch: LaunchFlags = LaunchFlags(),
 ) -> None:
     """Run a study: a whole ablation or scaling sweep, ending in paper-style tables, plots and report.html."""
@@ -152,10 +237,15 @@ def sweep_command(
         return
     if spec_name is None:
         raise SpecError("give a sweep name or spec file (flipctl sweep --list shows the shipped ones)")
-    if jobs < 1:
+    if progress_every <= 0:
+        raise ConfigError(f"must be > 0, got {progress_every:g}", key="progress_every")
+    if jobs is not None and jobs < 1:
         raise SpecError(f"--jobs must be >= 1, got {jobs}")
     if max_parallel is not None and (launch.launcher != "slurm" or max_parallel < 1):
         raise ConfigError("takes a number >= 1, with --launcher slurm (here: --jobs)", key="max_parallel")
+    if jobs is not None and launch.launcher == "slurm":
+        raise ConfigError("does nothing with --launcher slurm (runs are SLURM jobs, not processes here): use "
+                          "--max-parallel", key="jobs")
     spawn = SlurmSweepRuns(launch.slurm()) if launch.launcher == "slurm" else None
     spec = load_spec(spec_name, preset or default_preset(spec_name))
     if seeds is not None:
@@ -169,8 +259,10 @@ def sweep_command(
     if data is not None and (spec.evals.zeroshot and eval_zeroshot is None or spec.evals.retrieval and eval_data is None):
         raise SpecError("with --data, give the evaluation sets too: --eval-zeroshot (class folders) and --eval-data "
                         "(retrieval), since the built-in ones say nothing about your data")
+    _check_eval_sets_used(spec, eval_data, eval_zeroshot)
     spec = with_data(spec, **overrides)
     _check_eval_sets(eval_data, eval_zeroshot)
+    _check_training_data(spec)
     run_store = RunStore(store)
     out = out or Path("runs/sweeps") / f"{spec.name}-{spec.preset or 'custom'}"
     device = resolve_device(spec.base.get("device", "auto"))
@@ -196,16 +288,43 @@ def sweep_command(
     manifest = report.manifest_for(spec, jobs_list, run_store, overrides, command)
     manifest.write(out)
     start = time.perf_counter()
-    parallel = (max_parallel or len(jobs_list)) if spawn else jobs
-    outcome = execute.run_jobs(jobs_list, run_store, parallel=parallel, progress=RichSweepProgress(), spawn=spawn)
-    console.print(f"sweep {spec.name}: {len(outcome.ran)} runs executed, {len(outcome.skipped_done)} already done, "
-                  f"{len(outcome.failed)} failed or skipped, in {_fmt_s(time.perf_counter() - start)}")
+    parallel = (max_parallel or len(jobs_list)) if spawn else (jobs or 1)
+    with _interrupts_resumable(command):
+        outcome = execute.run_jobs(jobs_list, run_store, parallel=parallel,
+                                   progress=RichSweepProgress(progress_every), spawn=spawn)
+    elsewhere = f", {len(outcome.done_elsewhere)} finished by another sweep" if outcome.done_elsewhere else ""
+    console.print(f"sweep {spec.name}: {len(outcome.ran)} runs executed, {len(outcome.skipped_done)} already done"
+                  f"{elsewhere}, {len(outcome.failed)} failed or skipped, in {_fmt_s(time.perf_counter() - start)}")
     _print_report(report.write_report(out, spec, jobs_list, run_store, command, manifest.commit), out)
     if outcome.failed:
         for rid in outcome.failed:
             console.print(f"[red]{outcome.states[rid]}[/red] {rid}: {(run_store.status(rid) or {}).get('error', '')} "
                           f"(log: {run_store.sweep_dir(rid) / 'worker.log'})")
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _interrupts_resumable(command: str):
+    """Ctrl-C or SIGTERM: the running runs stop at a checkpoint (`run_jobs` does it) and are marked
+    interrupted; one line gives the command that continues the sweep. Exit code 130 / 143."""
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        yield
+    except (KeyboardInterrupt, _Terminated) as exc:
+        typer.echo(f"interrupted: running runs stopped at their last checkpoint; continue the sweep with: "
+                   f"cd {shlex.quote(os.getcwd())} && {command}", err=True)
+        raise typer.Exit(143 if isinstance(exc, _Terminated) else 130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(Exception):
+    """SIGTERM to the sweep, handled as Ctrl-C is."""
 
 
 def _print_report(result: dict, out: Path) -> None:

@@ -105,6 +105,15 @@ def run_stoppable(fn):
             raise typer.Exit(stopper.exit_code) from None
 
 
+def _check_eval_sets_used(values: dict) -> None:
+    """An evaluation set given for a run that never evaluates does nothing. (The library allows it: a
+    sweep names its sets in the config and evaluates the finished checkpoint on them itself.)"""
+    for key in ("eval_data", "eval_zeroshot"):
+        if values.get(key) is not None and values.get("periodic_eval") is False:
+            raise ConfigError("does nothing with --no-periodic-eval (no evaluation during training; `flipctl eval` "
+                              "evaluates a finished run): leave one of them out", key=key)
+
+
 @user_errors
 @with_knob_flags
 @with_launch_flags
@@ -130,6 +139,7 @@ def train_command(
     values.update(flags)
 
     def start(stop):
+        _check_eval_sets_used(values)
         cfg = resolve(TrainConfig.from_dict(values))
         # Everything that can be checked here is, before the built-in data is generated (a minute).
         needs_shared_out(launch, "out" in values)

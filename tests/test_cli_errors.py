@@ -111,7 +111,8 @@ def test_train_on_shards_with_nothing_readable_is_an_error(tmp_path):
     bad.write_bytes(b"\x00garbage" * 100)
     code, output = _run("train", "--data", str(bad), "--samples", "16", "--batch-size", "8", "--workers", "0",
                         "--out", str(tmp_path / "run"))
-    _assert_one_line_error(code, output, "no readable samples")
+    _assert_one_line_error(code, output, "not a webdataset shard")  # found before the run starts
+    assert not (tmp_path / "run").exists()
 
 
 def test_shipped_configs_are_valid():

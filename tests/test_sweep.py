@@ -237,15 +237,20 @@ def test_user_spec_runs_skips_when_done_and_reports(small_dataset, tmp_path):
 
 
 def test_failed_run_is_reported_and_retried(small_dataset, tmp_path):
-    spec = _user_spec(tmp_path, extra_base=f'data = "{small_dataset / "train"}"',
-                      extra_row='data = "/nonexistent/shard-{0..1}.tar"')
+    import tarfile
+
+    hollow = tmp_path / "hollow"  # a shard that holds no sample: passes the sweep's checks, fails in training
+    hollow.mkdir()
+    with tarfile.open(hollow / "000.tar", "w") as tar:
+        tar.addfile(tarfile.TarInfo("readme.md"))
+    spec = _user_spec(tmp_path, extra_base=f'data = "{small_dataset / "train"}"', extra_row=f'data = "{hollow}"')
     store, out = tmp_path / "store", tmp_path / "out"
     args = FLIPCTL + ["sweep", str(spec), "--store", str(store), "--out", str(out)] + _data_args(small_dataset)[2:]
     first = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert first.returncode == 1, first.stdout + first.stderr
     results = pd.read_csv(out / "results.csv")
     assert list(results.status) == ["done", "failed"]
-    assert "nonexistent" in results.error[1]
+    assert "no readable samples" in results.error[1]
     assert "failed" in (out / "table.md").read_text() and "failed" in (out / "report.html").read_text()
     failed_id = results.run_id[1]
     second = subprocess.run(args, capture_output=True, text=True, timeout=600)
@@ -269,7 +274,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(small_dataset, tmp_p
             break
         time.sleep(0.05)
     assert long_run is not None, "the long run never checkpointed"
-    worker_pid = json.loads((long_run / "sweep" / "lock.json").read_text())["pid"]
+    worker_pid = json.loads((long_run / "sweep" / "lock.json").read_text())["worker"]["pid"]  # the sweep's claim
     os.kill(proc.pid, signal.SIGKILL)  # the sweep process alone: its worker must not live on as an orphan
     proc.wait()
     deadline = time.time() + 30
@@ -367,7 +372,7 @@ def test_estimate_prefers_the_stores_finished_runs_over_a_probe(tmp_path):
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"train": dataclasses.replace(cfg, seed=seed).to_dict()}))
         (run / "summary.json").write_text(json.dumps({"samples_seen": 6400, "train_time_s": seconds}))
-    store.save_probe(estimate._step_key(cfg, torch.device("cpu")), 1.0)  # a stale, 100x slow probe
+    store.save_probe(estimate._rate_key(cfg, torch.device("cpu")), 1.0)  # a stale, 100x slow probe
     job = Job(run_id="new", kind="train", row="b", seed=3, variant="base",
               config=dataclasses.replace(cfg, samples=12800, seed=3), steps=200, samples=12800)
     seconds, how = estimate.estimate([job], store, torch.device("cpu"))["new"]

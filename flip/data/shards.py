@@ -43,6 +43,26 @@ def expand_urls(spec: str) -> list[str]:
     return urls
 
 
+def check_shards(spec: str, first: int = 16) -> list[str]:
+    """`expand_urls`, then a look at the first local shards: when none of them is a tar (a text file, a
+    folder of something else), the data is unusable and this says so now, not after the run started. A
+    corrupt shard among readable ones is left to training, which skips and counts it."""
+    urls = expand_urls(spec)
+    local = [url for url in urls if "://" not in url and not url.startswith("pipe:")][:first]
+    if local and not any(_is_tar(url) for url in local):
+        what = "is not a webdataset shard (a .tar file)" if len(local) == 1 else \
+            f"and the {len(local) - 1} shard(s) after it are not webdataset shards (.tar files)"
+        raise DataError(f"{local[0]} {what}: check the path given to --data ({spec!r})")
+    return urls
+
+
+def _is_tar(path: str) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except OSError:  # a directory, unreadable, vanished
+        return False
+
+
 def count_samples(urls: list[str]) -> int:
     """Number of samples in the shards, from `sizes.json` where present, else by reading tar headers.
 

@@ -1,19 +1,22 @@
-"""Dry-run estimates: how long each planned run will train, from `flipctl bench`-style step timing.
+"""Dry-run estimates: how long each planned run will train, from its counted FLOPs.
 
-Each distinct step (model, masking, text masking, decoder, precision) is timed on this device at a
-small batch (median of a few steps after a warm-up) and scaled linearly to the run's batch and step
-count. A model too large to time here is estimated from its counted FLOPs at the FLOP rate this
-device reached on the smallest timed step - a rough figure, and marked as such. Timings are cached
-in the store.
+A run's estimate is its training FLOPs (`flip.flops.train_step_flops` of its step, per sample, times
+its samples) at the FLOP rate of its model on this device. So two runs of one model are always
+ranked by their FLOPs - a 50%-masked run is never estimated slower than the unmasked one, however
+busy the machine was when something was timed. The rate, per model:
 
-Finished runs in the store are better evidence than any probe: they include the data loader and
-the machine's load at the time, and a probe taken while the machine was busy can be off by 10x.
-Where the store holds finished runs of the same step, their median seconds per sample is used
-("measured") and the probe is not consulted.
+- "measured": the median rate of the store's finished runs of the model on this device (they include
+  the data loader and the load of their time: better evidence than any probe);
+- "timed": one probe of the model's plain step at a small batch (median of a few steps after a
+  warm-up), cached in the store;
+- "from FLOPs": a model too large to time here takes the rate of a model that was (rough);
+- "unknown": nothing to go by.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import statistics
 import time
 
@@ -30,12 +33,11 @@ from flip.train.optim import make_optimizer
 from flip.train.step import TrainStep
 
 TIMED_BATCH = 32
-MAX_TIMED_GFLOPS = 5.0  # per sample; bigger models are estimated from FLOPs on a CPU
+MAX_TIMED_GFLOPS = 5.0  # per sample; bigger models are not timed on a CPU
 
 
-def _step_key(cfg: TrainConfig, device: torch.device) -> str:
-    return (f"step-s:{cfg.model}:m{cfg.mask_ratio:g}:{cfg.mask_strategy}:t{cfg.text_mask}{cfg.text_mask_ratio:g}:"
-            f"r{cfg.recon_weight:g}:{cfg.decoder_depth}x{cfg.decoder_width}:{cfg.precision}:{device.type}")
+def _rate_key(cfg: TrainConfig, device: torch.device) -> str:
+    return f"flop-rate:{cfg.model}:b{TIMED_BATCH}:c{cfg.context_length}:{cfg.precision}:{device.type}"
 
 
 def time_step(cfg: TrainConfig, device: torch.device, batch: int = TIMED_BATCH, steps: int = 3) -> float:
@@ -61,8 +63,15 @@ def time_step(cfg: TrainConfig, device: torch.device, batch: int = TIMED_BATCH, 
     return statistics.median(times[1:]) / batch
 
 
-def measured_per_sample(store: RunStore, device: torch.device) -> dict[str, float]:
-    """Step key -> median training seconds per sample over the store's finished runs of that step."""
+def plain(cfg: TrainConfig) -> TrainConfig:
+    """The model's unmasked step (what a probe times; what unmasked tuning runs)."""
+    return dataclasses.replace(cfg, mask_ratio=0.0, mask_strategy="random", recon_weight=0.0, text_mask="none",
+                               text_mask_ratio=0.0, **{f: TrainConfig.__dataclass_fields__[f].default
+                                                      for f in ("decoder_depth", "decoder_width", "decoder_heads")})
+
+
+def measured_rates(store: RunStore, device: torch.device) -> dict[str, float]:
+    """Model rate key -> median training FLOP/s over the store's finished runs of that model here."""
     seen: dict[str, list[float]] = {}
     for run_dir in sorted((store.root / "runs").glob("*")):
         summary, config = read_json(run_dir / "summary.json"), read_json(run_dir / "config.json")
@@ -74,44 +83,53 @@ def measured_per_sample(store: RunStore, device: torch.device) -> dict[str, floa
             continue  # written by another flipctl version: not comparable evidence
         if cfg.device.split(":")[0] not in ("auto", device.type):
             continue
-        seen.setdefault(_step_key(cfg, device), []).append(summary["train_time_s"] / summary["samples_seen"])
-    return {key: statistics.median(times) for key, times in seen.items()}
+        flops = flops_per_sample(cfg) * summary["samples_seen"]
+        seen.setdefault(_rate_key(cfg, device), []).append(flops / summary["train_time_s"])
+    return {key: statistics.median(rates) for key, rates in seen.items()}
+
+
+def _rate(cfg: TrainConfig, store: RunStore, device: torch.device, measured: dict[str, float]) -> tuple[float | None, str]:
+    """FLOP/s of the model's training step here, and how it is known."""
+    key = _rate_key(cfg, device)
+    if key in measured:
+        return measured[key], "measured"
+    flops = flops_per_sample(plain(cfg))
+    seconds = store.probe(key)
+    if seconds is None and (device.type == "cuda" or flops / 1e9 <= MAX_TIMED_GFLOPS):
+        seconds = time_step(plain(cfg), device)
+        store.save_probe(key, seconds)
+    return (flops / seconds, "timed") if seconds else (None, "unknown")
 
 
 def estimate(jobs: list[Job], store: RunStore, device: torch.device) -> dict[str, tuple[float | None, str]]:
-    """run id -> (estimated training seconds, how it was estimated: measured, timed or from FLOPs)."""
-    measured = measured_per_sample(store, device)
-    per_sample: dict[str, float] = {}
-    flop_rate = None
+    """run id -> (estimated training seconds, how the model's rate is known: measured, timed, from FLOPs or
+    unknown). Runs of one model are ranked by their FLOPs."""
+    measured = measured_rates(store, device)
+    rates: dict[str, tuple[float | None, str]] = {}
+    for job in jobs:  # each model's rate, once
+        key = _rate_key(job.config, device)
+        if key not in rates:
+            rates[key] = _rate(job.config, store, device, measured)
+    known = [rate for rate, _ in rates.values() if rate]
     out = {}
-    for job in sorted(jobs, key=lambda j: flops_per_sample(j.config)):
-        cfg = job.config
-        if job.kind == "tune":  # tuning runs the unmasked step of the parent's model
-            cfg = TrainConfig.from_dict({**cfg.to_dict(), "mask_ratio": 0.0, "recon_weight": 0.0, "text_mask": "none"})
-        flops = flops_per_sample(cfg)
-        samples = job.samples or 0
-        key = _step_key(cfg, device)
-        if key in measured:
-            out[job.run_id] = (measured[key] * samples, "measured")
-            flop_rate = flop_rate or flops / measured[key]
-            continue
-        if key not in per_sample:
-            cached = store.probe(key)
-            if cached is None and (device.type == "cuda" or flops / 1e9 <= MAX_TIMED_GFLOPS):
-                cached = time_step(cfg, device)
-                store.save_probe(key, cached)
-            if cached is not None:
-                per_sample[key] = cached
-                flop_rate = flop_rate or flops / cached
-        if key in per_sample:
-            out[job.run_id] = (per_sample[key] * samples, "timed")
-        elif flop_rate:
-            out[job.run_id] = (flops * samples / flop_rate, "from FLOPs")
-        else:
-            out[job.run_id] = (None, "not timed")
+    for job in jobs:
+        rate, how = rates[_rate_key(job.config, device)]
+        if rate is None and known:
+            rate, how = min(known), "from FLOPs"  # another model's rate here: rough, and said so
+        cfg = plain(job.config) if job.kind == "tune" else job.config  # tuning runs the unmasked step
+        out[job.run_id] = (flops_per_sample(cfg) * (job.samples or 0) / rate, how) if rate else (None, "unknown")
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _flops_per_sample(model: str, context_length: int, knobs: tuple) -> float:
+    step = dict(knobs)
+    cfg = TrainConfig(model=model, context_length=context_length, **step)
+    return train_step_flops(get_preset(model).with_context_length(context_length), cfg, 8)["total"] / 8
 
 
 def flops_per_sample(cfg: TrainConfig) -> float:
     """Training FLOPs per sample (forward + backward) of the run's step, counted at a small batch."""
-    return train_step_flops(get_preset(cfg.model), cfg, 8)["total"] / 8
+    knobs = ("mask_ratio", "text_mask", "text_mask_ratio", "recon_weight", "decoder_depth", "decoder_width",
+             "decoder_heads", "accum_steps", "activation_checkpointing")
+    return _flops_per_sample(cfg.model, cfg.context_length, tuple((k, getattr(cfg, k)) for k in knobs))

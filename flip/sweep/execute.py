@@ -16,10 +16,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from flip.sweep import claims
 from flip.sweep.plan import Job
-from flip.sweep.store import COMMAND, JOB, LOCK, RunStore, read_json, write_json_atomic
+from flip.sweep.store import COMMAND, JOB, STATUS, RunStore, read_json, write_json_atomic
 from flip.train.config import TrainConfig
 
 TERMINAL = ("done", "failed", "skipped")
@@ -30,7 +31,8 @@ class SweepProgress(Protocol):
 
     def start(self, jobs: list[Job], todo: list[Job]) -> None: ...
 
-    def update(self, running: dict[str, tuple[int, int]], finished: dict[str, str]) -> None: ...
+    def update(self, running: dict[str, tuple[int, int, float | None]], finished: dict[str, str]) -> None:
+        """`running`: run id -> (step, total steps, last logged samples/s); `finished`: run id -> state."""
 
     def close(self) -> None: ...
 
@@ -71,8 +73,10 @@ def write_job(job: Job, store: RunStore) -> Path:
         payload["parent_dir"] = str(store.run_dir(job.parent))
     write_json_atomic(sweep_dir / JOB, payload)
     defaults = TrainConfig().to_dict()
+    # The sweep evaluates on its eval sets itself; to a run without periodic evaluation they are no-ops.
+    unused = {"out"} | (set() if job.config.periodic_eval else {"eval_data", "eval_zeroshot"})
     lines = [f"{k} = {_toml_value(v)}" for k, v in job.config.to_dict().items()
-             if k != "out" and v is not None and v != defaults.get(k)]
+             if k not in unused and v is not None and v != defaults.get(k)]
     (sweep_dir / "train.toml").write_text("# the training config of this run (see command.txt)\n"
                                           + "\n".join(lines) + "\n")
     (sweep_dir / COMMAND).write_text(reproduce_command(job, store) + "\n")
@@ -81,9 +85,10 @@ def write_job(job: Job, store: RunStore) -> Path:
 
 @dataclass
 class SweepOutcome:
-    states: dict[str, str] = field(default_factory=dict)  # run id -> done | failed | skipped
+    states: dict[str, str] = field(default_factory=dict)  # run id -> done | failed | skipped | interrupted
     ran: list[str] = field(default_factory=list)  # run ids this call executed
     skipped_done: list[str] = field(default_factory=list)  # already complete before this call
+    done_elsewhere: list[str] = field(default_factory=list)  # finished meanwhile by another sweep on the store
 
     @property
     def failed(self) -> list[str]:
@@ -94,9 +99,12 @@ def run_jobs(jobs: list[Job], store: RunStore, parallel: int = 1, progress: Swee
              poll_s: float = 0.5, spawn=None) -> SweepOutcome:
     """Run every incomplete job (parents before their tuning jobs), `parallel` processes at a time.
 
-    `spawn(job, store)` starts one job and returns a handle with `subprocess.Popen`'s `poll`,
-    `returncode`, `terminate` and `wait`: by default a worker process here; `flip.launch.SlurmSweepRuns`
-    submits each job to SLURM instead.
+    Each job is claimed (`flip.sweep.claims`) before it starts, so a job another sweep on the store is
+    running waits for that sweep, and one it finished meanwhile is not run again. `spawn(job, store)`
+    starts one job and returns a handle with `subprocess.Popen`'s `poll`, `returncode`, `terminate`
+    and `wait`: by default a worker process here; `flip.launch.SlurmSweepRuns` submits each job to
+    SLURM instead. On an exception (Ctrl-C) the running workers are stopped politely: each writes a
+    checkpoint and marks its run interrupted.
     """
     progress = progress or NoProgress()
     spawn = spawn or _spawn
@@ -109,43 +117,84 @@ def run_jobs(jobs: list[Job], store: RunStore, parallel: int = 1, progress: Swee
         elif job.run_id not in {j.run_id for j in todo}:
             todo.append(job)
     progress.start(jobs, todo)
-    running: dict[str, tuple[Job, subprocess.Popen]] = {}
+    running: dict[str, tuple[Job, Any, claims.Claim]] = {}
     waiting = list(todo)
     try:
         while waiting or running:
-            for rid, (job, proc) in list(running.items()):
-                if proc.poll() is not None:
-                    state = (store.status(rid) or {}).get("state")
-                    outcome.states[rid] = "done" if proc.returncode == 0 and state == "done" else "failed"
-                    del running[rid]
+            for rid, (job, proc, claim) in list(running.items()):
+                if proc.poll() is None:
+                    claim.heartbeat()
+                    continue
+                outcome.states[rid] = _final_state(store, rid, proc.returncode)
+                claim.release()
+                del running[rid]
             for job in list(waiting):
                 if len(running) >= max(1, parallel):
                     break
-                parent_state = outcome.states.get(job.parent) if job.parent else "done"
-                if parent_state is None:
-                    continue  # parent still to run
-                if held_by_live_process(store, job.run_id):
-                    continue  # another sweep sharing the store is running it: wait for that
-                waiting.remove(job)
-                if parent_state != "done":
-                    outcome.states[job.run_id] = "skipped"
-                    write_json_atomic(store.sweep_dir(job.run_id) / "status.json",
-                                      {"state": "skipped", "error": f"parent run {job.parent} did not finish"})
-                    continue
-                running[job.run_id] = (job, spawn(job, store))
-                outcome.ran.append(job.run_id)
-            progress.update({rid: _steps(store, job) for rid, (job, _) in running.items()}, dict(outcome.states))
+                started = _start(job, store, spawn, outcome)
+                if started is not None:
+                    waiting.remove(job)
+                    if started is not True:
+                        running[job.run_id] = started
+            progress.update({rid: _steps(store, job) for rid, (job, _, _) in running.items()}, dict(outcome.states))
             if running or waiting:
                 time.sleep(poll_s)
     except BaseException:
-        for _, proc in running.values():
-            proc.terminate()  # the workers record themselves as failed; a rerun resumes them
-        for _, proc in running.values():
-            proc.wait()
+        _stop(running, store)
         raise
     finally:
         progress.close()
     return outcome
+
+
+def _start(job: Job, store: RunStore, spawn, outcome: SweepOutcome):
+    """Claim and start one job: (job, handle, claim) when started, True when settled without starting it
+    (finished by another sweep, or skipped for a failed parent), None when it must wait (its parent is
+    still to run, or another sweep holds it)."""
+    parent_state = outcome.states.get(job.parent) if job.parent else "done"
+    if parent_state is None:
+        return None
+    claim = claims.try_claim(store.sweep_dir(job.run_id))
+    if claim is None:
+        return None  # another sweep sharing the store runs it: look again next round
+    try:
+        if is_complete(job, store):  # another sweep finished it meanwhile
+            outcome.states[job.run_id] = "done"
+            outcome.done_elsewhere.append(job.run_id)
+        elif parent_state != "done":
+            outcome.states[job.run_id] = "skipped"
+            write_json_atomic(store.sweep_dir(job.run_id) / STATUS,
+                              {"state": "skipped", "error": f"parent run {job.parent} did not finish"})
+        else:
+            handle = spawn(job, store)
+            outcome.ran.append(job.run_id)
+            claim.set_worker(_worker_of(handle))
+            return job, handle, claim
+    except BaseException:
+        claim.release()
+        raise
+    claim.release()
+    return True
+
+
+def _final_state(store: RunStore, run_id: str, returncode: int) -> str:
+    state = (store.status(run_id) or {}).get("state")
+    if returncode == 0 and state == "done":
+        return "done"
+    return "interrupted" if state == "interrupted" else "failed"
+
+
+def _stop(running: dict, store: RunStore) -> None:
+    """Stop the running workers (each finishes its step and writes a checkpoint), wait, free their runs."""
+    for _, proc, _ in running.values():
+        proc.terminate()
+    for rid, (_, proc, claim) in running.items():
+        proc.wait()
+        status = store.status(rid) or {}
+        if status.get("state") == "running":  # a worker that could not say so itself (killed, or on SLURM)
+            write_json_atomic(store.sweep_dir(rid) / STATUS, {**status, "state": "interrupted",
+                                                              "finished": time.time()})
+        claim.release()
 
 
 def _die_with_parent() -> None:
@@ -159,26 +208,22 @@ def _die_with_parent() -> None:
         pass
 
 
-def held_by_live_process(store: RunStore, run_id: str) -> int | None:
-    """The pid of a live worker that holds this run (e.g. another sweep sharing the store), else None."""
-    lock = read_json(store.sweep_dir(run_id) / LOCK)
-    if not lock:
-        return None
-    try:
-        os.kill(lock["pid"], 0)
-    except (ProcessLookupError, PermissionError, KeyError, TypeError):
-        return None
-    return lock["pid"]
+def _worker_of(handle) -> dict[str, Any]:
+    """Who runs a started job, for its claim: a process here, or a SLURM job."""
+    if isinstance(handle, subprocess.Popen):
+        return claims.me(handle.pid)
+    return {"job": str(getattr(getattr(handle, "job", None), "job_id", "?"))}
 
 
 def _spawn(job: Job, store: RunStore) -> subprocess.Popen:
     job_path = write_job(job, store)
     log = (job_path.parent / "worker.log").open("ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Its own session: a Ctrl-C at the terminal reaches the sweep alone, which stops the worker politely once.
     return subprocess.Popen([sys.executable, "-m", "flip.sweep.worker", str(job_path)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
+                            stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent, start_new_session=True)
 
 
-def _steps(store: RunStore, job: Job) -> tuple[int, int]:
+def _steps(store: RunStore, job: Job) -> tuple[int, int, float | None]:
     progress = read_json(store.sweep_dir(job.run_id) / "progress.json") or {}
-    return progress.get("step", 0), progress.get("total", job.steps) or job.steps
+    return progress.get("step", 0), progress.get("total", job.steps) or job.steps, progress.get("samples_per_s")

@@ -375,12 +375,22 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
 
 
 def _validate_runs(spec: SweepSpec) -> None:
-    """Every run's config must be valid before anything trains."""
+    """Every run's config must be valid before anything trains, and no two rows may be one run (an axis
+    over a setting that does not change what is trained, such as ckpt_every or compile)."""
+    from flip.sweep.store import identity
+
+    seen: dict[str, Row] = {}
     for row in spec.rows:
         try:
-            spec.config(row, 0).validate()
+            cfg = spec.config(row, 0)
+            cfg.validate()
         except ConfigError as exc:
             raise SpecError(f"{spec.source}: row {row.label!r}: {exc}") from None
+        other = seen.setdefault(repr(sorted(identity(cfg).items())), row)
+        if other is not row:
+            varied = sorted(k for k in {*row.fields, *other.fields} if row.fields.get(k) != other.fields.get(k))
+            raise SpecError(f"{spec.source}: rows {other.label!r} and {row.label!r} are the same run: "
+                            f"{', '.join(varied) or 'nothing'} does not change what is trained")
 
 
 def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -69,18 +69,20 @@ class TrainConfig:
     # masking (image), and the paper's ablation knobs (Table 1c, 1f)
     mask_ratio: float = knob(0.5, "fraction of image patches dropped.", ge=0, lt=1, step=True)
     mask_strategy: str = knob("random", "which patches are dropped: random (paper), block (BEiT-style "
-                                        "rectangles) or grid (a regular sub-grid, random offset).",
+                                        "rectangles) or grid (a regular sub-grid, random offset); block and grid "
+                                        "need --mask-ratio > 0.",
                               choices=MASK_STRATEGIES, step=True, ablation=True)
     text_mask: str = knob("none", "text token dropping: none, random, or padding (padding first, then "
-                                  "random real tokens).", choices=TEXT_MASKS, step=True, ablation=True)
-    text_mask_ratio: float = knob(0.0, "fraction of text positions dropped (32 -> 16 tokens at 0.5); the SOT "
-                                       "token is always kept.", ge=0, lt=1, step=True, ablation=True)
+                                  "random real tokens), at --text-mask-ratio (give both).", choices=TEXT_MASKS, step=True, ablation=True)
+    text_mask_ratio: float = knob(0.0, "fraction of text positions dropped (32 -> 16 tokens at 0.5) by "
+                                       "--text-mask (give both); the SOT token is always kept.", ge=0, lt=1, step=True, ablation=True)
     recon_weight: float = knob(0.0, "weight of an MAE pixel-reconstruction loss on the masked patches "
                                     "(0 = off, the paper's default).", ge=0, step=True, ablation=True)
-    decoder_depth: int = knob(2, "reconstruction decoder blocks.", ge=1, ablation=True)
-    decoder_width: int = knob(128, "reconstruction decoder width (a multiple of --decoder-heads).", ge=1,
+    decoder_depth: int = knob(2, "reconstruction decoder blocks (with --recon-weight > 0).", ge=1, ablation=True)
+    decoder_width: int = knob(128, "reconstruction decoder width (a multiple of --decoder-heads; with "
+                                                 "--recon-weight > 0).", ge=1,
                               ablation=True)
-    decoder_heads: int = knob(4, "reconstruction decoder attention heads.", ge=1, ablation=True)
+    decoder_heads: int = knob(4, "reconstruction decoder attention heads (with --recon-weight > 0).", ge=1, ablation=True)
     # budget: samples, or epochs of the training data
     samples: int | None = knob(None, "training budget in samples (default on the built-in data: 60k for "
                                      "tiny, 40k otherwise).", ge=1)
@@ -92,11 +94,11 @@ class TrainConfig:
                                "batch on few devices, exactly.", ge=1, step=True)
     # optimisation (the paper's recipe, lr scaled per 256)
     lr: float | None = knob(None, "peak learning rate. Default: base lr x batch/256.", gt=0)
-    base_lr: float | None = knob(None, "lr per 256 samples. Default: 4e-6 for the paper's presets, 1e-3 for "
-                                       "tiny/small.", gt=0)
+    base_lr: float | None = knob(None, "lr per 256 samples (not with --lr). Default: 4e-6 for the paper's "
+                                       "presets, 1e-3 for tiny/small.", gt=0)
     warmup: int | None = knob(None, "linear warm-up, in samples. Default: --warmup-fraction of the budget.",
                               ge=0)
-    warmup_fraction: float = knob(0.05, "warm-up as a fraction of the budget (when --warmup is not given).",
+    warmup_fraction: float = knob(0.05, "warm-up as a fraction of the budget (not with --warmup).",
                                   ge=0, le=1)
     min_lr_ratio: float = knob(0.0, "the cosine schedule ends at this fraction of the peak lr.", ge=0, le=1)
     weight_decay: float = knob(0.2, "AdamW weight decay (not on biases, norms, position embeddings, CLS "
@@ -142,10 +144,11 @@ class TrainConfig:
                                             "builtin or a file of {c} lines. Default: the data's own, else simple.")
     periodic_eval: bool = knob(True, "evaluate during training (--no-periodic-eval: never; a sweep evaluates "
                                      "the finished checkpoint itself).")
-    eval_every: int = knob(100, "steps between periodic evaluations.", ge=1)
-    eval_images: int = knob(1000, "retrieval images per periodic evaluation (the first ones).", ge=1)
+    eval_every: int = knob(100, "steps between periodic evaluations (not with --no-periodic-eval).", ge=1)
+    eval_images: int = knob(1000, "retrieval images per periodic evaluation (the first ones; not with "
+                                             "--no-periodic-eval).", ge=1)
     eval_zeroshot_images: int = knob(1000, "zero-shot images per periodic evaluation (spread evenly over the "
-                                           "classes).", ge=1)
+                                           "classes; not with --no-periodic-eval).", ge=1)
     # bookkeeping
     out: str | None = knob(None, "run directory. Default: runs/<model>-mask<r>-<time>.")
     log_every: int = knob(10, "steps between metric log lines.", ge=1, resume=True)
@@ -214,6 +217,24 @@ class TrainConfig:
             raise ConfigError(f"({self.accum_steps}) must divide the batch size ({self.batch_size})", key="accum_steps")
         if self.samples is not None and self.epochs is not None:
             raise ConfigError("and samples both set a budget: give one of them", key="epochs")
+        self._check_no_ops()
+
+    def _check_no_ops(self) -> None:
+        """A setting that changes nothing unless another one is set too is an error naming both: a run
+        that silently ignores what it was asked for would report an ablation that never happened."""
+        given = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != _default(f)}
+        if self.text_mask != "none" and self.text_mask_ratio == 0:
+            raise ConfigError(f"{self.text_mask} drops no text tokens at {{other}} 0: give {{other}} > 0 too "
+                              f"(e.g. 0.5)", key="text_mask", other="text_mask_ratio")
+        if self.text_mask_ratio > 0 and self.text_mask == "none":
+            raise ConfigError(f"{self.text_mask_ratio:g} does nothing with {{other}} none: give {{other}} random "
+                              f"or padding too", key="text_mask_ratio", other="text_mask")
+        if self.mask_strategy != "random" and self.mask_ratio == 0:
+            raise ConfigError(f"{self.mask_strategy} drops no patches at {{other}} 0: give {{other}} > 0 too, "
+                              f"or leave it out", key="mask_strategy", other="mask_ratio")
+        for key, other, when, why in _NO_OP_RULES:
+            if key in given and when(self):
+                raise ConfigError(f"{_shown(getattr(self, key))} does nothing {why}", key=key, other=other)
 
     def default_base_lr(self) -> float:
         return 4e-6 if get_preset(self.model).name in PAPER_PRESETS else 1e-3
@@ -234,6 +255,37 @@ class TrainConfig:
         return {f.name: f.default for f in dataclasses.fields(cls) if f.metadata["ablation"]}
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _without_periodic_eval(key: str) -> tuple:
+    return (key, None, lambda c: not c.periodic_eval, "with --no-periodic-eval (no evaluation during training): "
+                                                      "leave one of them out")
+
+
+# (setting, the other setting, when the first does nothing, why): checked for settings given (not at
+# their default). The first of a rule whose setting is given and whose condition holds is the error.
+_NO_OP_RULES = (
+    *[(key, "recon_weight", lambda c: c.recon_weight == 0, "at {other} 0 (no reconstruction decoder): give "
+       "{other} > 0 too, or leave it out") for key in ("decoder_depth", "decoder_width", "decoder_heads")],
+    ("warmup_fraction", "warmup", lambda c: c.warmup is not None,
+     "with {other} (the warm-up in samples): give one of them"),
+    ("base_lr", "lr", lambda c: c.lr is not None, "with {other} (the peak lr itself): give one of them"),
+    *[_without_periodic_eval(key) for key in ("eval_every", "eval_images", "eval_zeroshot_images", "eval_templates")],
+    # With --data only the evaluation sets named run; the built-in data has both.
+    ("eval_images", "eval_data", lambda c: c.data is not None and c.eval_data is None,
+     "without {other}: with --data, no retrieval set is evaluated unless you name one"),
+    *[(key, "eval_zeroshot", lambda c: c.data is not None and c.eval_zeroshot is None,
+       "without {other}: with --data, no zero-shot set is evaluated unless you name one")
+      for key in ("eval_zeroshot_images", "eval_templates")],
+)
+
+
 # The settings one training step reads (flip.train.step.TrainStep, and `flipctl bench`), with
 # TrainConfig's defaults: declared once above (`step=True`), never copied by hand.
 StepConfig = dataclasses.make_dataclass(
@@ -247,7 +299,7 @@ StepConfig.__module__ = __name__  # make_dataclass's `module=` needs Python 3.12
 def knob_help(f: dataclasses.Field) -> str:
     """The user-facing description of a knob: its help, allowed values and default."""
     meta, parts = f.metadata, [f.metadata["help"]]
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    default = _default(f)
     if meta["choices"]:
         parts.append(f"{'Any' if isinstance(default, list) else 'One'} of: {', '.join(map(str, meta['choices']))}.")
     if range_text(meta):

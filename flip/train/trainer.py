@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from flip.data import builtin
 from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_loader
-from flip.data.shards import count_samples, expand_urls
+from flip.data.shards import check_shards, count_samples
 from flip.data.synth import SynthConfig
 from flip.distributed import (DistInfo, full_model_state, full_optimizer_state, init_distributed,
                               load_optimizer_state, resolve_device, shard_model)
@@ -168,6 +168,7 @@ class Trainer:
         self.reporter = reporter or Reporter()
         self.stop = stop
         self.run_dir = Path(cfg.out)
+        self.resumed, self.created_dir = bool(resume), not self.run_dir.exists()
         self._prepare_run_dir(resume)
         self.last_checkpoint: Path | None = self.resume_from if resume else None
         if resume:
@@ -196,7 +197,7 @@ class Trainer:
             self.decoder = MAEDecoder(self.model_cfg.vision, decoder_cfg).to(self.device)
         self.pretrainer = Pretrainer(self.model, self.decoder)
         _ensure_builtin_data(cfg)
-        self.urls = expand_urls(cfg.data)
+        self.urls = check_shards(cfg.data)
         if cfg.data_fraction < 1:  # a smaller dataset, in whole shards: the first ceil(f * n) of them
             self.urls = self.urls[:max(1, math.ceil(cfg.data_fraction * len(self.urls)))]
         self.total_samples = _budget_samples(cfg, self.urls)
@@ -259,6 +260,18 @@ class Trainer:
         elif has_ckpt or (self.run_dir / SUMMARY_FILE).exists():
             raise ConfigError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
                               f"or choose another --out")
+
+    def discard_failed_start(self) -> None:
+        """A fresh run that failed before its first step leaves nothing behind: no config, no empty log, no
+        run directory it made itself."""
+        if self.resumed or self.progress.step > 0 or not self.dist.is_main or has_checkpoint(self.run_dir):
+            return
+        for name in (CONFIG_FILE, METRICS_FILE):
+            (self.run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
+        if self.created_dir:
+            with contextlib.suppress(OSError):  # anything else in it is not ours to remove
+                self.run_dir.rmdir()
 
     def _load_init_weights(self, path: str) -> None:
         source = ckpt.resolve_checkpoint(path)
@@ -696,7 +709,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, reporter: Reporter | Non
     if resume == "auto":
         resume = cfg.out is not None and has_checkpoint(cfg.out)
     if not resume:
-        return Trainer(resolve(cfg), reporter=reporter, stop=stop).run()
+        return _run_fresh(Trainer(resolve(cfg), reporter=reporter, stop=stop))
     summary = Path(cfg.out) / SUMMARY_FILE
     if summary.exists() and has_checkpoint(cfg.out):
         resumed_config(cfg.out, ckpt.read_config(ckpt.resolve_checkpoint(cfg.out))["train"], settings or {})
@@ -713,7 +726,15 @@ def tune_unmasked(ckpt_path: str, samples: int | None = None, epochs: float | No
     directory that records its parent.
     """
     cfg = unmasked_tuning_config(ckpt_path, samples, epochs, lr, warmup, out, **overrides)
-    return Trainer(cfg, resume=False, reporter=reporter, stop=stop).run()
+    return _run_fresh(Trainer(cfg, resume=False, reporter=reporter, stop=stop))
+
+
+def _run_fresh(trainer: Trainer) -> dict[str, Any]:
+    try:
+        return trainer.run()
+    except BaseException:
+        trainer.discard_failed_start()
+        raise
 
 
 def unmasked_tuning_config(ckpt_path: str, samples: int | None = None, epochs: float | None = None,
@@ -729,7 +750,8 @@ def unmasked_tuning_config(ckpt_path: str, samples: int | None = None, epochs: f
     settings = {
         **TrainConfig.ablation_defaults(),  # text masking, the decoder, ...: back to plain CLIP
         "mask_ratio": 0.0, "samples": samples, "epochs": epochs, "lr": tuned_lr, "base_lr": None,
-        "warmup": warmup, "warmup_fraction": 0.2,  # the paper warms up 25.6M of its 128M tuning samples
+        # the paper warms up 25.6M of its 128M tuning samples; a --warmup in samples replaces the fraction
+        "warmup": warmup, "warmup_fraction": 0.2 if warmup is None else TrainConfig.warmup_fraction,
         "init_from": str(ckpt_dir), "parent": str(ckpt_dir), "out": out or f"{parent.out}-unmasked",
         **overrides}
     cfg = dataclasses.replace(parent, **settings)
