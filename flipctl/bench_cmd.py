@@ -7,16 +7,11 @@ import shlex
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
 
-from flip.bench.data import DEFAULT_HOST_CORES, DEFAULT_MFU, DataBenchConfig, run_data_bench
-from flip.bench.data_report import render_data_paths
-from flip.bench.memory import parse_size
-from flip.data.decode import DECODE_MODES
-from flip.bench.report import render
-from flip.bench.runner import BenchConfig, run_bench
+from flip.bench.defaults import DEFAULT_HOST_CORES, DEFAULT_MFU
+from flip.choices import DECODE_MODES
 from flip.errors import ConfigError
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
@@ -38,8 +33,11 @@ def make_config(model: str, batch_size: int, mask_ratios: str, device: str, prec
                 compile_backend: Optional[str], steps: int, warmup: int, compare: Optional[str], split: bool, data: bool,
                 data_path: Optional[str], workers: int, max_batch: bool, memory_limit: Optional[str],
                 peak_tflops: Optional[float], seed: int, ablations: bool = False,
-                variants: Optional[bool] = None) -> BenchConfig:
+                variants: Optional[bool] = None):
     """CLI values -> a validated BenchConfig; bad input raises ConfigError naming the setting."""
+    from flip.bench.memory import parse_size
+    from flip.bench.runner import BenchConfig
+
     cfg = BenchConfig(
         model=model, batch_size=batch_size, mask_ratios=parse_ratios(mask_ratios), device=device,
         precision=precision, compile=compile, compile_backend=compile_backend, steps=steps, warmup=warmup,
@@ -89,6 +87,11 @@ def bench_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (every figure) to this JSON file."),
 ) -> None:
     """Time training steps per mask ratio: throughput, FLOPs, ideal vs measured speed-up, memory, time split."""
+    import torch
+
+    from flip.bench.report import render
+    from flip.bench.runner import run_bench
+
     if data_spec is not None:
         if not data:
             raise ConfigError(f"{data_spec!r}: a data spec is timed with --data (flipctl bench --data {data_spec})")
@@ -112,6 +115,9 @@ def bench_command(
 def _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu, host_cores, device,
                 seed, json_out) -> None:
     """`--data SHARDS|synthetic-jpeg:SIZE`: the decode paths side by side (flip.bench.data)."""
+    from flip.bench.data import DataBenchConfig, run_data_bench
+    from flip.bench.data_report import render_data_paths
+
     cfg = DataBenchConfig(data=data, model=model, batch_size=batch_size, workers=workers,
                           paths=tuple(p.strip() for p in decode.split(",") if p.strip()),
                           mask_ratios=parse_ratios(mask_ratios), peak_tflops=peak_tflops, mfu=mfu,

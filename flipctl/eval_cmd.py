@@ -18,9 +18,6 @@ from rich.progress import (
 from rich.table import Table
 
 from flip.errors import ConfigError
-from flip.eval.api import evaluate_checkpoint
-from flip.eval.features import Masking, Runtime
-from flip.eval.linear_probe import ProbeConfig
 from flipctl.console import make_console
 from flipctl.errors import user_errors
 
@@ -65,6 +62,8 @@ def _progress_bar() -> Progress:
 
 def _evaluate(ckpt: str, task: str, title: str, json_out: Optional[Path], **kwargs) -> None:
     """Run the evaluation with progress bars, print its table and write its record to `json_out`."""
+    from flip.eval.api import evaluate_checkpoint  # torch: loaded when an evaluation runs
+
     with _progress_bar() as bar:
         record = evaluate_checkpoint(ckpt, task, progress=RichProgress(bar), log=console.print, **kwargs)
     table = Table(title=title)
@@ -80,8 +79,16 @@ def _evaluate(ckpt: str, task: str, title: str, json_out: Optional[Path], **kwar
         console.print(f"wrote {json_out}")
 
 
-def _runtime(device: str, batch_size: int, precision: str, workers: int) -> Runtime:
+def _runtime(device: str, batch_size: int, precision: str, workers: int):
+    from flip.eval.features import Runtime
+
     return Runtime(device, batch_size, precision, workers)
+
+
+def _masking(mask_ratio: float, views: int, seed: int):
+    from flip.eval.features import Masking
+
+    return Masking(mask_ratio, views, seed)
 
 
 @app.command("zeroshot")
@@ -103,7 +110,7 @@ def zeroshot(
     compile: bool = COMPILE,
 ) -> None:
     """Zero-shot classification: top-1, top-5, mean per-class recall (CLIP_benchmark's protocol)."""
-    masking = Masking(mask_ratio, views, seed)
+    masking = _masking(mask_ratio, views, seed)
     runtime = _runtime(device, batch_size, precision, workers)
     _evaluate(ckpt, "zeroshot", f"zero-shot, {masking.mode}", json_out, data=data, masking=masking,
               runtime=runtime, templates=templates, classnames=classnames, split=split, compile=compile)
@@ -125,7 +132,7 @@ def retrieval(
     compile: bool = COMPILE,
 ) -> None:
     """Image-text retrieval: R@1/5/10 image->text and text->image (CLIP_benchmark's protocol)."""
-    masking = Masking(mask_ratio, views, seed)
+    masking = _masking(mask_ratio, views, seed)
     runtime = _runtime(device, batch_size, precision, workers)
     _evaluate(ckpt, "retrieval", f"retrieval, {masking.mode}", json_out, data=data, masking=masking,
               runtime=runtime, images_root=images_root, split=split, compile=compile)
@@ -147,6 +154,8 @@ def linear_probe(
     json_out: Optional[Path] = JSON_OUT, compile: bool = COMPILE,
 ) -> None:
     """Linear probe: logistic regression on frozen image features, L2 strength chosen on a validation split."""
+    from flip.eval.linear_probe import ProbeConfig
+
     runtime, probe = _runtime(device, batch_size, precision, workers), ProbeConfig(max_iter=max_iter)
     for key, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0 < fraction < 1:

@@ -8,9 +8,7 @@ import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
-from flip.checkpoint import load_model, resolve_checkpoint
 from flip.errors import ConfigError
-from flip.export.open_clip import check_name, export_open_clip
 from flipctl.errors import user_errors
 
 console = Console()
@@ -26,6 +24,9 @@ def export_command(
     weights: str = typer.Option("safetensors", help="weights file: safetensors or bin (torch.save)."),
 ) -> None:
     """Export a checkpoint so that open_clip (and CLIP_benchmark) build the same model."""
+    from flip.checkpoint import load_model, resolve_checkpoint
+    from flip.export.open_clip import check_name, export_open_clip
+
     if format not in FORMATS:
         raise ConfigError(f"must be one of {', '.join(FORMATS)}, got {format!r}", key="format")
     if name is not None:

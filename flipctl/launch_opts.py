@@ -15,13 +15,16 @@ import os
 import shlex
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
+from flip.choices import LAUNCHERS
 from flip.errors import ConfigError
-from flip.launch import LAUNCHERS, LaunchStopped, LocalLaunch, SlurmLaunch, TrainJob, launch_local, submit
 from flipctl.errors import flag
+
+if TYPE_CHECKING:  # flip.launch (submitit, torch) loads when a job is launched, not for --help
+    from flip.launch import LocalLaunch, SlurmLaunch, TrainJob
 
 TORCHRUN_FLAGS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint")
 SLURM_FLAGS = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "time", "account", "qos", "constraint")
@@ -55,7 +58,8 @@ class LaunchFlags:
         if wrong:
             other = "slurm" if self.launcher == "local" else "local"
             raise ConfigError(f"is a setting of --launcher {other} (this is --launcher {self.launcher})", key=wrong[0])
-        if self.launcher == "local" and self.local().world_size > 1 and "WORLD_SIZE" in os.environ:
+        if (self.launcher == "local" and self.given(TORCHRUN_FLAGS) and self.local().world_size > 1
+                and "WORLD_SIZE" in os.environ):
             raise ConfigError("starts processes itself: do not also launch flipctl with torchrun", key="nproc")
         return self
 
@@ -67,13 +71,17 @@ class LaunchFlags:
     @property
     def elsewhere(self) -> bool:
         """Whether the job runs in other processes than this one."""
-        return self.launcher == "slurm" or self.local().world_size > 1
+        return self.launcher == "slurm" or bool(self.given(TORCHRUN_FLAGS)) and self.local().world_size > 1
 
     def local(self) -> LocalLaunch:
+        from flip.launch import LocalLaunch
+
         given = {name: getattr(self, name) for name in self.given(TORCHRUN_FLAGS)}
         return LocalLaunch(**given).validate()
 
     def slurm(self) -> SlurmLaunch:
+        from flip.launch import SlurmLaunch
+
         given = {name: getattr(self, name) for name in self.given(SLURM_FLAGS)}
         return SlurmLaunch(**given).validate()
 
@@ -130,6 +138,8 @@ def with_launch_flags(fn=None, *, torchrun: bool = True):
 def run_job(job: TrainJob, launch: LaunchFlags, here: Callable[[], dict[str, Any]], echo=print) -> dict | None:
     """Run `job` as `launch` says: `here()` in this process, in --nproc processes, or submitted to SLURM
     (then None: the job runs on; `echo` says where its logs and run are)."""
+    from flip.launch import LaunchStopped, launch_local, submit
+
     if launch.launcher == "slurm":
         spec = launch.slurm()
         handle = submit(job, spec, name=f"flipctl-{os.path.basename(os.path.normpath(job.out))}")

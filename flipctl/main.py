@@ -17,7 +17,25 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # subcommands inherit it
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"flipctl {version('flipctl')}")
+        except PackageNotFoundError:  # a checkout on PYTHONPATH, never installed
+            typer.echo("flipctl (not installed: no package metadata)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(_version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the installed version and exit.")) -> None:
+    """FLIP: masked CLIP pre-training, evaluation and the paper's studies."""
 app.command("train")(train_command)
 app.command("tune-unmasked")(tune_unmasked_command)
 app.command("models")(models_command)

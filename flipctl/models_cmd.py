@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from flip.errors import ConfigError
-from flip.flops import forward_flops, parameter_count
 from flip.models import PRESETS
 from flipctl.console import make_console
 from flipctl.errors import user_errors
@@ -24,6 +23,8 @@ def models_command(json_out: Optional[str] = typer.Option(None, "--json", help="
         raise ConfigError(f"{json_out} is a directory", key="json")
     if json_out and not Path(json_out).parent.is_dir():
         raise ConfigError(f"{json_out} cannot be written: no folder {Path(json_out).parent}", key="json")
+    from flip.flops import forward_flops, parameter_count
+
     rows = []
     for name, cfg in PRESETS.items():
         params = parameter_count(cfg)

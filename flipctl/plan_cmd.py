@@ -10,7 +10,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from flip.bench.memory import format_size, parse_size
 from flip.errors import ConfigError
 from flip.plan import (DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, HEADROOM, LEGACY_LOADER_SAMPLES_PER_CORE, launch_flags,
                        plan_run)
@@ -39,6 +38,8 @@ def plan_command(
 ) -> None:
     """Estimate whether a run fits: memory per GPU from the preset's shapes, with and without
     activation checkpointing, gradient accumulation and parameter sharding, and the flags to use."""
+    from flip.bench.memory import format_size, parse_size
+
     try:
         memory = parse_size(gpu_memory)
     except ConfigError as exc:

@@ -13,10 +13,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flip.distributed import resolve_device
 from flip.errors import ConfigError, DataError
-from flip.launch import SlurmSweepRuns
-from flip.sweep import estimate, execute, memory, plan, report
 from flip.sweep.spec import SpecError, default_preset, load_spec, shipped_specs, with_data
 from flip.sweep.store import RunStore
 from flipctl.console import make_console
@@ -91,6 +88,8 @@ def _fmt_s(seconds: float | None) -> str:
 
 
 def _print_plan(jobs, store: RunStore, device, est: dict, warnings: list[str]) -> None:
+    from flip.sweep import execute
+
     table = Table(title=f"plan: {len(jobs)} runs")
     for col in ("run", "row", "seed", "variant", "batch", "steps", "samples", "est. time", "state"):
         table.add_column(col, justify="right" if col in ("seed", "batch", "steps", "samples", "est. time") else "left")
@@ -147,6 +146,11 @@ def sweep_command(
     if list_specs:
         _list_specs()
         return
+    # Here, not at the top: `flipctl --help` and `sweep --list` need none of torch, pandas, matplotlib.
+    from flip.distributed import resolve_device
+    from flip.launch import SlurmSweepRuns
+    from flip.sweep import estimate, execute, memory, plan, report
+
     if spec_name is None:
         raise SpecError("give a sweep name or spec file (flipctl sweep --list shows the shipped ones)")
     if jobs < 1:
@@ -219,4 +223,6 @@ def _print_report(result: dict, out: Path) -> None:
 @user_errors
 def report_command(out: Path = typer.Argument(..., help="a sweep's report folder (holding sweep.json).")) -> None:
     """Regenerate a sweep's tables, plots and report.html from the run store alone (trains nothing)."""
+    from flip.sweep import report
+
     _print_report(report.regenerate(out), out)

@@ -21,12 +21,9 @@ from rich.table import Table
 
 from flip.data.synth import SynthConfig
 from flip.errors import ConfigError
-from flip.launch import TrainJob
 from flip.train.config import TrainConfig, knob_help, load_toml
 from flip.train.reporting import RichReporter
 from flip.train.faults import StopRequested
-from flip.train.trainer import (SUMMARY_FILE, ResumeConflict, has_checkpoint, resolve, train, tune_unmasked,
-                                unmasked_tuning_config)
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import flag, setting_name, settings_from_file, user_errors
@@ -121,6 +118,9 @@ def train_command(
     **knobs,
 ) -> None:
     """Train a FLIP model. With no flags: the tiny model on the built-in dataset, in minutes on a CPU."""
+    from flip.launch import TrainJob
+    from flip.train.trainer import SUMMARY_FILE, ResumeConflict, has_checkpoint, resolve, train
+
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items() if v is not None and v != ()}
     if resume_mode is not None and not (resume and resume_mode == "auto"):
         raise ConfigError(f"unexpected argument {resume_mode!r}: `flipctl train` takes flags only (`--resume auto` "
@@ -184,6 +184,9 @@ def tune_unmasked_command(
     launch: LaunchFlags = LaunchFlags(),
 ) -> None:
     """Unmasked tuning: continue a masked run with mask ratio 0 at a low lr (paper Table 1e)."""
+    from flip.launch import TrainJob
+    from flip.train.trainer import tune_unmasked, unmasked_tuning_config
+
     overrides = {"compile": compile} if compile is not None else {}
     if launch.elsewhere:
         job = TrainJob(unmasked_tuning_config(ckpt, samples, epochs, lr, warmup, out, **overrides).to_dict(),

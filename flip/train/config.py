@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
-from flip.data.decode import DECODE_MODES
+# Light imports only: the CLI builds its flags from this module without loading torch.
+from flip.choices import DECODE_MODES, MASK_STRATEGIES, TEXT_MASKS, check_device_name
 from flip.data.synth import SCENE_KINDS
-from flip.distributed import check_device_name
-from flip.masking import MASK_STRATEGIES, TEXT_MASKS, grid_strides
 from flip.models.config import get_preset
 
 PAPER_PRESETS = {"B/16", "L/16", "L/14", "H/14"}
@@ -199,6 +198,8 @@ class TrainConfig:
         except KeyError as exc:
             raise ConfigError(exc.args[0]) from None
         if self.mask_strategy == "grid" and self.mask_ratio > 0:
+            from flip.masking import grid_strides
+
             try:
                 grid_strides(preset.vision.grid_size, self.mask_ratio)
             except ValueError as exc:
