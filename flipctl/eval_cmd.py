@@ -20,24 +20,27 @@ from rich.table import Table
 from flip.errors import ConfigError
 from flipctl.console import make_console
 from flipctl.errors import user_errors
+from flipctl.help import HelpCommand, HelpGroup
 
-app = typer.Typer(help="Evaluate a checkpoint: zero-shot classification, retrieval, linear probe.",
-                  no_args_is_help=True)
+app = typer.Typer(cls=HelpGroup, no_args_is_help=True,
+                  help="Evaluate a checkpoint: zero-shot classification, retrieval, linear probe (`eval zeroshot` "
+                       "and `eval retrieval` are also `eval-zeroshot` and `eval-retrieval`).")
 console = make_console()
 
 # Options shared by the commands.
-CKPT = typer.Option(..., "--ckpt", help="run directory (its latest checkpoint) or checkpoint directory.")
+CKPT = typer.Option(..., "--ckpt", metavar="RUN|CKPT",
+                    help="run directory (its latest checkpoint) or checkpoint directory.")
 MASK_RATIO = typer.Option(0.0, help="masked inference: drop this fraction of each image's patches "
-                                    "(random, seeded). Default 0: the full image.")
+                                    "(random, seeded); 0 shows the full image.")
 VIEWS = typer.Option(1, help="ensemble of K complementary masked views that together cover every patch "
                              "exactly once (each keeps ~1/K of the patches); the K L2-normalised image "
                              "embeddings are averaged, then renormalised. Paper Table 1d.")
 SEED = typer.Option(0, help="seed of the masks drawn by --mask-ratio / --views.")
 BATCH_SIZE = typer.Option(256, help="images (and texts) per forward pass.")
-PRECISION = typer.Option("fp32", help="fp32, or bf16 autocast.")
-DEVICE = typer.Option("auto", help="auto, cpu or cuda.")
+PRECISION = typer.Option("fp32", metavar="fp32|bf16", help="fp32, or bf16 autocast.")
+DEVICE = typer.Option("auto", metavar="auto|cpu|cuda[:N]", help="the device to evaluate on.")
 WORKERS = typer.Option(2, help="image-decoding worker processes (0: decode in the main process).")
-JSON_OUT = typer.Option(None, "--json", help="write every metric, with the checkpoint, data and settings, here.")
+JSON_OUT = typer.Option(None, "--json", metavar="FILE", help="write every metric, with the checkpoint, data and settings, here.")
 COMPILE = typer.Option(False, "--compile/--no-compile", help="torch.compile the encoders: inductor where it can "
                        "build kernels here, else aot_eager (a note says why). Pays off on large sets.")
 
@@ -91,58 +94,64 @@ def _masking(mask_ratio: float, views: int, seed: int):
     return Masking(mask_ratio, views, seed)
 
 
-@app.command("zeroshot")
+@app.command("zeroshot", cls=HelpCommand)
 @user_errors
 def zeroshot(
     ckpt: str = CKPT,
-    data: Optional[Path] = typer.Option(None, help="class-folder set (one sub-folder per class, optional "
+    data: Optional[Path] = typer.Option(None, metavar="DIR", help="class-folder set (one sub-folder per class, optional "
                                         "classnames.txt) or CLIP_benchmark webdataset folder. "
                                         "Default: the built-in zero-shot set."),
-    split: str = typer.Option("test", help="split sub-folder to use when --data holds several."),
-    templates: Optional[str] = typer.Option(None, help="prompt templates: 'simple' (the 7 the FLIP paper "
+    split: str = typer.Option("test", metavar="NAME", help="split sub-folder to use when --data holds several."),
+    templates: Optional[str] = typer.Option(None, metavar="NAME|FILE", help="prompt templates: 'simple' (the 7 the FLIP paper "
                                             "used), 'openai' (CLIP's 80), 'builtin', 'dataset' (the data's own "
                                             "templates file) or a file with one {c} template a line. "
                                             "Default: the data's own, else 'simple'."),
-    classnames: Optional[str] = typer.Option(None, help="class names: 'imagenet' (for an ImageNet val folder "
+    classnames: Optional[str] = typer.Option(None, metavar="imagenet|FILE", help="class names: 'imagenet' (for an ImageNet val folder "
                                              "of WordNet-id folders) or a file, one name a line."),
     mask_ratio: float = MASK_RATIO, views: int = VIEWS, seed: int = SEED, batch_size: int = BATCH_SIZE,
     precision: str = PRECISION, device: str = DEVICE, workers: int = WORKERS, json_out: Optional[Path] = JSON_OUT,
     compile: bool = COMPILE,
 ) -> None:
-    """Zero-shot classification: top-1, top-5, mean per-class recall (CLIP_benchmark's protocol)."""
+    """Zero-shot classification: top-1, top-5, mean per-class recall (CLIP_benchmark's protocol).
+
+    `flipctl eval zeroshot` and `flipctl eval-zeroshot` are the same command.
+    """
     masking = _masking(mask_ratio, views, seed)
     runtime = _runtime(device, batch_size, precision, workers)
     _evaluate(ckpt, "zeroshot", f"zero-shot, {masking.mode}", json_out, data=data, masking=masking,
               runtime=runtime, templates=templates, classnames=classnames, split=split, compile=compile)
 
 
-@app.command("retrieval")
+@app.command("retrieval", cls=HelpCommand)
 @user_errors
 def retrieval(
     ckpt: str = CKPT,
-    data: Optional[str] = typer.Option(None, help="Karpathy-style JSON (Flickr30k/COCO), CSV/TSV of "
+    data: Optional[str] = typer.Option(None, metavar="PATH", help="Karpathy-style JSON (Flickr30k/COCO), CSV/TSV of "
                                        "filepath,caption (repeated paths = several captions) or webdataset "
                                        "shards (dir, brace pattern) whose .txt has one caption a line. "
                                        "Default: the built-in retrieval set."),
-    images_root: Optional[Path] = typer.Option(None, help="folder the JSON/CSV image paths are relative to. "
+    images_root: Optional[Path] = typer.Option(None, metavar="DIR", help="folder the JSON/CSV image paths are relative to. "
                                                "Default: the folder of the JSON/CSV."),
-    split: str = typer.Option("test", help="Karpathy split to evaluate (test, val, ...)."),
+    split: str = typer.Option("test", metavar="NAME", help="Karpathy split to evaluate (test, val, ...)."),
     mask_ratio: float = MASK_RATIO, views: int = VIEWS, seed: int = SEED, batch_size: int = BATCH_SIZE,
     precision: str = PRECISION, device: str = DEVICE, workers: int = WORKERS, json_out: Optional[Path] = JSON_OUT,
     compile: bool = COMPILE,
 ) -> None:
-    """Image-text retrieval: R@1/5/10 image->text and text->image (CLIP_benchmark's protocol)."""
+    """Image-text retrieval: R@1/5/10 image->text and text->image (CLIP_benchmark's protocol).
+
+    `flipctl eval retrieval` and `flipctl eval-retrieval` are the same command.
+    """
     masking = _masking(mask_ratio, views, seed)
     runtime = _runtime(device, batch_size, precision, workers)
     _evaluate(ckpt, "retrieval", f"retrieval, {masking.mode}", json_out, data=data, masking=masking,
               runtime=runtime, images_root=images_root, split=split, compile=compile)
 
 
-@app.command("linear-probe")
+@app.command("linear-probe", cls=HelpCommand)
 @user_errors
 def linear_probe(
     ckpt: str = CKPT,
-    data: Path = typer.Option(..., help="class-folder set with train/ and test/ (and optionally val/) split "
+    data: Path = typer.Option(..., metavar="DIR", help="class-folder set with train/ and test/ (and optionally val/) split "
                               "folders (or CLIP_benchmark webdataset splits), or one class-folder set to split."),
     val_fraction: float = typer.Option(0.2, help="share of the training images held out to choose the "
                                        "regularisation, when there is no val/ split."),

@@ -106,11 +106,16 @@ _HELP = {
 }
 
 
+_METAVARS = {"launcher": "|".join(LAUNCHERS), "rdzv_endpoint": "HOST:PORT", "partition": "NAME", "time": "TIME",
+             "account": "NAME", "qos": "NAME", "constraint": "FEATURE"}
+
+
 def _parameters(names: list[str]) -> list[inspect.Parameter]:
     params, hints = [], typing.get_type_hints(LaunchFlags)
     for name in names:
         default = LaunchFlags.__dataclass_fields__[name].default
-        option = typer.Option(default, help=_HELP[name], show_default=name == "launcher", rich_help_panel="Launch")
+        option = typer.Option(default, help=_HELP[name], show_default=name == "launcher", rich_help_panel="Launch",
+                              metavar=_METAVARS.get(name))
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=hints[name]))
     return params

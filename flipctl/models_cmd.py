@@ -17,7 +17,8 @@ MASKS = (0.0, 0.5, 0.75)
 
 
 @user_errors
-def models_command(json_out: Optional[str] = typer.Option(None, "--json", help="also write the table as JSON")) -> None:
+def models_command(json_out: Optional[str] = typer.Option(None, "--json", metavar="FILE",
+                                                                 help="also write the table as JSON.")) -> None:
     """List model presets: sizes, parameters, forward GFLOPs per sample at mask 0/50/75%."""
     if json_out and Path(json_out).is_dir():  # checked before the FLOPs are counted
         raise ConfigError(f"{json_out} is a directory", key="json")

@@ -126,18 +126,21 @@ def _check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
 def sweep_command(
     spec_name: Optional[str] = typer.Argument(None, metavar="NAME|SPEC.toml",
                                               help="a shipped sweep (see --list) or a spec file."),
-    preset: Optional[str] = typer.Option(None, help="smoke (minutes, for tests), tiny (about an hour on a CPU) "
+    preset: Optional[str] = typer.Option(None, metavar="smoke|tiny|paper", help="smoke (minutes, for tests), tiny (about an hour on a CPU) "
                                          "or paper (the paper's settings, for a GPU cluster). Default: tiny when "
                                          "the spec has presets."),
-    out: Optional[Path] = typer.Option(None, help="report folder. Default: runs/sweeps/NAME-PRESET."),
-    store: Path = typer.Option(Path("runs/store"), help="run store shared by all sweeps."),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="report folder. Default: runs/sweeps/NAME-PRESET."),
+    store: Path = typer.Option(Path("runs/store"), metavar="DIR", help="run store shared by all sweeps."),
     seeds: Optional[int] = typer.Option(None, help="seeds per row (overrides the spec)."),
     jobs: int = typer.Option(1, help="runs at once on this machine (each in its own process)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan with estimated times; train nothing."),
     list_specs: bool = typer.Option(False, "--list", help="list the shipped sweeps and exit."),
-    data: Optional[str] = typer.Option(None, help="train on these webdataset shards instead of the built-in data."),
-    eval_data: Optional[str] = typer.Option(None, help="retrieval set to evaluate on (CSV, Karpathy JSON, shards)."),
-    eval_zeroshot: Optional[str] = typer.Option(None, help="zero-shot set (class folders) to evaluate on."),
+    data: Optional[str] = typer.Option(None, metavar="SHARDS",
+                                       help="train on these webdataset shards instead of the built-in data."),
+    eval_data: Optional[str] = typer.Option(None, metavar="PATH",
+                                            help="retrieval set to evaluate on (CSV, Karpathy JSON, shards)."),
+    eval_zeroshot: Optional[str] = typer.Option(None, metavar="DIR",
+                                                help="zero-shot set (class folders) to evaluate on."),
     max_parallel: Optional[int] = typer.Option(None, help="with --launcher slurm: runs queued or running on the "
                                                "cluster at once (each run a SLURM job). Default: all."),
     launch: LaunchFlags = LaunchFlags(),
@@ -221,7 +224,8 @@ def _print_report(result: dict, out: Path) -> None:
 
 
 @user_errors
-def report_command(out: Path = typer.Argument(..., help="a sweep's report folder (holding sweep.json).")) -> None:
+def report_command(out: Path = typer.Argument(..., metavar="OUT",
+                                              help="a sweep's report folder (holding sweep.json).")) -> None:
     """Regenerate a sweep's tables, plots and report.html from the run store alone (trains nothing)."""
     from flip.sweep import report
 
