@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -198,6 +199,8 @@ def sweep_command(
     manifest = report.manifest_for(spec, jobs_list, run_store, overrides, command)
     manifest.write(out)
     start = time.perf_counter()
+    # A run that reports to W&B is grouped under its sweep's name (the runs inherit the environment).
+    os.environ.setdefault("WANDB_RUN_GROUP", spec.name)
     parallel = (max_parallel or len(jobs_list)) if spawn else jobs
     outcome = execute.run_jobs(jobs_list, run_store, parallel=parallel, progress=RichSweepProgress(), spawn=spawn)
     console.print(f"sweep {spec.name}: {len(outcome.ran)} runs executed, {len(outcome.skipped_done)} already done, "

@@ -150,6 +150,10 @@ def train_command(
             launch.slurm()  # --time & co.
         if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
             raise ConfigError(f"{cfg.out} is a file, not a run directory", key="out")
+        if "wandb" in cfg.report_to:
+            from flip.train.wandb_log import check_installed
+
+            check_installed()
         if values.get("data") is None:
             ensure_builtin_with_progress(SynthConfig(scenes=cfg.builtin_scenes))
         console.print(f"run directory: [bold]{cfg.out}[/bold]")

@@ -57,7 +57,7 @@ def test_train_help_shows_each_flags_help_from_the_dataclass():
     ({"mask_strategy": "diagonal"}, "mask_strategy must be one of random, block, grid"),
     ({"batch_size": 1}, "batch_size must be >= 2"),
     ({"samples": 6e4}, "samples must be an integer"),
-    ({"report_to": ["wandb"]}, "report_to must be one of jsonl, tensorboard"),
+    ({"report_to": ["mlflow"]}, "report_to must be one of jsonl, tensorboard, wandb"),
     ({"decoder_width": 100, "decoder_heads": 3}, "decoder_width must be a multiple of the decoder heads (3)"),
 ])
 def test_validation_follows_the_declared_metadata(settings, needle):

@@ -29,7 +29,7 @@ from flip.models.config import get_preset
 PAPER_PRESETS = {"B/16", "L/16", "L/14", "H/14"}
 PRECISIONS = ("fp32", "bf16")
 NONFINITE_POLICIES = ("stop", "skip")
-REPORTERS = ("jsonl", "tensorboard")  # where training curves go; metrics.jsonl is always written
+REPORTERS = ("jsonl", "tensorboard", "wandb")  # where training curves go; metrics.jsonl is always written
 # The panels `flipctl train --help` groups the flags in, in this order (a knob names its own).
 DATA, MODEL, OPTIM, EVAL, CKPT, RUNTIME = PANELS = (
     "Data", "Model and masking", "Optimisation", "Evaluation", "Checkpoints and faults", "Runtime")
@@ -169,9 +169,11 @@ class TrainConfig:
     max_bad_fraction: float = knob(0.05, "stop when more than this fraction of the samples read is unusable "
                                          "(corrupt, empty or missing image or caption), checked once 1000 "
                                          "samples have been read.", ge=0, le=1, resume=True, panel=CKPT)
-    report_to: list[str] = knob(["jsonl"], "where training curves go besides metrics.jsonl (always written): "
-                                           "tensorboard writes event files to <out>/tensorboard. Repeat the flag "
-                                           "or separate with commas.", choices=REPORTERS, panel=RUNTIME,
+    report_to: list[str] = knob(["jsonl"], "where training curves go besides metrics.jsonl (always written), "
+                                           "comma-separated: tensorboard writes event files to <out>/tensorboard; "
+                                           "wandb logs to Weights & Biases (pip install 'flipctl[wandb]'), offline "
+                                           "in <out>/wandb unless WANDB_MODE or a W&B login says otherwise.",
+                                choices=REPORTERS, panel=RUNTIME,
                                 metavar="NAME,...")
     device: str = knob("auto", "auto, cpu, cuda or cuda:N.", panel=RUNTIME, metavar="auto|cpu|cuda[:N]")
     # lineage: weights to start from (unmasked tuning), and the run they came from
