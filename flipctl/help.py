@@ -15,6 +15,7 @@ Width: the terminal's (at most 120 columns, for reading); off a terminal, `COLUM
 from __future__ import annotations
 
 import enum
+import inspect
 import os
 import typing
 from pathlib import PurePath
@@ -134,7 +135,8 @@ def _argument_name(param) -> str:
 
 
 # -- a whole command ------------------------------------------------------------------------------------
-def usage(command, ctx) -> str:
+def usage_pieces(command) -> list[str]:
+    """What follows the command in its usage line: no hidden argument, no placeholder."""
     pieces = ["[OPTIONS]"]
     for param in command.params:
         if param.param_type_name == "argument" and not getattr(param, "hidden", False):
@@ -142,7 +144,11 @@ def usage(command, ctx) -> str:
             pieces.append(name if param.required else f"[{name}]")
     if isinstance(command, typer.core.TyperGroup):
         pieces.append("COMMAND [ARGS]...")
-    return f"Usage: {ctx.command_path} {' '.join(pieces)}"
+    return pieces
+
+
+def usage(command, ctx) -> str:
+    return f"Usage: {ctx.command_path} {' '.join(usage_pieces(command))}"
 
 
 def summary(text: str | None) -> str:
@@ -151,8 +157,6 @@ def summary(text: str | None) -> str:
 
 
 def _paragraphs(text: str | None) -> list[str]:
-    import inspect
-
     return [" ".join(p.split()) for p in inspect.cleandoc(text or "").split("\n\n") if p.strip()]
 
 
@@ -243,7 +247,7 @@ class HelpCommand(typer.core.TyperCommand):
         formatter.write(render_help(self, ctx))
 
     def collect_usage_pieces(self, ctx) -> list[str]:  # usage errors: no hidden argument either
-        return usage(self, ctx).split(" ")[len(ctx.command_path.split()) + 1:]
+        return usage_pieces(self)
 
 
 class HelpGroup(typer.core.TyperGroup):

@@ -123,3 +123,13 @@ def test_installed_version_and_short_help(built):
     assert _flipctl(built, "--version").strip() == f"flipctl {version}"
     assert "Usage: flipctl" in _flipctl(built, "-h")
     assert "Usage: flipctl sweep" in _flipctl(built, "sweep", "-h")
+
+
+def test_dependency_pins_admit_cpu_only_torch_builds():
+    from packaging.requirements import Requirement
+
+    pins = {Requirement(d).name: Requirement(d).specifier
+            for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    for version in ("2.4.0+cpu", "2.13.0+cpu", "2.14.1+cpu"):  # torch's CPU-only wheels carry a local label
+        assert pins["torch"].contains(version), version
+    assert pins["torchvision"].contains("0.29.1+cpu")
