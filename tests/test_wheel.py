@@ -46,8 +46,9 @@ def built(tmp_path_factory) -> dict:
     with tarfile.open(sdist) as tar:
         tar.extractall(tmp / "sdist", filter="data")
     unpacked = next((tmp / "sdist").iterdir())
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-          "-w", str(dist), str(unpacked)], cwd=tmp)
+    build = _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_wheel({str(dist)!r})"],
+                 cwd=unpacked)
+    assert "absent from the `packages` configuration" not in build.stdout + build.stderr, build.stderr
     wheel = next(dist.glob("*.whl"))
 
     env_dir = tmp / "venv"
