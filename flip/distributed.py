@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from flip.choices import check_device_name
 from flip.errors import ConfigError
 
 
@@ -61,12 +62,6 @@ def init_distributed(device_type: str) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(local_rank)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
-
-
-def check_device_name(name: str) -> None:
-    """Refuse a device name other than `auto`, `cpu`, `cuda` or `cuda:N` (without looking for the device)."""
-    if name not in ("auto", "cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise ConfigError(f"must be auto, cpu, cuda or cuda:N, got {name!r}", key="device")
 
 
 def resolve_device(name: str, info: DistInfo = DistInfo()) -> torch.device:

@@ -32,12 +32,12 @@ from typing import Any
 import submitit
 
 from flip import checkpoint as ckpt
+from flip.choices import LAUNCHERS  # noqa: F401  (declared there, importable without submitit)
 from flip.distributed import process_rank
 from flip.errors import CheckpointError, ConfigError, DataError, FlipError
 from flip.train.config import TrainConfig
 from flip.train.reporting import Reporter
 
-LAUNCHERS = ("local", "slurm")
 SHUTDOWN_TIMEOUT_S = 300  # how long a stopped launch waits for its processes to finish a step and checkpoint
 
 

@@ -14,6 +14,7 @@ import random
 
 import torch
 
+from flip.choices import MASK_STRATEGIES, TEXT_MASKS  # noqa: F401  (declared there, importable without torch)
 from flip.errors import ConfigError
 
 
@@ -58,8 +59,6 @@ def complementary_views(length: int, views: int, batch: int, device: torch.devic
 
 # -- image masking strategies ---------------------------------------------------------------------
 # Each returns keep indices [B, k] with the same k = num_kept(L, r) for every sample.
-
-MASK_STRATEGIES = ("random", "block", "grid")
 
 
 def image_keep_indices(strategy: str, batch: int, grid_size: int, mask_ratio: float,
@@ -157,8 +156,6 @@ def block_keep_indices(batch: int, grid_size: int, num_masked: int, device: torc
 
 # -- text masking -----------------------------------------------------------------------------------
 # Tokens are dropped, not replaced: the text encoder runs on the shorter sequence.
-
-TEXT_MASKS = ("none", "random", "padding")
 
 
 def text_keep_indices(tokens: torch.Tensor, strategy: str, mask_ratio: float, pad_id: int = 0) -> torch.Tensor | None:

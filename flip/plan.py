@@ -23,21 +23,27 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from flip.bench.defaults import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS  # noqa: F401  (flipctl plan's defaults)
 from flip.errors import ConfigError
-from flip.masking import num_kept, random_keep_indices
-from flip.models import FLIP, ModelConfig, get_preset
+from flip.models import ModelConfig, get_preset
+
+if TYPE_CHECKING:  # torch loads when a plan is made, not when `flipctl` builds its help
+    import torch
+
+    from flip.models import FLIP
 
 BYTES_PER_PARAMETER = 16  # fp32 weight + gradient + AdamW exp_avg + exp_avg_sq
 HEADROOM = 0.9  # of a device's memory usable for tensors (CUDA context, NCCL buffers, fragmentation)
-DEFAULT_PEAK_TFLOPS = 989.0  # H100/H200 SXM, dense bf16 (NVIDIA's datasheets)
-DEFAULT_MFU = 0.45  # a good large-scale ViT run's model FLOPs utilisation (the data bench's default too)
 LEGACY_LOADER_SAMPLES_PER_CORE = 146.0  # issue 13: the original PIL loader, samples/s per core
 
 
 def _meta_model(cfg: ModelConfig, checkpointing: bool) -> FLIP:
+    import torch
+
+    from flip.models import FLIP
+
     with torch.device("meta"):
         model = FLIP(cfg)
     model.set_grad_checkpointing(checkpointing)
@@ -52,6 +58,10 @@ def activation_bytes(cfg: ModelConfig, mask_ratio: float, checkpointing: bool = 
 
 
 def _saved_bytes(cfg: ModelConfig, mask_ratio: float, checkpointing: bool, batch: int) -> int:
+    import torch
+
+    from flip.masking import num_kept, random_keep_indices
+
     model = _meta_model(cfg, checkpointing)
     parameters = {id(p) for p in model.parameters()}
     kept: dict[int, torch.Tensor] = {}  # by identity: a tensor saved by two ops is stored once
@@ -210,10 +220,13 @@ def loader_need(cfg: ModelConfig, mask_ratio: float, gpu_peak_tflops: float, mfu
 
 def measured_loader_rate(results_dir: Path | None = None) -> tuple[float, str]:
     """Samples/s one loader core decodes and augments, and where the figure comes from: the committed
-    `flipctl bench --data` measurement of the default (worker) path when this checkout has one, else
-    issue 13's measurement of the original loader (a conservative figure)."""
-    results_dir = results_dir or Path(__file__).resolve().parents[1] / "results" / "bench"
-    for path in sorted(results_dir.glob("data-paths-*.json")):
+    `flipctl bench --data` measurement of the default (worker) path (`results/bench/`, shipped in the
+    package), else issue 13's measurement of the original loader (a conservative figure)."""
+    from flip.resources import bench_results
+
+    folder = results_dir if results_dir is not None else bench_results()
+    reports = [p for p in folder.iterdir() if p.name.startswith("data-paths-") and p.name.endswith(".json")]
+    for path in sorted(reports, key=lambda p: p.name):
         try:
             rate = json.loads(path.read_text())["paths"]["worker"]["per_core_cpu"]
         except (OSError, ValueError, KeyError, TypeError):

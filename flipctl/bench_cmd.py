@@ -7,39 +7,33 @@ import shlex
 from pathlib import Path
 from typing import Optional
 
-import torch
 import typer
 from rich.console import Console
 
-from flip.bench.data import DEFAULT_HOST_CORES, DEFAULT_MFU, DataBenchConfig, run_data_bench
-from flip.bench.data_report import render_data_paths
-from flip.bench.memory import parse_size
-from flip.data.decode import DECODE_MODES
-from flip.bench.report import render
-from flip.bench.runner import BenchConfig, run_bench
+from flip.bench.defaults import DEFAULT_HOST_CORES, DEFAULT_MFU
+from flip.choices import DECODE_MODES
 from flip.errors import ConfigError
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import user_errors
+from flipctl.values import parse_floats
 
 console = make_console()
 
 
 def parse_ratios(text: str) -> tuple[float, ...]:
-    try:
-        ratios = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"must be numbers separated by commas, e.g. 0,0.5,0.75; got {text!r}",
-                          key="mask_ratios") from None
-    return ratios
+    return parse_floats(text, "mask_ratios")
 
 
 def make_config(model: str, batch_size: int, mask_ratios: str, device: str, precision: str, compile: bool,
                 compile_backend: Optional[str], steps: int, warmup: int, compare: Optional[str], split: bool, data: bool,
                 data_path: Optional[str], workers: int, max_batch: bool, memory_limit: Optional[str],
                 peak_tflops: Optional[float], seed: int, ablations: bool = False,
-                variants: Optional[bool] = None) -> BenchConfig:
+                variants: Optional[bool] = None):
     """CLI values -> a validated BenchConfig; bad input raises ConfigError naming the setting."""
+    from flip.bench.memory import parse_size
+    from flip.bench.runner import BenchConfig
+
     cfg = BenchConfig(
         model=model, batch_size=batch_size, mask_ratios=parse_ratios(mask_ratios), device=device,
         precision=precision, compile=compile, compile_backend=compile_backend, steps=steps, warmup=warmup,
@@ -53,42 +47,50 @@ def make_config(model: str, batch_size: int, mask_ratios: str, device: str, prec
 @user_errors
 def bench_command(
     ctx: typer.Context,
-    model: str = typer.Option("tiny", help="model preset (see `flipctl models`)."),
-    batch_size: int = typer.Option(256, help="batch per step (the trainer's default: 256)."),
-    mask_ratios: str = typer.Option("0,0.5,0.75", help="image mask ratios, comma-separated; 0 is always timed."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    precision: str = typer.Option("fp32", help="fp32 or bf16 (autocast)."),
+    model: str = typer.Option("tiny", metavar="PRESET", help="model preset (see `flipctl models`)."),
+    batch_size: int = typer.Option(256, help="batch per step (as the trainer's)."),
+    mask_ratios: str = typer.Option("0,0.5,0.75", metavar="X,...",
+                                    help="image mask ratios, comma-separated; 0 is always timed."),
+    device: str = typer.Option("auto", metavar="auto|cpu|cuda[:N]", help="the device to time on."),
+    precision: str = typer.Option("fp32", metavar="fp32|bf16", help="fp32, or bf16 autocast."),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the forward (both implementations)."),
-    compile_backend: Optional[str] = typer.Option(None, help="torch.compile backend. Default: inductor where it builds kernels here, else aot_eager (a note says why); aot_eager checks tracing quickly."),
+    compile_backend: Optional[str] = typer.Option(None, metavar="NAME", help="torch.compile backend. Default: inductor where it builds kernels here, else aot_eager (a note says why); aot_eager checks tracing quickly."),
     variants: Optional[bool] = typer.Option(None, "--variants/--no-variants", show_default=False, help="also time our step in bf16 and compiled (bf16 eager, bf16 compiled, --precision compiled) against the configured one. Default: on a CUDA device."),
     steps: int = typer.Option(7, help="timed steps per configuration; the median is reported."),
     warmup: int = typer.Option(2, help="untimed steps per configuration first."),
-    compare: Optional[str] = typer.Option(None, help="open_clip: also time open_clip's model of the same network with patch_dropout, interleaved with ours."),
+    compare: Optional[str] = typer.Option(None, metavar="open_clip", help="also time open_clip's model of the same network with patch_dropout, interleaved with ours."),
     split: bool = typer.Option(True, "--split/--no-split", help="time image tower, text tower, loss and optimizer separately."),
     data: bool = typer.Option(False, "--data", help="also time the data loader alone (decode, augment, tokenise); "
                                                     "with SHARDS or synthetic-jpeg:SIZE, the decode paths instead."),
     data_spec: Optional[str] = typer.Argument(
-        None, metavar="[SHARDS|synthetic-jpeg:SIZE]", show_default=False,
+        None, metavar="SHARDS|synthetic-jpeg:SIZE", show_default=False,
         help="with --data: time the decode paths side by side instead of the steps (legacy PIL, worker, device; "
              "per core, and the cores per accelerator each needs at each mask ratio), on these shards or on "
              "generated ones (synthetic-jpeg:384: 384 px JPEG q90, img2dataset's layout)."),
-    decode: str = typer.Option(",".join(DECODE_MODES), help="decode paths for --data SHARDS, comma-separated: "
-                                                             "legacy, worker, device."),
+    decode: str = typer.Option(",".join(DECODE_MODES), metavar="PATH,...",
+                               help="decode paths for --data SHARDS, comma-separated: legacy, worker, device."),
     mfu: float = typer.Option(DEFAULT_MFU, help="for --data SHARDS: the MFU at which the step's sample rate is "
-                                                "computed from its FLOPs and --peak-tflops (default: H200 SXM, 989)."),
+                                                "computed from its FLOPs and --peak-tflops (an H200 SXM's 989 when "
+                                                "not given)."),
     host_cores: int = typer.Option(DEFAULT_HOST_CORES, help="for --data SHARDS: CPU cores per accelerator, to name "
                                                             "the bottleneck."),
-    data_path: Optional[str] = typer.Option(None, help="shards for --data. Default: the built-in dataset."),
-    workers: int = typer.Option(2, help="data loader workers for --data (the trainer's default: 2)."),
+    data_path: Optional[str] = typer.Option(None, metavar="SHARDS", help="shards for --data. Default: the built-in "
+                                            "dataset."),
+    workers: int = typer.Option(2, help="data loader workers for --data (as the trainer's)."),
     max_batch: bool = typer.Option(False, "--max-batch", help="find the largest batch per mask ratio that fits --memory-limit."),
-    memory_limit: Optional[str] = typer.Option(None, help="memory for --max-batch, e.g. 4GiB or 1500MB. Default: the peak of the mask-0 step at --batch-size."),
+    memory_limit: Optional[str] = typer.Option(None, metavar="SIZE", help="memory for --max-batch, e.g. 4GiB or 1500MB. Default: the peak of the mask-0 step at --batch-size."),
     peak_tflops: Optional[float] = typer.Option(None, help="the device's peak TFLOP/s for MFU. Default: looked up from the CUDA device's name (flip/bench/peaks.py: H100/H200 SXM, PCIe, NVL, A100; dense bf16, tf32 or fp32 as the step runs); no MFU for an unknown device."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads. Default: torch's (one per core)."),
     ablations: bool = typer.Option(False, "--ablations", help="also time the paper's knobs against the plain step: 50% padding-first text masking, and --recon-weight 1 (MAE decoder)."),
     seed: int = typer.Option(0, help="seed of the models and the synthetic batch."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report (every figure) to this JSON file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="write the full report (every figure) to this JSON file."),
 ) -> None:
     """Time training steps per mask ratio: throughput, FLOPs, ideal vs measured speed-up, memory, time split."""
+    import torch
+
+    from flip.bench.report import render
+    from flip.bench.runner import run_bench
+
     if data_spec is not None:
         if not data:
             raise ConfigError(f"{data_spec!r}: a data spec is timed with --data (flipctl bench --data {data_spec})")
@@ -112,6 +114,9 @@ def bench_command(
 def _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu, host_cores, device,
                 seed, json_out) -> None:
     """`--data SHARDS|synthetic-jpeg:SIZE`: the decode paths side by side (flip.bench.data)."""
+    from flip.bench.data import DataBenchConfig, run_data_bench
+    from flip.bench.data_report import render_data_paths
+
     cfg = DataBenchConfig(data=data, model=model, batch_size=batch_size, workers=workers,
                           paths=tuple(p.strip() for p in decode.split(",") if p.strip()),
                           mask_ratios=parse_ratios(mask_ratios), peak_tflops=peak_tflops, mfu=mfu,

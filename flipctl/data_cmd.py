@@ -16,9 +16,11 @@ from flip.data.synth import (SCENE_KINDS, SynthConfig, check_scene_kind, is_comp
 from flip.errors import ConfigError
 from flipctl.console import make_console
 from flipctl.errors import user_errors
+from flipctl.help import HelpCommand, HelpGroup
+from flipctl.values import parse_floats
 
 app = typer.Typer(help="Datasets: generate the built-in one, JPEG shards for loader timing, or build the emoji corpus.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, cls=HelpGroup)
 console = make_console(stderr=True)  # off a terminal: lines as long as their content, not cut at 80
 
 
@@ -42,10 +44,10 @@ def _check_folder(out: Path) -> None:
         raise ConfigError(f"{out} is a file, not a folder to write the dataset to")
 
 
-@app.command("synth")
+@app.command("synth", cls=HelpCommand)
 @user_errors
 def synth(
-    out: Path = typer.Argument(..., help="output folder"),
+    out: Path = typer.Argument(..., metavar="OUT", help="output folder"),
     train_samples: int = typer.Option(SynthConfig.train_samples, help="training image-caption pairs"),
     shard_size: int = typer.Option(SynthConfig.shard_size, help="samples per webdataset shard"),
     image_size: int = typer.Option(SynthConfig.image_size, help="image side in pixels"),
@@ -53,7 +55,7 @@ def synth(
     retrieval_images: int = typer.Option(SynthConfig.retrieval_images, help="held-out retrieval images"),
     captions_per_image: int = typer.Option(SynthConfig.captions_per_image, help="captions per retrieval image"),
     seed: int = typer.Option(SynthConfig.seed, help="everything is generated from this seed"),
-    scenes: str = typer.Option(SynthConfig.scenes, help="object sizes of the training and retrieval scenes: "
+    scenes: str = typer.Option(SynthConfig.scenes, metavar="|".join(SCENE_KINDS), help="object sizes of the training and retrieval scenes: "
                                                         f"{' or '.join(SCENE_KINDS)} (see `flipctl train --help`)"),
     workers: int = typer.Option(SynthConfig.workers, help="generator processes"),
 ) -> None:
@@ -76,18 +78,20 @@ def synth(
     Console().print_json(data=info)
 
 
-@app.command("jpeg-shards")
+@app.command("jpeg-shards", cls=HelpCommand)
 @user_errors
 def jpeg_shards(
-    out: Path = typer.Argument(..., help="output folder"),
+    out: Path = typer.Argument(..., metavar="OUT", help="output folder"),
     image_size: int = typer.Option(384, help="image side in pixels (img2dataset's LAION shards: 384)"),
     samples: int = typer.Option(4096, help="image-caption pairs"),
     shard_size: int = typer.Option(512, help="samples per shard"),
-    quality: int = typer.Option(90, help="JPEG quality (img2dataset's default: 90)"),
+    quality: int = typer.Option(90, help="JPEG quality (as img2dataset's)"),
     seed: int = typer.Option(0, help="everything is generated from this seed"),
 ) -> None:
-    """Generate realistic JPEG shards in img2dataset's layout (photo-like spectra, ~70 KB at 384 px q90), the
-    ones `flipctl bench --data synthetic-jpeg:SIZE` times: to train or time the loader on photo-sized JPEGs."""
+    """Generate realistic JPEG shards in img2dataset's layout, to train or time the loader on.
+
+    Photo-like spectra, ~70 KB at 384 px q90: the shards `flipctl bench --data synthetic-jpeg:SIZE` times.
+    """
     from flip.data.synth_jpeg import JpegShardConfig, write_jpeg_shards
 
     for name, value, low in (("samples", samples, 1), ("shard_size", shard_size, 1), ("image_size", image_size, 32),
@@ -102,16 +106,16 @@ def jpeg_shards(
     Console().print_json(data={"out": str(out), "shards": len(paths), "samples": samples, "image_size": image_size})
 
 
-@app.command("mask-coverage")
+@app.command("mask-coverage", cls=HelpCommand)
 @user_errors
 def mask_coverage(
-    scenes: str = typer.Option(SynthConfig.scenes, help=f"scene kind: {' or '.join(SCENE_KINDS)}"),
-    mask_ratio: list[float] = typer.Option([0.5, 0.75], help="mask ratios to report (repeat the flag)"),
+    scenes: str = typer.Option(SynthConfig.scenes, metavar="|".join(SCENE_KINDS), help="scene kind"),
+    mask_ratios: str = typer.Option("0.5,0.75", metavar="X,...", help="mask ratios to report, comma-separated"),
     samples: int = typer.Option(2000, help="scenes to draw"),
     image_size: int = typer.Option(SynthConfig.image_size, help="training resolution in pixels"),
     patch_size: int = typer.Option(8, help="ViT patch size in pixels (tiny: 8)"),
     seed: int = typer.Option(0, help="seed of the drawn scenes"),
-    json_out: Path | None = typer.Option(None, "--json", help="also write the figures to this JSON file"),
+    json_out: Path | None = typer.Option(None, "--json", metavar="FILE", help="also write the figures to this JSON file"),
 ) -> None:
     """How often FLIP's random mask hides every patch of a built-in scene's object (one a caption names)."""
     import dataclasses
@@ -121,7 +125,7 @@ def mask_coverage(
 
     from flip.data.mask_coverage import mask_coverage as coverage
 
-    patches, rows = coverage(scenes, mask_ratio, samples, image_size, patch_size, seed)
+    patches, rows = coverage(scenes, parse_floats(mask_ratios, "mask_ratios"), samples, image_size, patch_size, seed)
     table = Table(title=f"{scenes} scenes: {samples} drawn, {(image_size // patch_size) ** 2} patches of "
                         f"{patch_size} px; mean patches per object: "
                         + ", ".join(f"{size} {n:.1f}" for size, n in patches.items()))
@@ -133,7 +137,7 @@ def mask_coverage(
     for row in rows:
         table.add_row(f"{row.mask_ratio:.0%}", str(row.kept_patches),
                       *(f"{row.hidden_by_size[size]:.1%}" for size in patches), f"{row.scenes_with_hidden_object:.1%}")
-    Console().print(table)
+    make_console().print(table)  # off a terminal at its natural width: a piped table prints whole
     if json_out is not None:
         report = {"scenes": scenes, "samples": samples, "image_size": image_size, "patch_size": patch_size,
                   "seed": seed, "patches_per_object": patches, "rows": [dataclasses.asdict(r) for r in rows]}

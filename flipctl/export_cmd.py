@@ -5,27 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.syntax import Syntax
-
-from flip.checkpoint import load_model, resolve_checkpoint
 from flip.errors import ConfigError
-from flip.export.open_clip import check_name, export_open_clip
+from flipctl.console import make_console
 from flipctl.errors import user_errors
 
-console = Console()
+console = make_console()
 FORMATS = ("open_clip",)
 
 
 @user_errors
 def export_command(
-    out: Path = typer.Argument(..., help="output folder."),
-    ckpt: str = typer.Option(..., "--ckpt", help="run directory (its latest checkpoint) or checkpoint directory."),
-    format: str = typer.Option("open_clip", "--format", help="export format: open_clip."),
-    name: str = typer.Option(None, help="open_clip model name. Default: flip-<preset>, e.g. flip-tiny."),
-    weights: str = typer.Option("safetensors", help="weights file: safetensors or bin (torch.save)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="output folder."),
+    ckpt: str = typer.Option(..., "--ckpt", metavar="RUN|CKPT",
+                             help="run directory (its latest checkpoint) or checkpoint directory."),
+    format: str = typer.Option("open_clip", "--format", metavar="|".join(FORMATS), help="export format."),
+    name: str = typer.Option(None, metavar="NAME", help="open_clip model name. Default: flip-PRESET, e.g. "
+                                                        "flip-tiny."),
+    weights: str = typer.Option("safetensors", metavar="safetensors|bin",
+                                help="weights file: safetensors, or bin (torch.save)."),
 ) -> None:
     """Export a checkpoint so that open_clip (and CLIP_benchmark) build the same model."""
+    from flip.checkpoint import load_model, resolve_checkpoint
+    from flip.export.open_clip import check_name, export_open_clip
+
     if format not in FORMATS:
         raise ConfigError(f"must be one of {', '.join(FORMATS)}, got {format!r}", key="format")
     if name is not None:
@@ -35,7 +37,7 @@ def export_command(
     export = export_open_clip(model, out, name=name, weights_format=weights, source=str(ckpt_dir.resolve()))
     console.print(f"wrote [bold]{export.config}[/bold], {export.directory / 'open_clip_config.json'} and "
                   f"[bold]{export.weights}[/bold]; load it with open_clip:")
-    console.print(Syntax(export.usage(), "python", word_wrap=True))
+    typer.echo(export.usage())  # verbatim, never wrapped: a user copies it
     console.print(f"(or create_model_and_transforms('local-dir:{export.directory}'), which finds config and weights)")
     if export.pad_mask:
         console.print("note: this model's text tower ignores padding (pad_mask); open_clip 3.3 has no config key "

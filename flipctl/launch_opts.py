@@ -15,13 +15,16 @@ import os
 import shlex
 import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 
+from flip.choices import LAUNCHERS
 from flip.errors import ConfigError
-from flip.launch import LAUNCHERS, LaunchStopped, LocalLaunch, SlurmLaunch, TrainJob, launch_local, submit
 from flipctl.errors import flag
+
+if TYPE_CHECKING:  # flip.launch (submitit, torch) loads when a job is launched, not for --help
+    from flip.launch import LocalLaunch, SlurmLaunch, TrainJob
 
 TORCHRUN_FLAGS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint")
 SLURM_FLAGS = ("partition", "nodes", "gpus_per_node", "cpus_per_task", "time", "account", "qos", "constraint")
@@ -61,7 +64,8 @@ class LaunchFlags:
         if self.rdzv_endpoint is not None and (self.nproc or 1) * (self.nnodes or 1) == 1:
             raise ConfigError("does nothing for one process (it is where the processes meet): give {other} > 1 "
                               "or --nnodes > 1 too, or leave it out", key="rdzv_endpoint", other="nproc")
-        if self.launcher == "local" and self.local().world_size > 1 and "WORLD_SIZE" in os.environ:
+        if (self.launcher == "local" and self.given(TORCHRUN_FLAGS) and self.local().world_size > 1
+                and "WORLD_SIZE" in os.environ):
             raise ConfigError("starts processes itself: do not also launch flipctl with torchrun", key="nproc")
         return self
 
@@ -73,13 +77,17 @@ class LaunchFlags:
     @property
     def elsewhere(self) -> bool:
         """Whether the job runs in other processes than this one."""
-        return self.launcher == "slurm" or self.local().world_size > 1
+        return self.launcher == "slurm" or bool(self.given(TORCHRUN_FLAGS)) and self.local().world_size > 1
 
     def local(self) -> LocalLaunch:
+        from flip.launch import LocalLaunch
+
         given = {name: getattr(self, name) for name in self.given(TORCHRUN_FLAGS)}
         return LocalLaunch(**given).validate()
 
     def slurm(self) -> SlurmLaunch:
+        from flip.launch import SlurmLaunch
+
         given = {name: getattr(self, name) for name in self.given(SLURM_FLAGS)}
         return SlurmLaunch(**given).validate()
 
@@ -104,11 +112,16 @@ _HELP = {
 }
 
 
+_METAVARS = {"launcher": "|".join(LAUNCHERS), "rdzv_endpoint": "HOST:PORT", "partition": "NAME", "time": "TIME",
+             "account": "NAME", "qos": "NAME", "constraint": "FEATURE"}
+
+
 def _parameters(names: list[str]) -> list[inspect.Parameter]:
     params, hints = [], typing.get_type_hints(LaunchFlags)
     for name in names:
         default = LaunchFlags.__dataclass_fields__[name].default
-        option = typer.Option(default, help=_HELP[name], show_default=name == "launcher", rich_help_panel="Launch")
+        option = typer.Option(default, help=_HELP[name], show_default=name == "launcher", rich_help_panel="Launch",
+                              metavar=_METAVARS.get(name))
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=hints[name]))
     return params
@@ -136,6 +149,8 @@ def with_launch_flags(fn=None, *, torchrun: bool = True):
 def run_job(job: TrainJob, launch: LaunchFlags, here: Callable[[], dict[str, Any]], echo=print) -> dict | None:
     """Run `job` as `launch` says: `here()` in this process, in --nproc processes, or submitted to SLURM
     (then None: the job runs on; `echo` says where its logs and run are)."""
+    from flip.launch import LaunchStopped, launch_local, submit
+
     if launch.launcher == "slurm":
         spec = launch.slurm()
         handle = submit(job, spec, name=f"flipctl-{os.path.basename(os.path.normpath(job.out))}")

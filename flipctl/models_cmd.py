@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from flip.errors import ConfigError
-from flip.flops import forward_flops, parameter_count
 from flip.models import PRESETS
 from flipctl.console import make_console
 from flipctl.errors import user_errors
@@ -18,12 +17,15 @@ MASKS = (0.0, 0.5, 0.75)
 
 
 @user_errors
-def models_command(json_out: Optional[str] = typer.Option(None, "--json", help="also write the table as JSON")) -> None:
+def models_command(json_out: Optional[str] = typer.Option(None, "--json", metavar="FILE",
+                                                                 help="also write the table as JSON.")) -> None:
     """List model presets: sizes, parameters, forward GFLOPs per sample at mask 0/50/75%."""
     if json_out and Path(json_out).is_dir():  # checked before the FLOPs are counted
         raise ConfigError(f"{json_out} is a directory", key="json")
     if json_out and not Path(json_out).parent.is_dir():
         raise ConfigError(f"{json_out} cannot be written: no folder {Path(json_out).parent}", key="json")
+    from flip.flops import forward_flops, parameter_count
+
     rows = []
     for name, cfg in PRESETS.items():
         params = parameter_count(cfg)

@@ -10,7 +10,6 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from flip.bench.memory import format_size, parse_size
 from flip.errors import ConfigError
 from flip.plan import (DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, HEADROOM, LEGACY_LOADER_SAMPLES_PER_CORE, launch_flags,
                        plan_run)
@@ -22,23 +21,28 @@ console = make_console()
 
 @user_errors
 def plan_command(
-    model: str = typer.Option(..., help="model preset (see `flipctl models`)."),
+    model: str = typer.Option(..., metavar="PRESET", help="model preset (see `flipctl models`)."),
     batch_size: int = typer.Option(..., help="global batch size."),
     gpus: int = typer.Option(..., help="GPUs in all, over every node."),
-    gpu_memory: str = typer.Option("80GiB", help="memory of one GPU, e.g. 80GiB or 40GB."),
+    gpu_memory: str = typer.Option("80GiB", metavar="SIZE", help="memory of one GPU, e.g. 80GiB or 40GB."),
     mask_ratio: float = typer.Option(0.5, help="fraction of image patches dropped."),
     gpus_per_node: int = typer.Option(8, help="GPUs per machine, for the launch flags printed."),
     gpu_peak_tflops: float = typer.Option(DEFAULT_PEAK_TFLOPS, help="one GPU's dense bf16 peak, TFLOP/s "
                                           "(989: H100/H200 SXM), for the input rate a GPU consumes."),
     mfu: float = typer.Option(DEFAULT_MFU, help="the model FLOPs utilisation assumed for that rate."),
     loader_samples_per_core: Optional[float] = typer.Option(
-        None, help="samples/s one data-loader core delivers. Default: the committed `flipctl bench --data` "
-                   f"measurement of the worker path if this checkout has one, else {LEGACY_LOADER_SAMPLES_PER_CORE:g} "
-                   "(issue 13's measurement of the original loader)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the plan as JSON here."),
+        None, metavar="X", help="samples/s one data-loader core delivers. Default: the committed `flipctl bench "
+                                "--data` measurement of the worker path (shipped with flipctl), else "
+                                f"{LEGACY_LOADER_SAMPLES_PER_CORE:g} (issue 13's measurement of the original loader)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="also write the plan as JSON here."),
 ) -> None:
-    """Estimate whether a run fits: memory per GPU from the preset's shapes, with and without
-    activation checkpointing, gradient accumulation and parameter sharding, and the flags to use."""
+    """Estimate whether a run fits its GPUs' memory, and the flags that make it fit.
+
+    Memory per GPU from the preset's shapes, with and without activation checkpointing, gradient
+    accumulation and parameter sharding (FSDP).
+    """
+    from flip.bench.memory import format_size, parse_size
+
     try:
         memory = parse_size(gpu_memory)
     except ConfigError as exc:

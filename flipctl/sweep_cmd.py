@@ -19,10 +19,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flip.distributed import resolve_device
 from flip.errors import ConfigError, DataError
-from flip.launch import SlurmSweepRuns
-from flip.sweep import estimate, execute, memory, plan, report
 from flip.sweep.spec import SpecError, default_preset, load_spec, parse_settings, shipped_specs, with_data
 from flip.sweep.store import RunStore
 from flipctl.console import make_console
@@ -146,6 +143,8 @@ def _fmt_s(seconds: float | None) -> str:
 
 
 def _print_plan(jobs, store: RunStore, device, est: dict, warnings: list[str]) -> None:
+    from flip.sweep import execute
+
     table = Table(title=f"plan: {len(jobs)} runs")
     for col in ("run", "row", "seed", "variant", "batch", "steps", "samples", "est. time", "state"):
         table.add_column(col, justify="right" if col in ("seed", "batch", "steps", "samples", "est. time") else "left")
@@ -209,19 +208,22 @@ def _check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
 def sweep_command(
     spec_name: Optional[str] = typer.Argument(None, metavar="NAME|SPEC.toml",
                                               help="a shipped sweep (see --list) or a spec file."),
-    preset: Optional[str] = typer.Option(None, help="smoke (minutes, for tests), tiny (about an hour on a CPU) "
+    preset: Optional[str] = typer.Option(None, metavar="smoke|tiny|paper", help="smoke (minutes, for tests), tiny (about an hour on a CPU) "
                                          "or paper (the paper's settings, for a GPU cluster). Default: tiny when "
                                          "the spec has presets."),
-    out: Optional[Path] = typer.Option(None, help="report folder. Default: runs/sweeps/NAME-PRESET."),
-    store: Path = typer.Option(Path("runs/store"), help="run store shared by all sweeps."),
+    out: Optional[Path] = typer.Option(None, metavar="DIR", help="report folder. Default: runs/sweeps/NAME-PRESET."),
+    store: Path = typer.Option(Path("runs/store"), metavar="DIR", help="run store shared by all sweeps."),
     seeds: Optional[int] = typer.Option(None, help="seeds per row (overrides the spec)."),
     jobs: Optional[int] = typer.Option(None, help="runs at once on this machine (each in its own process). "
                                        "Default: 1."),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan with estimated times; train nothing."),
     list_specs: bool = typer.Option(False, "--list", help="list the shipped sweeps and exit."),
-    data: Optional[str] = typer.Option(None, help="train on these webdataset shards instead of the built-in data."),
-    eval_data: Optional[str] = typer.Option(None, help="retrieval set to evaluate on (CSV, Karpathy JSON, shards)."),
-    eval_zeroshot: Optional[str] = typer.Option(None, help="zero-shot set (class folders) to evaluate on."),
+    data: Optional[str] = typer.Option(None, metavar="SHARDS",
+                                       help="train on these webdataset shards instead of the built-in data."),
+    eval_data: Optional[str] = typer.Option(None, metavar="PATH",
+                                            help="retrieval set to evaluate on (CSV, Karpathy JSON, shards)."),
+    eval_zeroshot: Optional[str] = typer.Option(None, metavar="DIR",
+                                                help="zero-shot set (class folders) to evaluate on."),
     settings: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="set a base training config field "
                                        "after the preset, e.g. --set samples=46080 (repeatable); part of each "
                                        "run's identity, recorded in sweep.json."),
@@ -235,6 +237,11 @@ def sweep_command(
     if list_specs:
         _list_specs()
         return
+    # Here, not at the top: `flipctl --help` and `sweep --list` need none of torch, pandas, matplotlib.
+    from flip.distributed import resolve_device
+    from flip.launch import SlurmSweepRuns
+    from flip.sweep import estimate, execute, memory, plan, report
+
     if spec_name is None:
         raise SpecError("give a sweep name or spec file (flipctl sweep --list shows the shipped ones)")
     if progress_every <= 0:
@@ -288,6 +295,8 @@ def sweep_command(
     manifest = report.manifest_for(spec, jobs_list, run_store, overrides, command)
     manifest.write(out)
     start = time.perf_counter()
+    # A run that reports to W&B is grouped under its sweep's name (the runs inherit the environment).
+    os.environ.setdefault("WANDB_RUN_GROUP", spec.name)
     parallel = (max_parallel or len(jobs_list)) if spawn else (jobs or 1)
     with _interrupts_resumable(command):
         outcome = execute.run_jobs(jobs_list, run_store, parallel=parallel,
@@ -341,6 +350,9 @@ def _print_report(result: dict, out: Path) -> None:
 
 
 @user_errors
-def report_command(out: Path = typer.Argument(..., help="a sweep's report folder (holding sweep.json).")) -> None:
+def report_command(out: Path = typer.Argument(..., metavar="OUT",
+                                              help="a sweep's report folder (holding sweep.json).")) -> None:
     """Regenerate a sweep's tables, plots and report.html from the run store alone (trains nothing)."""
+    from flip.sweep import report
+
     _print_report(report.regenerate(out), out)

@@ -21,12 +21,9 @@ from rich.table import Table
 
 from flip.data.synth import SynthConfig
 from flip.errors import ConfigError
-from flip.launch import TrainJob
-from flip.train.config import TrainConfig, knob_help, load_toml
+from flip.train.config import CKPT, OPTIM, PANELS, RUNTIME, TrainConfig, knob_help, load_toml
 from flip.train.reporting import RichReporter
 from flip.train.faults import StopRequested
-from flip.train.trainer import (SUMMARY_FILE, ResumeConflict, has_checkpoint, resolve, train, tune_unmasked,
-                                unmasked_tuning_config)
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import flag, setting_name, settings_from_file, user_errors
@@ -66,18 +63,29 @@ def _flag_type(hint):
     return hint
 
 
+def flag_metavar(f: dataclasses.Field) -> str | None:
+    """What goes after a knob's flag: its declared metavar, else its choices (`random|block|grid`)."""
+    choices = f.metadata["choices"]
+    return f.metadata["metavar"] or ("|".join(map(str, choices)) if choices else None)
+
+
+def flag_help(f: dataclasses.Field) -> str:
+    """A knob's flag help: the knob's description, less its choices when the metavar lists them."""
+    shown = flag_metavar(f)
+    return knob_help(f, choices=not shown or "|" not in shown)
+
+
 def knob_parameters() -> list[inspect.Parameter]:
-    """One keyword parameter per TrainConfig field with a flag; None means "not given"."""
+    """One keyword parameter per TrainConfig field with a flag, in its knob's help panel (panels in
+    PANELS' order); None means "not given"."""
     hints = typing.get_type_hints(TrainConfig)
     params = []
-    for f in dataclasses.fields(TrainConfig):
-        if not f.metadata["flag"]:
-            continue
+    fields = [f for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]]
+    for f in sorted(fields, key=lambda f: PANELS.index(f.metadata["panel"])):  # stable: field order within
         kind = _flag_type(hints[f.name])
         decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"] if kind is bool else [flag(f.name)]
-        choices = f.metadata["choices"]
-        option = typer.Option(None, *decls, help=knob_help(f), show_default=False,
-                              metavar="|".join(map(str, choices)) if choices else None)
+        option = typer.Option(None, *decls, help=flag_help(f), show_default=False, metavar=flag_metavar(f),
+                              rich_help_panel=f.metadata["panel"])
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
                                         annotation=Optional[kind]))
     return params
@@ -118,9 +126,11 @@ def _check_eval_sets_used(values: dict) -> None:
 @with_knob_flags
 @with_launch_flags
 def train_command(
-    config: Optional[Path] = typer.Option(None, help="TOML file of train settings (the keys are the flags' "
-                                                     "names, with _); flags given here override it."),
-    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint. "
+    config: Optional[Path] = typer.Option(None, metavar="FILE.toml",
+                                          help="TOML file of train settings (the keys are the flags' names, "
+                                               "with _); flags given here override it."),
+    resume: bool = typer.Option(False, "--resume", metavar="[auto]", rich_help_panel=CKPT,
+                                help="continue the run in --out from its last checkpoint. "
                                 "`--resume auto` starts the run when --out holds no checkpoint yet, so a requeued "
                                 "job can rerun one command line. Settings given with --resume must equal the "
                                 f"run's saved ones, except {', '.join(map(flag, RESUME_CHANGEABLE))}."),
@@ -130,6 +140,9 @@ def train_command(
     **knobs,
 ) -> None:
     """Train a FLIP model. With no flags: the tiny model on the built-in dataset, in minutes on a CPU."""
+    from flip.launch import TrainJob
+    from flip.train.trainer import SUMMARY_FILE, ResumeConflict, has_checkpoint, resolve, train
+
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items() if v is not None and v != ()}
     if resume_mode is not None and not (resume and resume_mode == "auto"):
         raise ConfigError(f"unexpected argument {resume_mode!r}: `flipctl train` takes flags only (`--resume auto` "
@@ -147,6 +160,10 @@ def train_command(
             launch.slurm()  # --time & co.
         if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
             raise ConfigError(f"{cfg.out} is a file, not a run directory", key="out")
+        if "wandb" in cfg.report_to:
+            from flip.train.wandb_log import check_installed
+
+            check_installed()
         if values.get("data") is None:
             ensure_builtin_with_progress(SynthConfig(scenes=cfg.builtin_scenes))
         console.print(f"run directory: [bold]{cfg.out}[/bold]")
@@ -182,18 +199,27 @@ def train_command(
 @user_errors
 @with_launch_flags
 def tune_unmasked_command(
-    ckpt: str = typer.Option(..., help="run directory or checkpoint to continue from."),
-    samples: Optional[int] = typer.Option(None, help="tuning budget in samples. Default: 10% of the parent's budget."),
-    epochs: Optional[float] = typer.Option(None, help="tuning budget in epochs of the data (the paper: 0.32)."),
-    lr: Optional[float] = typer.Option(None, help="peak lr. Default: the parent's peak lr / 100 (paper: 4e-8 vs 4e-6 per 256)."),
-    warmup: Optional[int] = typer.Option(None, help="warm-up samples. Default: 20% of the tuning budget."),
-    out: Optional[str] = typer.Option(None, help="new run directory. Default: <parent run>-unmasked."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", show_default=False,
+    ckpt: str = typer.Option(..., metavar="RUN|CKPT", rich_help_panel=CKPT,
+                             help="run directory or checkpoint to continue from."),
+    samples: Optional[int] = typer.Option(None, rich_help_panel=OPTIM,
+                                          help="tuning budget in samples. Default: 10% of the parent's budget."),
+    epochs: Optional[float] = typer.Option(None, rich_help_panel=OPTIM,
+                                           help="tuning budget in epochs of the data (the paper: 0.32)."),
+    lr: Optional[float] = typer.Option(None, rich_help_panel=OPTIM, help="peak lr. Default: the parent's peak lr "
+                                       "/ 100 (paper: 4e-8 vs 4e-6 per 256)."),
+    warmup: Optional[int] = typer.Option(None, rich_help_panel=OPTIM,
+                                         help="warm-up samples. Default: 20% of the tuning budget."),
+    out: Optional[str] = typer.Option(None, metavar="DIR", rich_help_panel=CKPT,
+                                      help="new run directory. Default: the parent run's, with -unmasked."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", show_default=False, rich_help_panel=RUNTIME,
                                            help="torch.compile the model (as `flipctl train --compile`). "
                                                 "Default: as the parent run."),
     launch: LaunchFlags = LaunchFlags(),
 ) -> None:
     """Unmasked tuning: continue a masked run with mask ratio 0 at a low lr (paper Table 1e)."""
+    from flip.launch import TrainJob
+    from flip.train.trainer import tune_unmasked, unmasked_tuning_config
+
     overrides = {"compile": compile} if compile is not None else {}
     if launch.elsewhere:
         job = TrainJob(unmasked_tuning_config(ckpt, samples, epochs, lr, warmup, out, **overrides).to_dict(),

@@ -123,5 +123,9 @@ def test_export_command(model, tmp_path):
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"flip-tiny.json", "open_clip_config.json",
                                                                "open_clip_model.safetensors"}
     assert "create_model_and_transforms" in result.output and "use_pad_mask" not in result.output
+    # The snippet prints verbatim when piped, whatever the length of its paths: a user copies it.
+    lines = result.output.splitlines()
+    assert f"open_clip.add_model_config({str(tmp_path / 'out')!r})" in lines
+    assert f"    'flip-tiny', pretrained={str(tmp_path / 'out' / 'open_clip_model.safetensors')!r})" in lines
     bad = CliRunner().invoke(app, ["export", "--ckpt", str(tmp_path / "run"), "--format", "onnx", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "open_clip" in bad.output

@@ -345,6 +345,6 @@ def test_mask_coverage_cli_reports_and_refuses_bad_input(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert [row["mask_ratio"] for row in report["rows"]] == [0.5, 0.75] and report["scenes"] == "mixed"
-    for args, needle in ((["--scenes", "huge"], "unknown scene kind"), (["--mask-ratio", "1.2"], "must be in [0, 1)")):
+    for args, needle in ((["--scenes", "huge"], "unknown scene kind"), (["--mask-ratios", "0.5,1.2"], "must be in [0, 1)")):
         result = runner.invoke(app, ["data", "mask-coverage", "--samples", "5", *args])
         assert result.exit_code != 0 and needle in result.output and "Traceback" not in result.output

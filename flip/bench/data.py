@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from flip.bench.defaults import DEFAULT_HOST_CORES, DEFAULT_MFU  # noqa: F401  (also importable from here)
 from flip.data.augment import AugmentConfig
 from flip.data.decode import DECODE_MODES
 from flip.data.pipeline import StreamConfig, make_loader
@@ -54,8 +55,6 @@ SYNTHETIC_PREFIX = "synthetic-jpeg"
 # sparsity, NVIDIA H100/H200 SXM datasheet (1,979 TFLOP/s is the with-sparsity figure).
 ASSUMED_DEVICE = {"name": "NVIDIA H200 SXM", "peak_tflops": 989.0,
                   "source": "NVIDIA H200 datasheet: 989 TFLOP/s dense BF16 (1,979 with 2:4 sparsity)"}
-DEFAULT_MFU = 0.45
-DEFAULT_HOST_CORES = 16  # CPU cores per GPU on a typical 8-GPU node (2 x 64 cores)
 TARGET_WORKER_OVER_LEGACY = 3.0  # issue 13: the worker path's samples/s per core over the legacy path's
 
 PATH_NOTES = {

@@ -26,9 +26,9 @@ from PIL import Image
 from torch.utils.data import get_worker_info
 from torchvision import transforms as T
 
+from flip.choices import DECODE_MODES  # noqa: F401  (declared there, importable without torch)
 from flip.data.augment import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig, CropBox
 
-DECODE_MODES = ("worker", "device", "legacy")
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_EOI = b"\xff\xd9"
 # JPEGs torchvision's decoders turn into RGB as PIL does: greyscale and YCbCr / RGB (1 or 3 components);

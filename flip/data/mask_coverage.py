@@ -52,7 +52,7 @@ def mask_coverage(scenes: str = "mixed", mask_ratios: Sequence[float] = (0.5, 0.
     if samples < 1 or patch_size < 1 or image_size < patch_size:
         raise ConfigError("needs samples >= 1 and 1 <= patch size <= image size")
     if any(not 0 <= r < 1 for r in mask_ratios):
-        raise ConfigError(f"must be in [0, 1), got {list(mask_ratios)}", key="mask_ratio")
+        raise ConfigError(f"must be in [0, 1), got {list(mask_ratios)}", key="mask_ratios")
     num_patches = (image_size // patch_size) ** 2
     rng = random.Random(seed)
     objects = [[(o.size, object_patches(o, image_size, patch_size)) for o in

@@ -100,6 +100,8 @@ def source_commit() -> str | None:
     import subprocess
 
     root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():  # installed, not a checkout: git would name whatever repository holds the venv
+        return None
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flip.resources import sweep_specs
 from flip.train.config import ConfigError, TrainConfig
 
-SPEC_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 TOP_LEVEL = {"sweep", "base", "rows", "axes", "memory_match", "tuning", "eval", "report", "plots", "presets"}
 SWEEP_KEYS = {"name", "title", "paper", "description", "baseline", "seeds"}
 MEMORY_KEYS = {"reference", "multiple_of"}
@@ -157,9 +157,9 @@ class SweepSpec:
 # -- loading -------------------------------------------------------------------------------------------------
 
 def shipped_specs() -> dict[str, Path]:
-    """Shipped sweeps by name: every `sweeps/*.toml` with a [sweep] table."""
+    """Shipped sweeps by name: every `sweeps/*.toml` with a [sweep] table (installed as `flip.sweep.specs`)."""
     specs = {}
-    for path in sorted(SPEC_DIR.glob("*.toml")):
+    for path in sorted((p for p in sweep_specs().iterdir() if p.name.endswith(".toml")), key=lambda p: p.name):
         try:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError:
@@ -308,7 +308,7 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
 
     if "sweep" not in raw:  # an empty file, or a TrainConfig TOML given as a spec
         raise SpecError(f"{where}: no [sweep] table; a spec needs at least [sweep] with a name "
-                        f"(see the shipped ones in {SPEC_DIR})")
+                        f"(see the shipped ones: flipctl sweep --list)")
     sweep = _keys(raw["sweep"], SWEEP_KEYS, f"{where}: [sweep]")
     name = _typed(sweep.get("name", ""), str, f"{where}: sweep.name")
     if not name.strip():

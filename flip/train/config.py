@@ -21,21 +21,24 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
-from flip.data.decode import DECODE_MODES
+# Light imports only: the CLI builds its flags from this module without loading torch.
+from flip.choices import DECODE_MODES, MASK_STRATEGIES, TEXT_MASKS, check_device_name
 from flip.data.synth import SCENE_KINDS
-from flip.distributed import check_device_name
-from flip.masking import MASK_STRATEGIES, TEXT_MASKS, grid_strides
 from flip.models.config import get_preset
 
 PAPER_PRESETS = {"B/16", "L/16", "L/14", "H/14"}
 PRECISIONS = ("fp32", "bf16")
 NONFINITE_POLICIES = ("stop", "skip")
-REPORTERS = ("jsonl", "tensorboard")  # where training curves go; metrics.jsonl is always written
+REPORTERS = ("jsonl", "tensorboard", "wandb")  # where training curves go; metrics.jsonl is always written
+# The panels `flipctl train --help` groups the flags in, in this order (a knob names its own).
+DATA, MODEL, OPTIM, EVAL, CKPT, RUNTIME = PANELS = (
+    "Data", "Model and masking", "Optimisation", "Evaluation", "Checkpoints and faults", "Runtime")
 
 
 def knob(default: Any = None, help: str = "", *, choices: Sequence[Any] | None = None,
          ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
-         flag: bool = True, step: bool = False, ablation: bool = False, resume: bool = False) -> Any:
+         flag: bool = True, step: bool = False, ablation: bool = False, resume: bool = False,
+         panel: str = "", metavar: str | None = None) -> Any:
     """A TrainConfig field with what the CLI, validation and tools need to know about it.
 
     `choices` and the bounds `ge`/`gt`/`le`/`lt` are checked by `TrainConfig.validate`.
@@ -44,10 +47,12 @@ def knob(default: Any = None, help: str = "", *, choices: Sequence[Any] | None =
     ablation=True: one of the paper's ablation knobs; unmasked tuning resets it to its default.
     resume=True: may differ when a run is resumed (it does not change what is trained: logging,
     checkpointing, fault policy); any other setting given to a resume must equal the saved one.
+    panel: the group of `flipctl train --help` the flag is listed in (one of PANELS).
+    metavar: what the flag's value is, in its help (`--data SHARDS`); by default its choices or its type.
     """
     metadata = {"help": help, "choices": tuple(choices) if choices else None,
                 "ge": ge, "gt": gt, "le": le, "lt": lt, "flag": flag, "step": step, "ablation": ablation,
-                "resume": resume}
+                "resume": resume, "panel": panel, "metavar": metavar}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -57,119 +62,127 @@ def knob(default: Any = None, help: str = "", *, choices: Sequence[Any] | None =
 class TrainConfig:
     # what to train on
     data: str | None = knob(None, "webdataset shards: brace pattern, dir or glob; several joined by '::'. "
-                                  "Default: the built-in dataset.")
+                                  "Default: the built-in dataset.", panel=DATA, metavar="SHARDS")
     data_fraction: float = knob(1.0, "train on only this leading fraction of the shards (the scaling study's "
-                                     "data axis: fewer distinct samples, the same samples seen).", gt=0, le=1)
+                                     "data axis: fewer distinct samples, the same samples seen).", gt=0, le=1,
+                                panel=DATA)
     builtin_scenes: str = knob("mixed", "the built-in dataset's scenes: mixed (small and large objects; a 75% mask "
                                         "often hides every patch of a small one the caption names) or large "
                                         "(only large objects, as photos' captions name what fills the frame).",
-                               choices=tuple(SCENE_KINDS))
-    model: str = knob("tiny", "model preset (see `flipctl models`).")
-    context_length: int = knob(32, "text tokens per caption.", ge=3)
+                               choices=tuple(SCENE_KINDS), panel=DATA)
+    model: str = knob("tiny", "model preset (see `flipctl models`).", panel=MODEL, metavar="PRESET")
+    context_length: int = knob(32, "text tokens per caption.", ge=3, panel=MODEL)
     # masking (image), and the paper's ablation knobs (Table 1c, 1f)
-    mask_ratio: float = knob(0.5, "fraction of image patches dropped.", ge=0, lt=1, step=True)
+    mask_ratio: float = knob(0.5, "fraction of image patches dropped.", ge=0, lt=1, step=True, panel=MODEL)
     mask_strategy: str = knob("random", "which patches are dropped: random (paper), block (BEiT-style "
                                         "rectangles) or grid (a regular sub-grid, random offset); block and grid "
                                         "need --mask-ratio > 0.",
-                              choices=MASK_STRATEGIES, step=True, ablation=True)
+                              choices=MASK_STRATEGIES, step=True, ablation=True, panel=MODEL)
     text_mask: str = knob("none", "text token dropping: none, random, or padding (padding first, then "
-                                  "random real tokens), at --text-mask-ratio (give both).", choices=TEXT_MASKS, step=True, ablation=True)
+                                  "random real tokens), at --text-mask-ratio (give both).", choices=TEXT_MASKS, step=True, ablation=True, panel=MODEL)
     text_mask_ratio: float = knob(0.0, "fraction of text positions dropped (32 -> 16 tokens at 0.5) by "
-                                       "--text-mask (give both); the SOT token is always kept.", ge=0, lt=1, step=True, ablation=True)
+                                       "--text-mask (give both); the SOT token is always kept.", ge=0, lt=1, step=True, ablation=True, panel=MODEL)
     recon_weight: float = knob(0.0, "weight of an MAE pixel-reconstruction loss on the masked patches "
-                                    "(0 = off, the paper's default).", ge=0, step=True, ablation=True)
-    decoder_depth: int = knob(2, "reconstruction decoder blocks (with --recon-weight > 0).", ge=1, ablation=True)
+                                    "(0 = off, the paper's default).", ge=0, step=True, ablation=True, panel=MODEL)
+    decoder_depth: int = knob(2, "reconstruction decoder blocks (with --recon-weight > 0).", ge=1, ablation=True, panel=MODEL)
     decoder_width: int = knob(128, "reconstruction decoder width (a multiple of --decoder-heads; with "
                                                  "--recon-weight > 0).", ge=1,
-                              ablation=True)
-    decoder_heads: int = knob(4, "reconstruction decoder attention heads (with --recon-weight > 0).", ge=1, ablation=True)
+                              ablation=True, panel=MODEL)
+    decoder_heads: int = knob(4, "reconstruction decoder attention heads (with --recon-weight > 0).", ge=1, ablation=True, panel=MODEL)
     # budget: samples, or epochs of the training data
     samples: int | None = knob(None, "training budget in samples (default on the built-in data: 60k for "
-                                     "tiny, 40k otherwise).", ge=1)
-    epochs: float | None = knob(None, "training budget in epochs of --data (instead of --samples).", gt=0)
-    batch_size: int = knob(256, "global batch size (a contrastive batch needs at least 2).", ge=2)
+                                     "tiny, 40k otherwise).", ge=1, panel=OPTIM)
+    epochs: float | None = knob(None, "training budget in epochs of --data (instead of --samples).", gt=0, panel=OPTIM)
+    batch_size: int = knob(256, "global batch size (a contrastive batch needs at least 2).", ge=2, panel=OPTIM)
     accum_steps: int = knob(1, "process each process's share of the batch in this many chunks per optimizer "
                                "step, with the loss still over the whole global batch (features of all chunks "
                                "first, then each chunk's backward: GradCache, OpenCLIP's --accum-freq); a large "
-                               "batch on few devices, exactly.", ge=1, step=True)
+                               "batch on few devices, exactly.", ge=1, step=True, panel=OPTIM)
     # optimisation (the paper's recipe, lr scaled per 256)
-    lr: float | None = knob(None, "peak learning rate. Default: base lr x batch/256.", gt=0)
+    lr: float | None = knob(None, "peak learning rate. Default: base lr x batch/256.", gt=0, panel=OPTIM)
     base_lr: float | None = knob(None, "lr per 256 samples (not with --lr). Default: 4e-6 for the paper's "
-                                       "presets, 1e-3 for tiny/small.", gt=0)
+                                       "presets, 1e-3 for tiny/small.", gt=0, panel=OPTIM)
     warmup: int | None = knob(None, "linear warm-up, in samples. Default: --warmup-fraction of the budget.",
-                              ge=0)
+                              ge=0, panel=OPTIM)
     warmup_fraction: float = knob(0.05, "warm-up as a fraction of the budget (not with --warmup).",
-                                  ge=0, le=1)
-    min_lr_ratio: float = knob(0.0, "the cosine schedule ends at this fraction of the peak lr.", ge=0, le=1)
+                                  ge=0, le=1, panel=OPTIM)
+    min_lr_ratio: float = knob(0.0, "the cosine schedule ends at this fraction of the peak lr.", ge=0, le=1, panel=OPTIM)
     weight_decay: float = knob(0.2, "AdamW weight decay (not on biases, norms, position embeddings, CLS "
-                                    "and temperature).", ge=0)
-    beta1: float = knob(0.9, "AdamW beta1.", ge=0, lt=1)
-    beta2: float = knob(0.95, "AdamW beta2.", ge=0, lt=1)
-    eps: float = knob(1e-8, "AdamW epsilon.", gt=0)
+                                    "and temperature).", ge=0, panel=OPTIM)
+    beta1: float = knob(0.9, "AdamW beta1.", ge=0, lt=1, panel=OPTIM)
+    beta2: float = knob(0.95, "AdamW beta2.", ge=0, lt=1, panel=OPTIM)
+    eps: float = knob(1e-8, "AdamW epsilon.", gt=0, panel=OPTIM)
     grad_clip: float | None = knob(None, "clip the gradient norm to this value. Default: no clipping.", gt=0,
-                                   step=True)
-    precision: str = knob("fp32", "fp32 (as the paper) or bf16 autocast.", choices=PRECISIONS, step=True)
+                                   step=True, panel=OPTIM)
+    precision: str = knob("fp32", "fp32 (as the paper) or bf16 autocast.", choices=PRECISIONS, step=True, panel=RUNTIME)
     compile: bool = knob(False, "torch.compile the model's forward: inductor where it can build kernels here, "
                                 "else aot_eager (a note says why). The same training, faster once compiled "
-                                "(the first steps compile); a resume may switch it.", resume=True)
+                                "(the first steps compile); a resume may switch it.", resume=True, panel=RUNTIME)
     activation_checkpointing: bool = knob(False, "recompute each transformer block in backward instead of keeping "
                                                  "its activations: much less memory, one more forward of the "
-                                                 "blocks per step, the same gradients.", resume=True)
+                                                 "blocks per step, the same gradients.", resume=True, panel=RUNTIME)
     fsdp: bool = knob(False, "shard the weights, gradients and optimizer state over the processes (FSDP2, per "
                              "transformer block) instead of replicating them (DDP): for presets that do not fit "
                              "replicated (see `flipctl plan`); the same gradients. Checkpoints are written whole, "
-                             "so they load whatever wrapping trained them. No effect with one process.", resume=True)
-    seed: int = knob(0, "random seed; the same seed repeats a run exactly.")
+                             "so they load whatever wrapping trained them. No effect with one process.", resume=True,
+                     panel=RUNTIME)
+    seed: int = knob(0, "random seed; the same seed repeats a run exactly.", panel=OPTIM)
     # data pipeline
-    workers: int = knob(2, "data loader worker processes.", ge=0)
-    shuffle_buffer: int = knob(2000, "samples in the streaming shuffle buffer.", ge=1)
-    resampled: bool = knob(False, "draw shards with replacement (endless corpora).")
+    workers: int = knob(2, "data loader worker processes.", ge=0, panel=DATA)
+    shuffle_buffer: int = knob(2000, "samples in the streaming shuffle buffer.", ge=1, panel=DATA)
+    resampled: bool = knob(False, "draw shards with replacement (endless corpora).", panel=DATA)
     crop_scale_min: float | None = knob(None, "smallest random-resized-crop area fraction. Default: 0.5 (paper); "
-                                              "0.9 on the built-in data.", gt=0, le=1)
+                                              "0.9 on the built-in data.", gt=0, le=1, panel=DATA)
     hflip: bool | None = knob(None, "random horizontal flips. Default: on (paper); off on the built-in data, "
-                                    "whose captions say left/right.")
+                                    "whose captions say left/right.", panel=DATA)
     decode: str = knob("worker", "where images are decoded: worker (data-loader workers decode and crop in uint8; "
                                  "the device converts and normalises), device (workers only read bytes; the step's "
                                  "input stage decodes JPEGs on the device, nvJPEG on CUDA) or legacy (the original "
-                                 "PIL path, float32 from the workers; for comparison).", choices=DECODE_MODES)
+                                 "PIL path, float32 from the workers; for comparison).", choices=DECODE_MODES,
+                       panel=DATA)
     # periodic evaluation, every eval_every steps and at the end
     eval_data: str | None = knob(None, "retrieval set for the periodic evaluation: a CSV of filepath,caption, "
                                        "a Karpathy JSON or webdataset shards. Default: the built-in retrieval "
-                                       "split on the built-in data; none with --data.")
+                                       "split on the built-in data; none with --data.", panel=EVAL, metavar="PATH")
     eval_zeroshot: str | None = knob(None, "zero-shot classification set for the periodic evaluation (class "
                                            "folders or CLIP_benchmark webdataset), as OpenCLIP's ImageNet "
                                            "zero-shot. Default: the built-in zero-shot set on the built-in data; "
-                                           "none with --data.")
+                                           "none with --data.", panel=EVAL, metavar="DIR")
     eval_templates: str | None = knob(None, "prompt templates of the periodic zero-shot: dataset, simple, openai, "
-                                            "builtin or a file of {c} lines. Default: the data's own, else simple.")
+                                            "builtin or a file of {c} lines. Default: the data's own, else simple.",
+                                      panel=EVAL, metavar="NAME|FILE")
     periodic_eval: bool = knob(True, "evaluate during training (--no-periodic-eval: never; a sweep evaluates "
-                                     "the finished checkpoint itself).")
-    eval_every: int = knob(100, "steps between periodic evaluations (not with --no-periodic-eval).", ge=1)
+                                     "the finished checkpoint itself).", panel=EVAL)
+    eval_every: int = knob(100, "steps between periodic evaluations (not with --no-periodic-eval).", ge=1, panel=EVAL)
     eval_images: int = knob(1000, "retrieval images per periodic evaluation (the first ones; not with "
-                                             "--no-periodic-eval).", ge=1)
+                                             "--no-periodic-eval).", ge=1, panel=EVAL)
     eval_zeroshot_images: int = knob(1000, "zero-shot images per periodic evaluation (spread evenly over the "
-                                           "classes; not with --no-periodic-eval).", ge=1)
+                                           "classes; not with --no-periodic-eval).", ge=1, panel=EVAL)
     # bookkeeping
-    out: str | None = knob(None, "run directory. Default: runs/<model>-mask<r>-<time>.")
-    log_every: int = knob(10, "steps between metric log lines.", ge=1, resume=True)
-    ckpt_every: int = knob(100, "steps between checkpoints.", ge=1, resume=True)
+    out: str | None = knob(None, "run directory. Default: runs/<model>-mask<r>-<time>.", panel=CKPT, metavar="DIR")
+    log_every: int = knob(10, "steps between metric log lines.", ge=1, resume=True, panel=RUNTIME)
+    ckpt_every: int = knob(100, "steps between checkpoints.", ge=1, resume=True, panel=CKPT)
     keep_checkpoints: int = knob(2, "checkpoints kept on disk: the newest N (the final one is the newest); an "
-                                    "older one is deleted once a newer one is complete.", ge=1, resume=True)
+                                    "older one is deleted once a newer one is complete.", ge=1, resume=True, panel=CKPT)
     # faults: what stops a run (its last checkpoint kept) and what is skipped and counted
     on_nonfinite: str = knob("stop", "a NaN or infinite loss or gradient: stop (keep the last good checkpoint) "
                                      "or skip (drop that step's update and count it). The update of such a step "
-                                     "is never applied.", choices=NONFINITE_POLICIES, resume=True)
+                                     "is never applied.", choices=NONFINITE_POLICIES, resume=True, panel=CKPT)
     max_bad_fraction: float = knob(0.05, "stop when more than this fraction of the samples read is unusable "
                                          "(corrupt, empty or missing image or caption), checked once 1000 "
-                                         "samples have been read.", ge=0, le=1, resume=True)
-    report_to: list[str] = knob(["jsonl"], "where training curves go besides metrics.jsonl (always written): "
-                                           "tensorboard writes event files to <out>/tensorboard. Repeat the flag "
-                                           "or separate with commas.", choices=REPORTERS)
-    device: str = knob("auto", "auto, cpu, cuda or cuda:N.")
+                                         "samples have been read.", ge=0, le=1, resume=True, panel=CKPT)
+    report_to: list[str] = knob(["jsonl"], "where training curves go besides metrics.jsonl (always written), "
+                                           "comma-separated: tensorboard writes event files to <out>/tensorboard; "
+                                           "wandb logs to Weights & Biases (pip install 'flipctl[wandb]'), offline "
+                                           "in <out>/wandb unless WANDB_MODE or a W&B login says otherwise.",
+                                choices=REPORTERS, panel=RUNTIME,
+                                metavar="NAME,...")
+    device: str = knob("auto", "auto, cpu, cuda or cuda:N.", panel=RUNTIME, metavar="auto|cpu|cuda[:N]")
     # lineage: weights to start from (unmasked tuning), and the run they came from
     init_from: str | None = knob(None, "checkpoint or run directory whose weights the model starts from "
-                                       "(fresh optimizer and schedule).")
-    parent: str | None = knob(None, "the checkpoint this run continues (set by unmasked tuning).", flag=False)
+                                       "(fresh optimizer and schedule).", panel=CKPT, metavar="RUN|CKPT")
+    parent: str | None = knob(None, "the checkpoint this run continues (set by unmasked tuning).", flag=False,
+                              panel=CKPT)
 
     def __post_init__(self):
         if isinstance(self.report_to, str):  # `report_to = "tensorboard"` in TOML, `--report-to a,b`
@@ -202,6 +215,8 @@ class TrainConfig:
         except KeyError as exc:
             raise ConfigError(exc.args[0]) from None
         if self.mask_strategy == "grid" and self.mask_ratio > 0:
+            from flip.masking import grid_strides
+
             try:
                 grid_strides(preset.vision.grid_size, self.mask_ratio)
             except ValueError as exc:
@@ -296,11 +311,12 @@ StepConfig.__module__ = __name__  # make_dataclass's `module=` needs Python 3.12
 
 
 # -- what a knob's metadata says ------------------------------------------------------------------------
-def knob_help(f: dataclasses.Field) -> str:
-    """The user-facing description of a knob: its help, allowed values and default."""
+def knob_help(f: dataclasses.Field, *, choices: bool = True) -> str:
+    """The user-facing description of a knob: its help, allowed values (unless not `choices`: a flag's
+    metavar shows them) and default."""
     meta, parts = f.metadata, [f.metadata["help"]]
     default = _default(f)
-    if meta["choices"]:
+    if meta["choices"] and choices:
         parts.append(f"{'Any' if isinstance(default, list) else 'One'} of: {', '.join(map(str, meta['choices']))}.")
     if range_text(meta):
         parts.append(f"Must be {range_text(meta)}.")

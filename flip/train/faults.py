@@ -10,8 +10,10 @@ reports a process that signal ended).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class TrainingStopped(Exception):
@@ -56,10 +58,14 @@ class NonFiniteSteps:
     """
 
     def __init__(self, device: torch.device):
+        import torch  # here, not at the top: the CLI catches these exceptions without loading torch
+
         self._count = torch.zeros((), device=device)
         self._first = torch.full((), -1, dtype=torch.long, device=device)
 
     def add(self, step: int, nonfinite: torch.Tensor) -> None:
+        import torch
+
         self._count += nonfinite
         self._first = torch.where((self._first < 0) & (nonfinite > 0), step, self._first)
 

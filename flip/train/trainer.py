@@ -45,7 +45,7 @@ from flip.train.periodic_eval import PeriodicEval, headline
 from flip.train.reporting import Reporter
 from flip.train.input_stage import InputStage
 from flip.train.step import TrainStep, time_text_tower
-from flip.train.tensorboard_log import TensorBoardLog
+from flip.train.curves import CurveLogs, open_curve_logs
 
 METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
 DECODER_FILE = "decoder.safetensors"
@@ -358,7 +358,7 @@ class Trainer:
         """The periodic evaluation's metrics for the model as it is now, or for `model` (main process)."""
         return self.periodic_eval.run(model if model is not None else self.model, self.device, self.cfg.precision)
 
-    def _periodic_eval(self, log, tensorboard: TensorBoardLog | None, model: FLIP | None = None) -> None:
+    def _periodic_eval(self, log, curves: CurveLogs | None, model: FLIP | None = None) -> None:
         """Evaluate and record; a failure is logged as a warning and training goes on."""
         p = self.progress
         try:
@@ -372,9 +372,9 @@ class Trainer:
             self.eval_metrics, self.eval_step = metrics, p.step
             self.reporter.message(f"step {p.step}: {headline(metrics)}")
             record = {"step": p.step, "samples": p.samples_seen, "eval": metrics}
-            if tensorboard:
-                tensorboard.log("eval", p.step, p.samples_seen, metrics)
-                tensorboard.flush()
+            if curves:
+                curves.log("eval", p.step, p.samples_seen, metrics)
+                curves.flush()
         if log:
             self._log(log, record)
 
@@ -553,8 +553,8 @@ class Trainer:
         self._nonfinite_before = p.nonfinite_steps
         with self._stop_together_on_failed_write():
             log = self._open_metrics() if main else None
-            tensorboard = TensorBoardLog(self.run_dir, p.step, p.samples_seen) \
-                if main and "tensorboard" in cfg.report_to else None
+            curves = open_curve_logs(cfg, self.run_dir, p.step, p.samples_seen, say=self.reporter.message) \
+                if main else None
         title = f"train {self.model_cfg.name} mask {cfg.mask_ratio:g}"
         self.reporter.start(self.total_steps, p.step, title)
         loader = iter(self._loader())
@@ -598,8 +598,8 @@ class Trainer:
                     with self._stop_together_on_failed_write():
                         if log:
                             self._log(log, last_metrics)
-                    if tensorboard:
-                        tensorboard.log("train", p.step, p.samples_seen,
+                    if curves:
+                        curves.log("train", p.step, p.samples_seen,
                                         {k: v for k, v in last_metrics.items() if k not in ("step", "samples")})
                     interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
                     self._check_bad_data()
@@ -619,15 +619,15 @@ class Trainer:
                     with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                         model = self._whole_model()  # under FSDP every process takes part in gathering it
                         if main:
-                            self._periodic_eval(log, tensorboard, model)
+                            self._periodic_eval(log, curves, model)
                     p.eval_time_s += time.perf_counter() - eval_start
                 self.reporter.step(p.step, last_metrics if at_log else None)
         finally:
             self.reporter.close()
             if log:
                 log.close()
-            if tensorboard:
-                tensorboard.close()
+            if curves:
+                curves.close()
         return self._summary(time.perf_counter() - start_time, last_metrics, self.eval_metrics)
 
     def _summary(self, wall_s: float, last: dict, eval_metrics: dict) -> dict[str, Any]:
