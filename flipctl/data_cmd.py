@@ -144,7 +144,7 @@ def mask_coverage(
         json_out.write_text(json.dumps(report, indent=2) + "\n")
 
 
-@app.command("emoji")
+@app.command("emoji", cls=HelpCommand)
 @user_errors
 def emoji(
     out: Path = typer.Argument(..., help="output folder (built next to it, then moved into place)"),

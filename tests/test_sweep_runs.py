@@ -285,15 +285,15 @@ def test_train_leaves_nothing_behind_on_a_failed_start(tmp_path):
 
 
 def test_eval_json_into_an_unwritable_place_fails_before_evaluating(ckpt, tmp_path, monkeypatch):
-    import flipctl.eval_cmd as eval_cmd
+    import flip.eval.api as api  # the command imports it when an evaluation runs
 
-    monkeypatch.setattr(eval_cmd, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated"))
+    monkeypatch.setattr(api, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated"))
     (tmp_path / "file.txt").write_text("")
     for target in (tmp_path / "file.txt" / "out.json", tmp_path):  # under a file; a directory
         result = CliRunner().invoke(app, ["eval", "zeroshot", "--ckpt", str(ckpt), "--json", str(target)])
         assert "cannot write there" in _one_line_error(result)
     good = tmp_path / "new" / "zs.json"
-    monkeypatch.setattr(eval_cmd, "evaluate_checkpoint", lambda *a, **k: (_ for _ in ()).throw(SystemExit(5)))
+    monkeypatch.setattr(api, "evaluate_checkpoint", lambda *a, **k: (_ for _ in ()).throw(SystemExit(5)))
     CliRunner().invoke(app, ["eval", "zeroshot", "--ckpt", str(ckpt), "--json", str(good)])
     assert not good.exists()  # the probe of a writable place leaves no empty record
 
