@@ -37,6 +37,7 @@ from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
 from flip import checkpoint as ckpt
 from flip.train.checkpoint import checkpoint_bytes, load_state, save_checkpoint
+from flip.train.load import LoadMonitor
 from flip.train.config import ConfigError, TrainConfig
 from flip.train.faults import (NonFiniteStop, NonFiniteSteps, StopRequested, TooMuchBadData, WriteFailed,
                                describe_checkpoint)
@@ -69,6 +70,7 @@ class Progress:
     truncated_before: int = 0  # captions cut to the context length by earlier processes' data workers
     elapsed_s: float = 0.0
     eval_time_s: float = 0.0  # part of elapsed_s spent in periodic evaluation, not training
+    load: dict = field(default_factory=dict)  # the machine's load over earlier attempts (flip.train.load)
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -546,6 +548,7 @@ class Trainer:
         self.reporter.start(self.total_steps, p.step, title)
         loader = iter(self._loader())
         start_time = time.perf_counter() - p.elapsed_s
+        self.load_monitor = LoadMonitor(p.load)
         interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
         losses = _IntervalLosses()
         last_metrics: dict[str, Any] = {}
@@ -569,6 +572,7 @@ class Trainer:
                 self._skipped_by_slot[meta["slot"]] = meta["skipped"]
                 self._truncated_by_slot[meta["slot"]] = meta.get("truncated_captions", 0)
                 interval_steps += 1
+                self.load_monitor.tick()
                 done = p.step == self.total_steps
                 at_log = p.step % cfg.log_every == 0 or done
 
@@ -594,6 +598,7 @@ class Trainer:
                 # The checkpoint first: whatever happens in the evaluation, the step's work is kept.
                 if p.step % cfg.ckpt_every == 0 or done or stopping:
                     p.elapsed_s = time.perf_counter() - start_time
+                    p.load = self.load_monitor.record()
                     with self._stop_together_on_failed_write():
                         self._checkpoint()
                 if stopping:
@@ -639,6 +644,7 @@ class Trainer:
             "per_device_batch": self.local_batch // self.cfg.accum_steps,
             "accum_steps": self.cfg.accum_steps, "global_batch": self.cfg.batch_size,
             "final_losses": {k: last[k] for k in ("contrastive", "recon") if k in last},
+            "load": self.load_monitor.summary(),  # was the machine shared? (time figures are clean or not)
         }
         summary.update(self._eval_summary())
         if self.cfg.text_mask != "none" and getattr(self, "_last_tokens", None) is not None:
