@@ -17,6 +17,7 @@ from flip.distributed import resolve_device
 from flip.errors import ConfigError, DataError
 from flip.launch import SlurmSweepRuns
 from flip.sweep import estimate, execute, memory, plan, report
+from flip.sweep.folder import check_plan_keeps_finished
 from flip.sweep.spec import SpecError, default_preset, load_spec, shipped_specs, with_data
 from flip.sweep.store import RunStore
 from flipctl.console import make_console
@@ -166,7 +167,7 @@ def sweep_command(
                         "(retrieval), since the built-in ones say nothing about your data")
     spec = with_data(spec, **overrides)
     _check_eval_sets(eval_data, eval_zeroshot)
-    run_store = RunStore(store)
+    run_store = RunStore(store, read_only=dry_run)
     out = out or Path("runs/sweeps") / f"{spec.name}-{spec.preset or 'custom'}"
     device = resolve_device(spec.base.get("device", "auto"))
 
@@ -187,6 +188,7 @@ def sweep_command(
         _print_plan(jobs_list, run_store, device, est, warnings)
         return
 
+    check_plan_keeps_finished(out, jobs_list)  # before sweep.json changes: the folder's finished runs stay
     out.mkdir(parents=True, exist_ok=True)
     manifest = report.manifest_for(spec, jobs_list, run_store, overrides, command)
     manifest.write(out)
@@ -218,5 +220,8 @@ def _print_report(result: dict, out: Path) -> None:
 
 @user_errors
 def report_command(out: Path = typer.Argument(..., help="a sweep's report folder (holding sweep.json).")) -> None:
-    """Regenerate a sweep's tables, plots and report.html from the run store alone (trains nothing)."""
-    _print_report(report.regenerate(out), out)
+    """Rebuild a sweep's tables, plots and report.html from its folder, refreshed from the run store (trains nothing)."""
+    result = report.regenerate(out)
+    if result["store_note"]:
+        console.print(result["store_note"])
+    _print_report(result, out)
