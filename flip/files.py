@@ -31,3 +31,4 @@ def current_umask() -> int:
 def chmod_as_umask(path: str | Path) -> None:
     """Give `path` the mode a newly created regular file gets: 0666 less the umask."""
     os.chmod(path, 0o666 & ~current_umask())
+

@@ -21,7 +21,7 @@ from flip.train.trainer import resolve
 
 def _config(ds, out, **kw):
     base = dict(data=str(ds / "train"), model="tiny", batch_size=16, samples=16 * 3, workers=0,
-                periodic_eval=False, shuffle_buffer=20, ckpt_every=2, out=str(out))
+                periodic_eval=False, shuffle_buffer=20, ckpt_every=2, keep_resume_state=True, out=str(out))
     base.update(kw)
     return resolve(TrainConfig(**base)).to_dict()
 

@@ -24,7 +24,8 @@ from flip.train.config import TrainConfig
 # Fields that change how a run is watched or where it is written, not what it computes.
 BOOKKEEPING = frozenset({"out", "log_every", "eval_every", "ckpt_every", "device", "report_to", "eval_images",
                          "eval_data", "eval_zeroshot", "eval_zeroshot_images", "eval_templates", "periodic_eval",
-                         "compile", "init_from", "parent", "keep_checkpoints", "max_bad_fraction"})
+                         "compile", "init_from", "parent", "keep_checkpoints", "keep_resume_state",
+                         "max_bad_fraction"})
 SWEEP_DIR, JOB, STATUS, EVALS, COMMAND, LOCK = "sweep", "job.json", "status.json", "evals", "command.txt", "lock.json"
 
 

@@ -36,7 +36,7 @@ from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
 from flip import checkpoint as ckpt
-from flip.train.checkpoint import checkpoint_bytes, load_state, save_checkpoint
+from flip.train.checkpoint import checkpoint_bytes, drop_resume_state, load_state, save_checkpoint
 from flip.train.load import LoadMonitor
 from flip.train.config import ConfigError, TrainConfig
 from flip.train.faults import (NonFiniteStop, NonFiniteSteps, StopRequested, TooMuchBadData, WriteFailed,
@@ -620,7 +620,10 @@ class Trainer:
                 log.close()
             if tensorboard:
                 tensorboard.close()
-        return self._summary(time.perf_counter() - start_time, last_metrics, self.eval_metrics)
+        summary = self._summary(time.perf_counter() - start_time, last_metrics, self.eval_metrics)
+        if self.dist.is_main and not cfg.keep_resume_state:
+            drop_resume_state(self.run_dir)  # finished: only the weights are read from here on
+        return summary
 
     def _summary(self, wall_s: float, last: dict, eval_metrics: dict) -> dict[str, Any]:
         # The step as it runs (kept patches and text tokens, the decoder, the loss), at the global batch:
