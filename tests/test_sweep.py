@@ -378,3 +378,23 @@ def test_estimate_prefers_the_stores_finished_runs_over_a_probe(tmp_path):
               config=dataclasses.replace(cfg, samples=12800, seed=3), steps=200, samples=12800)
     seconds, how = estimate.estimate([job], store, torch.device("cpu"))["new"]
     assert how == "measured" and seconds == pytest.approx(128.0)
+
+
+def test_memory_match_of_a_recon_row_probes_the_step_with_its_decoder(tmp_path, monkeypatch):
+    """Table 1f: a row with recon_weight > 0 gets the batch whose step *with the decoder* fits the memory."""
+    import torch
+
+    from flip.sweep import memory
+
+    def fake_peak(cfg, mask_ratio, batch, device, precision="fp32", decoder=None):
+        per_sample = (1.0 - mask_ratio) + (0.5 if decoder is not None else 0.0)  # the decoder's activations
+        return int(1000 + 100 * per_sample * batch)
+
+    monkeypatch.setattr(memory, "step_peak_memory", fake_peak)
+    spec = load_spec("recon-loss", "smoke")  # rows 50%, 50% + recon, 75%, 75% + recon; reference mask 0, batch 16
+    batches = memory.matched_batches(spec, run_store.RunStore(tmp_path), torch.device("cpu"))
+    limit = fake_peak(None, 0.0, 16, None)
+    for row in ("50%", "75%"):
+        (plain, _), (recon, recon_peak) = batches[row], batches[f"{row} + recon"]
+        assert recon < plain and recon_peak == fake_peak(None, spec.row(row).fields["mask_ratio"], recon, None,
+                                                         decoder=True) <= limit
