@@ -27,7 +27,7 @@ h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.6em; border-bot
 table { border-collapse: collapse; margin: .6em 0 1.4em; font-size: .92em; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3em; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: .3em .7em; text-align: right; vertical-align: top; }
-th { border-bottom: 2px solid #888; background: #f6f6f6; }
+th { border-bottom: 2px solid #888; background: #f6f6f6; } table.results td { white-space: nowrap; }
 td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .92em; }

@@ -66,7 +66,9 @@ def _series_label(column: str | None, value) -> str:
         return f"mask {value:.0%}"
     if column == "variant":
         return {"base": "base", "tuned": "+ unmasked tuning"}.get(value, str(value))
-    return f"{label_for(column)} = {value}"
+    if column == "row":  # the spec's own row names
+        return str(value)
+    return f"{label_for(column)} {names.show_value(column, value)}"
 
 
 def _colors(n: int) -> list:
@@ -205,7 +207,7 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
                 ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if x == "mask_ratio":
-            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
     ax.set_xlabel(xlabel or label_for(x))
     ax.set_ylabel(ylabel or label_for(y))
     ax.grid(alpha=0.3)

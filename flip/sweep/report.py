@@ -34,11 +34,16 @@ def jobs_from_manifest(manifest: Manifest) -> list[Job]:
     return jobs
 
 
-def _paper_points(spec: SweepSpec, x: str, y: str) -> list[dict]:
+def _paper_points(spec: SweepSpec, df: pd.DataFrame, x: str, y: str, series: str | None) -> list[dict]:
+    """The paper's numbers at our rows' x, in our rows' series (so each series gets its own paper line)."""
     points = []
     for row in spec.rows:
         if y in row.paper and x in row.fields:
-            points.append({"x": row.fields[x], "y": row.paper[y]})
+            point = {"x": row.fields[x], "y": row.paper[y]}
+            values = df.loc[df.row == row.label, series].dropna() if series in df else []
+            if len(values):
+                point["series"] = values.iloc[0]
+            points.append(point)
     return points
 
 
@@ -83,7 +88,8 @@ def _plots(spec: SweepSpec, df: pd.DataFrame, out_dir: Path) -> tuple[list[Path]
             points = plots.axis_points(done, p.x, p.y, p.series)
             bars = _errorbars(points, "count")
             paths = plots.plot_metric_vs_axis(done, p.x, p.y, stem, series=p.series,
-                                              paper=_paper_points(spec, p.x, p.y) or None, title=p.title,
+                                              paper=_paper_points(spec, done, p.x, p.y, p.series) or None,
+                                              title=p.title,
                                               logx=p.logx, errorbars=bars)
         else:
             frontier, result = fitting.fit_frontier(done, p.x, p.y, target_factor=p.extrapolate)
