@@ -186,3 +186,21 @@ def test_folder_records_round_trip_exactly(tmp_path):
     df = folder.read_results(out)
     folder.write_results(tmp_path, df)
     assert (tmp_path / "results.csv").read_bytes() == (out / "results.csv").read_bytes()
+
+
+def test_a_sweep_that_would_drop_finished_runs_is_refused_before_it_starts(small_dataset, tmp_path):
+    """`--out` of a folder holding finished runs the new plan does not have (fewer seeds, another spec)."""
+    spec = tmp_path / "wd.toml"
+    spec.write_text('[sweep]\nname = "wd"\nseeds = 1\n[base]\nmodel = "tiny"\nbatch_size = 16\nsamples = 32\n'
+                    'workers = 0\nperiodic_eval = false\n[[rows]]\nlabel = "wd 0"\nweight_decay = 0.0\n')
+    out, store = tmp_path / "out", tmp_path / "store"
+    out.mkdir()
+    pd.DataFrame([{"row": "wd 0", "seed": 1, "variant": "base", "run_id": "tiny-m0-b16-s1-0123456789",
+                   "status": "done", "zeroshot": 12.0}]).to_csv(out / "results.csv", index=False)
+    before = _files(out)
+    result = CliRunner().invoke(app, ["sweep", str(spec), "--store", str(store), "--out", str(out),
+                                      "--data", str(small_dataset / "train"), "--eval-data",
+                                      str(small_dataset / "retrieval" / "captions.csv"), "--eval-zeroshot",
+                                      str(small_dataset / "zeroshot")])
+    assert result.exit_code == 2 and "not overwritten" in result.output
+    assert _files(out) == before and not (store / "runs").exists()  # nothing trained, sweep.json not written
