@@ -28,6 +28,7 @@ table { border-collapse: collapse; margin: .6em 0 1.4em; font-size: .92em; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3em; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: .3em .7em; text-align: right; vertical-align: top; }
 th { border-bottom: 2px solid #888; background: #f6f6f6; } table.results td { white-space: nowrap; }
+div.wide { overflow-x: auto; }
 td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .92em; }
@@ -104,7 +105,8 @@ def _table(caption: str, frame: pd.DataFrame, legend: Sequence[str] = ()) -> str
                          float_format=lambda v: f"{v:.4g}")
     # pandas writes no caption; put it inside the table so it travels with it.
     text = _e(caption) + "".join(f'<br><span class="legend">{_e(line)}</span>' for line in legend)
-    return body.replace(">\n", f">\n<caption>{text}</caption>\n", 1)
+    # a wide table scrolls inside the page rather than running off its edge
+    return '<div class="wide">' + body.replace(">\n", f">\n<caption>{text}</caption>\n", 1) + "</div>"
 
 
 def _figure(item, out: Path) -> str:

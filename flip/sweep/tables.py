@@ -192,18 +192,19 @@ def build_table(spec: SweepSpec, df: pd.DataFrame) -> SweepTable:
         display_rows.append(shown)
         number_rows.append(numbers)
     display = pd.DataFrame(display_rows).fillna("")
-    legend = [spread_words(spec, df)] + mark_words(marks)
+    legend = [spread_words(spec, df, columns)] + mark_words(marks)
     notes = noise_notes(spec, df, columns, baseline) + load_notes(spec, df, columns)
     return SweepTable(display, pd.DataFrame(number_rows), notes, [w for w in legend if w])
 
 
-def spread_words(spec: SweepSpec, df: pd.DataFrame) -> str:
-    """What ± means in this table: std over how many seeds."""
+def spread_words(spec: SweepSpec, df: pd.DataFrame, columns: list[str]) -> str:
+    """What ± means in this table: std over how many seeds (and which columns have none to show)."""
     done = df[(df.variant == "base") & (df.status == "done")]
     counts = sorted({int(n) for n in done.groupby("row", sort=False).size()})
     if not counts:
         return ""
-    settings = "; batch, steps, memory and FLOPs are the same for every seed of a row"
+    fixed = [label(c) for c in columns if names.lookup(c).kind == names.SETTING]
+    settings = f"; {', '.join(fixed)}: the same for every seed of a row" if fixed else ""
     if counts[-1] == 1:
         return "One seed per row: no spread shown" + settings + "."
     seeds = f"{counts[0]} seeds" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} seeds (per row)"
