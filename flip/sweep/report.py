@@ -62,7 +62,8 @@ def _time_words(done: pd.DataFrame) -> str:
         n = sum(bool(shared(o, c)) for o, c in zip(done["load_others"], done["load_cores"]))
         return f" {tables.SHARED_MARK} {n} of {len(done)} runs shared their cores: their times are not clean."
     if verdict == "unrecorded":
-        return f" {tables.UNRECORDED_MARK} The machine's load was not recorded for these runs: times not known to be clean."
+        return (f" {tables.UNRECORDED_MARK} The machine's load was not recorded for these runs: times not known "
+                f"to be clean.")
     return ""
 
 
@@ -71,7 +72,8 @@ def _plot_caption(spec_title: str | None, x: str, y: str, bars: str, done: pd.Da
     return f"{title}. {bars[0].upper() + bars[1:]}." + (_time_words(done) if x == "train_time_s" else "")
 
 
-def _plots(spec: SweepSpec, df: pd.DataFrame, out_dir: Path) -> tuple[list[Path], list[tuple[str, Path]], list[str], dict]:
+def _plots(spec: SweepSpec, df: pd.DataFrame,
+           out_dir: Path) -> tuple[list[Path], list[tuple[str, Path]], list[str], dict]:
     """The spec's plots, each with its data (`STEM.csv`); returns the files, (caption, PNG) pairs,
     notes and fits."""
     from flip.sweep import fit as fitting

@@ -96,7 +96,8 @@ class LoadMonitor:
         return {"cores": self.cores, "wall_s": wall, "own_cpu_s": own, "others_cpu_s": others,
                 "loadavg_1m_sum": b.get("loadavg_1m_sum", 0.0) + sum(self.loads),
                 "loadavg_1m_n": b.get("loadavg_1m_n", 0) + len(self.loads),
-                "loadavg_1m_max": max([x for x in (b.get("loadavg_1m_max"), *self.loads) if x is not None], default=None)}
+                "loadavg_1m_max": max([x for x in (b.get("loadavg_1m_max"), *self.loads) if x is not None],
+                                      default=None)}
 
     def summary(self) -> dict:
         r = self.record()
