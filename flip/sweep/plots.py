@@ -81,7 +81,7 @@ def _save(fig, out_stem) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
     fig.savefig(paths[0], dpi=DPI, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})  # no date: a rebuild is identical
     plt.close(fig)
     return paths
 
