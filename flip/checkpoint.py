@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from flip.errors import CheckpointError
+from flip.files import chmod_as_umask
 from flip.models import FLIP, ModelConfig
 
 __all__ = ["WEIGHTS", "CONFIG", "LATEST", "CheckpointError", "write_model", "write_atomic",
@@ -48,6 +49,8 @@ def write_model(ckpt_dir: Path, model: FLIP, config: dict[str, Any],
     save_file(tensors("model", model), str(ckpt_dir / WEIGHTS), metadata={"format": "flip", "model": model.cfg.name})
     for name, module in (extra_modules or {}).items():
         save_file(tensors(name, module), str(ckpt_dir / f"{name}.safetensors"))
+    for weights in ckpt_dir.glob("*.safetensors"):
+        chmod_as_umask(weights)  # safetensors writes 0600 through its temporary file; others read weights too
     (ckpt_dir / CONFIG).write_text(json.dumps(config, indent=2))
 
 

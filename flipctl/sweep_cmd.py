@@ -241,6 +241,7 @@ def sweep_command(
     from flip.distributed import resolve_device
     from flip.launch import SlurmSweepRuns
     from flip.sweep import estimate, execute, memory, plan, report
+    from flip.sweep.folder import check_plan_keeps_finished
 
     if spec_name is None:
         raise SpecError("give a sweep name or spec file (flipctl sweep --list shows the shipped ones)")
@@ -270,7 +271,7 @@ def sweep_command(
     spec = with_data(spec, **overrides)
     _check_eval_sets(eval_data, eval_zeroshot)
     _check_training_data(spec)
-    run_store = RunStore(store)
+    run_store = RunStore(store, read_only=dry_run)
     out = out or Path("runs/sweeps") / f"{spec.name}-{spec.preset or 'custom'}"
     device = resolve_device(spec.base.get("device", "auto"))
 
@@ -291,6 +292,7 @@ def sweep_command(
         _print_plan(jobs_list, run_store, device, est, warnings)
         return
 
+    check_plan_keeps_finished(out, jobs_list)  # before sweep.json changes: the folder's finished runs stay
     out.mkdir(parents=True, exist_ok=True)
     manifest = report.manifest_for(spec, jobs_list, run_store, overrides, command)
     manifest.write(out)
@@ -352,7 +354,10 @@ def _print_report(result: dict, out: Path) -> None:
 @user_errors
 def report_command(out: Path = typer.Argument(..., metavar="OUT",
                                               help="a sweep's report folder (holding sweep.json).")) -> None:
-    """Regenerate a sweep's tables, plots and report.html from the run store alone (trains nothing)."""
+    """Rebuild a sweep's tables, plots and report.html from its folder, refreshed from the run store (trains nothing)."""
     from flip.sweep import report
 
-    _print_report(report.regenerate(out), out)
+    result = report.regenerate(out)
+    if result["store_note"]:
+        console.print(result["store_note"])
+    _print_report(result, out)

@@ -347,3 +347,10 @@ def test_training_step_reads_nothing_back_to_the_host(tiny_cfg, ratio, monkeypat
     losses = step(images, tokens, 1e-3)
     monkeypatch.undo()
     assert torch.isfinite(losses["loss"])
+
+
+def test_the_step_with_a_reconstruction_decoder_is_measured_with_it(tiny_cfg):
+    from flip.models.decoder import DecoderConfig
+
+    plain = step_peak_memory(tiny_cfg, 0.5, 8, CPU)
+    assert step_peak_memory(tiny_cfg, 0.5, 8, CPU, decoder=DecoderConfig()) > plain

@@ -18,7 +18,7 @@ def _cmd(dataset, out, *extra):
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "flipctl.main",
             "train", "--data", str(dataset / "train"), "--eval-data", str(dataset / "retrieval" / "captions.csv"),
             "--batch-size", "16", "--samples", str(16 * STEPS), "--workers", "1", "--eval-every", "1000",
-            "--ckpt-every", "3", "--out", str(out), *extra]
+            "--ckpt-every", "3", "--keep-resume-state", "--out", str(out), *extra]  # its resume state is inspected
 
 
 def _latest_step(run):

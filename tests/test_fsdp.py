@@ -199,7 +199,7 @@ def _train(dataset, out, *extra):
     return [sys.executable, "-m", "flipctl.main", "train", "--nproc", "2", "--data", str(dataset / "train"),
             "--eval-data", str(dataset / "retrieval" / "captions.csv"), "--no-hflip", "--batch-size", "8",
             "--samples", "32", "--workers", "0", "--shuffle-buffer", "20", "--eval-every", "2", "--eval-images", "8",
-            "--ckpt-every", "2", "--keep-checkpoints", "2", "--out", str(out), *extra]
+            "--ckpt-every", "2", "--keep-checkpoints", "2", "--keep-resume-state", "--out", str(out), *extra]
 
 
 @pytest.mark.slow  # two 2-process launches: about 90 s on 2 loaded cores

@@ -21,7 +21,7 @@ from flip.train.trainer import resolve
 
 def _config(ds, out, **kw):
     base = dict(data=str(ds / "train"), model="tiny", batch_size=16, samples=16 * 3, workers=0,
-                periodic_eval=False, shuffle_buffer=20, ckpt_every=2, out=str(out))
+                periodic_eval=False, shuffle_buffer=20, ckpt_every=2, keep_resume_state=True, out=str(out))
     base.update(kw)
     return resolve(TrainConfig(**base)).to_dict()
 
@@ -150,7 +150,8 @@ def test_train_nproc_2_killed_stopped_and_resumed(small_dataset, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     resume = [sys.executable, "-m", "flipctl.main", "train", "--nproc", "2", "--resume", "--out", str(run)]
-    proc = subprocess.Popen(_flipctl_train(small_dataset, run, "--nproc", "2", "--accum-steps", "2"), env=env,
+    proc = subprocess.Popen(_flipctl_train(small_dataset, run, "--nproc", "2", "--accum-steps", "2",
+                                           "--keep-resume-state"), env=env,  # its final resume state is read
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_checkpoint(run, proc, 4)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -309,7 +309,8 @@ def test_skip_drops_non_finite_updates_and_counts_them(small_dataset, tmp_path, 
     _inject_nonfinite(monkeypatch, {2, 5}, into="gradient")
     run = tmp_path / "run"
     summary = train(TrainConfig(data=str(small_dataset / "train"), batch_size=8, samples=8 * 6, workers=0, seed=1,
-                                shuffle_buffer=10, out=str(run), log_every=3, on_nonfinite="skip"))
+                                shuffle_buffer=10, out=str(run), log_every=3, on_nonfinite="skip",
+                                keep_resume_state=True))
     assert summary["nonfinite_steps"] == 2 and summary["steps"] == 6
     model, _ = load_model(run)
     assert all(torch.isfinite(p).all() for p in model.parameters())

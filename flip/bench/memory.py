@@ -33,6 +33,8 @@ import torch
 from flip.bench.timing import synthetic_batch
 from flip.errors import ConfigError
 from flip.models import FLIP, ModelConfig
+from flip.models.decoder import DecoderConfig, MAEDecoder
+from flip.models.pretrainer import Pretrainer
 from flip.train.optim import make_optimizer
 from flip.train.step import StepConfig, TrainStep
 
@@ -251,14 +253,19 @@ def find_max_batch(peak_of: Callable[[int], int | None], limit: int, start: int 
 
 
 def step_peak_memory(cfg: ModelConfig, mask_ratio: float, batch: int, device: torch.device,
-                     precision: str = "fp32") -> int | None:
-    """Peak bytes of one steady-state training step of a fresh FLIP model; None if out of memory."""
+                     precision: str = "fp32", decoder: DecoderConfig | None = None) -> int | None:
+    """Peak bytes of one steady-state training step of a fresh FLIP model; None if out of memory.
+    `decoder`: the step of a run with the MAE reconstruction loss (Table 1f), decoder included as the
+    trainer builds it (its weights, gradients and AdamW moments, its forward and backward)."""
     def run() -> None:
         model = FLIP(cfg).to(device)
-        optimizer = make_optimizer(model, 1e-3, 0.2, (0.9, 0.95), 1e-6, device)
-        step = TrainStep(model, optimizer, StepConfig(mask_ratio=mask_ratio, precision=precision))
+        dec = MAEDecoder(cfg.vision, decoder).to(device) if decoder is not None else None
+        trained = Pretrainer(model, dec)  # what the trainer's optimizer holds
+        optimizer = make_optimizer(trained, 1e-3, 0.2, (0.9, 0.95), 1e-6, device)
+        step_cfg = StepConfig(mask_ratio=mask_ratio, precision=precision, recon_weight=1.0 if dec else 0.0)
+        step = TrainStep(model, optimizer, step_cfg, decoder=dec)
         images, tokens = synthetic_batch(cfg, batch, device)
-        for p in model.parameters():  # gradients and AdamW moments exist, as after any earlier step
+        for p in trained.parameters():  # gradients and AdamW moments exist, as after any earlier step
             p.grad = torch.zeros_like(p)
         optimizer.step()
         step(images, tokens, 1e-3)

@@ -45,6 +45,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors.torch import save_file
 
 from flip.errors import ConfigError
+from flip.files import chmod_as_umask
 from flip.models import FLIP, ModelConfig
 
 WEIGHTS = "open_clip_model.safetensors"
@@ -168,6 +169,7 @@ def export_open_clip(model: FLIP, out_dir: str | Path, name: str | None = None, 
     if weights_format == "safetensors":
         weights_path = out_dir / WEIGHTS
         save_file(weights, str(weights_path), metadata={"format": "pt"})
+        chmod_as_umask(weights_path)  # safetensors writes 0600 through its temporary file
     else:
         weights_path = out_dir / WEIGHTS_BIN
         torch.save(weights, weights_path)

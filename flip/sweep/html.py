@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from flip.files import chmod_as_umask
+
 RUN_FILES = ("config.json", "summary.json", "metrics.jsonl")
 
 CSS = """
@@ -25,7 +27,8 @@ h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { margin-top: 1.6em; border-bot
 table { border-collapse: collapse; margin: .6em 0 1.4em; font-size: .92em; }
 caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3em; }
 th, td { border-bottom: 1px solid #e3e3e3; padding: .3em .7em; text-align: right; vertical-align: top; }
-th { border-bottom: 2px solid #888; background: #f6f6f6; }
+th { border-bottom: 2px solid #888; background: #f6f6f6; } table.results td { white-space: nowrap; }
+div.wide { overflow-x: auto; }
 td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: .92em; }
@@ -33,7 +36,7 @@ pre { background: #f6f6f6; padding: .7em; overflow-x: auto; white-space: pre-wra
 table.runs th, table.runs td { text-align: left; }
 tr.failed td { background: #fdecea; } tr.pending td { color: #888; }
 .status-failed { color: #b00020; font-weight: 600; } .error { max-width: 28em; text-align: left; }
-.notes li { margin: .3em 0; } .muted { color: #777; }
+.notes li { margin: .3em 0; } .muted { color: #777; } caption .legend { font-weight: 400; color: #555; }
 """
 
 
@@ -43,7 +46,8 @@ def write_report(out_dir, *, title: str, description: str,
                  extra_json: dict | None = None) -> Path:
     """Write OUT_DIR/report.html and return its path.
 
-    `tables`: (caption, DataFrame) pairs, cells shown as given (format numbers before).
+    `tables`: (caption, DataFrame) or (caption, DataFrame, legend lines) tuples, cells shown as given
+    (format numbers before); the legend (what ± and marks mean) goes under the caption.
     `plots`: PNG paths, or (caption, path) pairs; each is inlined, with a link to its PDF twin.
     `commands`: the exact commands that produced the results. `notes`: short findings
     ("difference within noise"). `runs`: one row per run (run_id, row, seed, variant, status,
@@ -60,12 +64,12 @@ def write_report(out_dir, *, title: str, description: str,
         f"<h1>{_e(title)}</h1>",
         f'<p class="description">{_e(description)}</p>',
     ]
+    if tables:  # the numbers first, then what the notes say about them
+        parts.append('<h2 id="tables">Tables</h2>')
+        parts += [_table(*item) for item in tables]
     notes = [n for n in notes if n]
     if notes:
         parts += ['<h2 id="notes">Notes</h2><ul class="notes">', *(f"<li>{_e(n)}</li>" for n in notes), "</ul>"]
-    if tables:
-        parts.append('<h2 id="tables">Tables</h2>')
-        parts += [_table(caption, frame) for caption, frame in tables]
     if plots:
         parts.append('<h2 id="plots">Plots</h2>')
         parts += [_figure(item, out) for item in plots]
@@ -96,11 +100,13 @@ def _json_default(value):
     return str(value)
 
 
-def _table(caption: str, frame: pd.DataFrame) -> str:
+def _table(caption: str, frame: pd.DataFrame, legend: Sequence[str] = ()) -> str:
     body = frame.to_html(index=False, escape=True, na_rep="–", border=0, classes="results",
                          float_format=lambda v: f"{v:.4g}")
     # pandas writes no caption; put it inside the table so it travels with it.
-    return body.replace(">\n", f">\n<caption>{_e(caption)}</caption>\n", 1)
+    text = _e(caption) + "".join(f'<br><span class="legend">{_e(line)}</span>' for line in legend)
+    # a wide table scrolls inside the page rather than running off its edge
+    return '<div class="wide">' + body.replace(">\n", f">\n<caption>{text}</caption>\n", 1) + "</div>"
 
 
 def _figure(item, out: Path) -> str:
@@ -121,7 +127,10 @@ def _rel(path, start: Path) -> str:
 def _runs(runs: pd.DataFrame, out: Path) -> list[str]:
     status = runs["status"].fillna("unknown") if "status" in runs.columns else pd.Series("unknown", index=runs.index)
     counts = ", ".join(f"{n} {s}" for s, n in status.value_counts(sort=False).items())
-    head = ["run", "row", "seed", "variant", "status", "wall time", "error", "files"]
+    # optional columns: the machine's load while a run trained, and links to its files
+    load, files = "load" in runs.columns, "run_dir" in runs.columns
+    head = ["run", "row", "seed", "variant", "status", "wall time"] + (["machine load"] if load else []) + \
+        ["error"] + (["files"] if files else [])
     rows = []
     for (_, run), state in zip(runs.iterrows(), status):
         cells = [
@@ -131,8 +140,9 @@ def _runs(runs: pd.DataFrame, out: Path) -> list[str]:
             _e(_get(run, "variant")),
             f'<span class="status-{_e(state)}">{_e(state)}</span>',
             _e(_duration(_get(run, "train_time_s"))),
+            *([_e(_get(run, "load"))] if load else []),
             _error_cell(_get(run, "error")),
-            _links(_get(run, "run_dir"), out),
+            *([_links(_get(run, "run_dir"), out)] if files else []),
         ]
         rows.append(f'<tr class="{_e(state)}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return [f'<h2 id="runs">Runs</h2><p class="muted">{len(runs)} runs: {_e(counts)}</p>',
@@ -183,7 +193,7 @@ def _write_atomic(path: Path, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is meant to be read
+        chmod_as_umask(tmp)  # mkstemp makes it private; a report is meant to be read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

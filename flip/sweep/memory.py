@@ -8,22 +8,30 @@ import torch
 
 from flip.bench.memory import find_max_batch, step_peak_memory
 from flip.models import get_preset
+from flip.models.decoder import DecoderConfig
 from flip.sweep.estimate import flops_per_sample
 from flip.sweep.spec import SweepSpec
 from flip.sweep.store import RunStore
 from flip.train.config import TrainConfig
 
 
-def _probe_key(model: str, mask_ratio: float, batch: int, precision: str, device: torch.device) -> str:
-    return f"peak:{model}:m{mask_ratio:g}:b{batch}:{precision}:{device.type}"
+def decoder_of(cfg: TrainConfig) -> DecoderConfig | None:
+    """The MAE decoder a run trains with (a reconstruction loss), else None."""
+    return DecoderConfig(cfg.decoder_depth, cfg.decoder_width, cfg.decoder_heads) if cfg.recon_weight > 0 else None
+
+
+def _probe_key(model: str, mask_ratio: float, batch: int, precision: str, device: torch.device,
+               decoder: DecoderConfig | None = None) -> str:
+    key = f"peak:{model}:m{mask_ratio:g}:b{batch}:{precision}:{device.type}"
+    return key if decoder is None else f"{key}:dec{decoder.depth}x{decoder.width}x{decoder.heads}"
 
 
 def step_peak(store: RunStore, model: str, mask_ratio: float, batch: int, precision: str,
-              device: torch.device) -> int | None:
-    key = _probe_key(model, mask_ratio, batch, precision, device)
+              device: torch.device, decoder: DecoderConfig | None = None) -> int | None:
+    key = _probe_key(model, mask_ratio, batch, precision, device, decoder)
     cached = store.probe(key)
     if cached is None:
-        cached = step_peak_memory(get_preset(model), mask_ratio, batch, device, precision)
+        cached = step_peak_memory(get_preset(model), mask_ratio, batch, device, precision, decoder)
         store.save_probe(key, cached)
     return cached
 
@@ -44,7 +52,7 @@ def matched_batches(spec: SweepSpec, store: RunStore, device: torch.device,
         name = ", ".join(f"{k}={v}" for k, v in mm.reference.items())
     else:
         ref, name = spec.config(spec.row(mm.reference), 0), mm.reference
-    limit = step_peak(store, ref.model, ref.mask_ratio, ref.batch_size, ref.precision, device)
+    limit = step_peak(store, ref.model, ref.mask_ratio, ref.batch_size, ref.precision, device, decoder_of(ref))
     if limit is None:
         raise MemoryError(f"the memory reference {name!r} (batch {ref.batch_size}) does not fit in memory")
     out = {}
@@ -52,18 +60,23 @@ def matched_batches(spec: SweepSpec, store: RunStore, device: torch.device,
         if "batch_size" in row.fields:
             continue
         cfg = spec.config(row, 0)
-        if cfg.model == ref.model and cfg.mask_ratio == ref.mask_ratio:
+        decoder = decoder_of(cfg)  # the step that will run: with the decoder when there is a recon loss
+        if cfg.model == ref.model and cfg.mask_ratio == ref.mask_ratio and decoder == decoder_of(ref):
             out[row.label] = (ref.batch_size, limit)
             continue
-        key = f"match:{_probe_key(cfg.model, cfg.mask_ratio, ref.batch_size, cfg.precision, device)}" \
+        key = f"match:{_probe_key(cfg.model, cfg.mask_ratio, ref.batch_size, cfg.precision, device, decoder)}" \
               f":ref{ref.mask_ratio:g}:x{mm.multiple_of}"
         cached = store.probe(key)
         if cached is None:
-            log(f"probing the batch at mask {cfg.mask_ratio:g} that fits the memory of {name!r}")
-            found = find_max_batch(lambda b: step_peak(store, cfg.model, cfg.mask_ratio, b, cfg.precision, device),
-                                   limit, start=ref.batch_size)
+            what = f"mask {cfg.mask_ratio:g}" + (" with the reconstruction decoder" if decoder else "")
+            log(f"probing the batch at {what} that fits the memory of {name!r}")
+
+            def peak(b: int) -> int | None:
+                return step_peak(store, cfg.model, cfg.mask_ratio, b, cfg.precision, device, decoder)
+
+            found = find_max_batch(peak, limit, start=ref.batch_size)
             batch = max(mm.multiple_of, found.batch // mm.multiple_of * mm.multiple_of)
-            cached = [batch, step_peak(store, cfg.model, cfg.mask_ratio, batch, cfg.precision, device)]
+            cached = [batch, peak(batch)]
             store.save_probe(key, cached)
         out[row.label] = (cached[0], cached[1])
     return out
@@ -83,7 +96,7 @@ def memory_warnings(configs, store: RunStore, device: torch.device, max_gflops: 
 
     limit, warnings, seen = device_memory(device), [], set()
     for cfg in configs:
-        key = (cfg.model, cfg.mask_ratio, cfg.batch_size, cfg.precision)
+        key = (cfg.model, cfg.mask_ratio, cfg.batch_size, cfg.precision, decoder_of(cfg))
         if key in seen:
             continue
         seen.add(key)
@@ -91,7 +104,7 @@ def memory_warnings(configs, store: RunStore, device: torch.device, max_gflops: 
             warnings.append(f"{cfg.model} at batch {cfg.batch_size}: memory not probed on this CPU (model too "
                             f"large); run the dry run on the training machine")
             continue
-        peak = step_peak(store, cfg.model, cfg.mask_ratio, cfg.batch_size, cfg.precision, device)
+        peak = step_peak(store, cfg.model, cfg.mask_ratio, cfg.batch_size, cfg.precision, device, key[-1])
         if peak is None or peak > limit:
             warnings.append(f"{cfg.model} mask {cfg.mask_ratio:g} batch {cfg.batch_size} does not fit: peak "
                             f"{'out of memory' if peak is None else f'{peak / 2**30:.1f} GiB'} > "

@@ -18,48 +18,45 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from flip.sweep import names  # noqa: E402
 from flip.sweep.stats import config_keys, done, summarise  # noqa: E402
 
-__all__ = ["plot_metric_vs_axis", "plot_curves", "summarise", "label_for", "PAPER_LABEL"]
+__all__ = ["plot_metric_vs_axis", "plot_curves", "axis_points", "curve_points", "summarise", "label_for",
+           "PAPER_LABEL"]
 
 PAPER_LABEL = "paper (ViT-L/16, LAION-400M)"
 PAPER_COLOR = "0.35"
 DPI = 150
 
-# Axis labels with units for the columns a sweep produces; anything else gets its own name.
-LABELS = {
-    "mask_ratio": "image mask ratio",
-    "batch_size": "batch size",
-    "samples": "training samples",
-    "samples_seen": "samples seen",
-    "steps": "optimizer steps",
-    "train_time_s": "training time (min)",
-    "train_flops": "training FLOPs",
-    "peak_memory": "peak memory (GiB)",
-    "model": "model",
-    "text_mask": "text masking",
-    "recon_weight": "reconstruction loss weight",
-    "variant": "variant",
-    "inference": "inference mode",
-    "zeroshot": "zero-shot top-1 (%)",
-    "retrieval_i2t": "image→text R@1 (%)",
-    "retrieval_t2i": "text→image R@1 (%)",
-    "linear_probe": "linear-probe top-1 (%)",
-}
-# Displayed value = stored value / divisor (seconds shown in minutes, bytes in GiB).
-DISPLAY_DIVISOR = {"train_time_s": 60.0, "peak_memory": 2.0**30}
-
 
 def label_for(column: str) -> str:
-    """A readable axis label with units for a results column (METRIC@MODE -> "... [MODE]")."""
-    if column in LABELS:
-        return LABELS[column]
-    if "@" in column:
-        metric, mode = column.split("@", 1)
-        if metric == "eval_s":
-            return f"evaluation time, {mode} (s)"
-        return f"{LABELS.get(metric, metric)} [{mode} inference]"
-    return column.replace("_", " ")
+    """A readable axis label with units for a results column (from flip.sweep.names)."""
+    if column == "inference":
+        return "inference mode"
+    return names.lookup(column, plot=True).axis
+
+
+def _divisor(column: str) -> float:
+    """Displayed value = stored value / divisor (seconds shown in minutes, bytes in GiB)."""
+    return names.lookup(column, plot=True).per
+
+
+def _is_accuracy(column: str) -> bool:
+    return names.lookup(column, plot=True).unit == "%"
+
+
+def _accuracy_limits(ax, y: str) -> None:
+    """An accuracy axis never runs below 0% or above 100% (error bars and fit bands may reach past)."""
+    if _is_accuracy(y):
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, 0.0), min(hi, 100.0))
+
+
+def _errorbar_entry(handles: list, labels: list, errorbars: str | None) -> None:
+    """A legend line that says what the error bars are (std over how many seeds)."""
+    if errorbars:
+        handles.append(matplotlib.lines.Line2D([], [], linestyle="none", marker="|", markersize=10, color="0.3"))
+        labels.append(errorbars)
 
 
 def _series_label(column: str | None, value) -> str:
@@ -69,7 +66,9 @@ def _series_label(column: str | None, value) -> str:
         return f"mask {value:.0%}"
     if column == "variant":
         return {"base": "base", "tuned": "+ unmasked tuning"}.get(value, str(value))
-    return f"{label_for(column)} = {value}"
+    if column == "row":  # the spec's own row names
+        return str(value)
+    return f"{label_for(column)} {names.show_value(column, value)}"
 
 
 def _colors(n: int) -> list:
@@ -82,7 +81,7 @@ def _save(fig, out_stem) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")]
     fig.savefig(paths[0], dpi=DPI, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"CreationDate": None})  # no date: a rebuild is identical
     plt.close(fig)
     return paths
 
@@ -104,10 +103,20 @@ def _values_in(values: Sequence, lo: float, hi: float) -> bool:
     return all(lo * 0.5 <= float(v) <= hi * 2.0 for v in values)
 
 
+def axis_points(df: pd.DataFrame, x: str, y: str, series: str | None = None) -> pd.DataFrame:
+    """What `plot_metric_vs_axis` draws: mean, std and count of `y` per (`series`,) `x`, finished runs only."""
+    runs = done(df)
+    keys = [x] if series is None else [series, x]
+    for col in [*keys, y]:
+        if col not in runs.columns:
+            raise KeyError(f"no column {col!r} in the results")
+    return summarise(runs, keys, y)
+
+
 def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str | None = None,
                         paper: Sequence[dict] | None = None, title: str | None = None,
                         xlabel: str | None = None, ylabel: str | None = None,
-                        logx: bool = False) -> list[Path]:
+                        logx: bool = False, errorbars: str | None = None) -> list[Path]:
     """`y` (a metric) against the axis column `x`, one line per value of `series`.
 
     Numeric `x` is placed by value (sorted, joined by lines); categorical `x` by the order the rows
@@ -115,14 +124,11 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
     {"x", "y", "series" (optional)}; drawn on a twin y-axis over the same x when their x values
     match ours (mask ratios, text-mask kinds), the twin spanning as many points as ours so slopes
     compare; otherwise in a second panel (the paper's batches are 16k-64k, ours hundreds).
+    `errorbars`: what the error bars are, for the legend ("error bars: std over 3 seeds").
     Writes OUT_STEM.png and .pdf; returns their paths.
     """
     runs = done(df)
-    keys = [x] if series is None else [series, x]
-    for col in [*keys, y]:
-        if col not in runs.columns:
-            raise KeyError(f"no column {col!r} in the results")
-    stats = summarise(runs, keys, y)
+    stats = axis_points(df, x, y, series)
     numeric = _is_numeric(runs[x])
     points = _paper_points(paper)
     categories: list[str] = [] if numeric else list(dict.fromkeys(map(str, runs[x].dropna())))
@@ -160,6 +166,7 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
         _no_data(ax, y)
 
     handles, labels = ax.get_legend_handles_labels()
+    _errorbar_entry(handles, labels, errorbars if len(stats) else None)
     if points:
         target = ax.twinx() if same_axis else pax
         names = None if _paper_numeric(points) else list(dict.fromkeys(str(p["x"]) for p in points))
@@ -175,6 +182,7 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
             target.set_ylabel(f"{PAPER_LABEL}\nIN-1K zero-shot top-1 (%)", color=PAPER_COLOR)
             target.tick_params(axis="y", colors=PAPER_COLOR)
             _match_span(ax, target)
+            _accuracy_limits(ax, y)
             th, tl = target.get_legend_handles_labels()
             handles, labels = handles + th, labels + [t.replace("paper", f"{PAPER_LABEL}, right axis", 1) for t in tl]
         else:
@@ -199,10 +207,11 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
                 ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if x == "mask_ratio":
-            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
     ax.set_xlabel(xlabel or label_for(x))
     ax.set_ylabel(ylabel or label_for(y))
     ax.grid(alpha=0.3)
+    _accuracy_limits(ax, y)
     ax.set_title(title or f"{label_for(y)} vs {label_for(x)}", fontsize=11)
     fig.tight_layout()
     return _save(fig, out_stem)
@@ -242,10 +251,28 @@ def _legend_below(ax, handles, labels) -> None:
                   ncol=2 if len(handles) > 3 else 1, frameon=False)
 
 
+def curve_points(df: pd.DataFrame, x: str, y: str, series: str, variant_col: str = "variant") -> pd.DataFrame:
+    """What `plot_curves` draws: per configuration (seeds averaged), mean `x` (`_x`), mean and std of
+    `y` (`_y`, `_std`) and the seed count (`_n`), with its config columns; finished runs only."""
+    runs = done(df)
+    for col in (x, y, series):
+        if col not in runs.columns:
+            raise KeyError(f"no column {col!r} in the results")
+    data = runs.dropna(subset=[x, y])
+    keys = config_keys(data, exclude=(x, y))
+    if variant_col not in data.columns:
+        data = data.assign(**{variant_col: "base"})
+        keys = [*keys, variant_col] if variant_col not in keys else keys
+    if keys:
+        return (data.groupby(keys, sort=False, dropna=False)
+                .agg(_x=(x, "mean"), _y=(y, "mean"), _std=(y, "std"), _n=(y, "size")).reset_index())
+    return pd.DataFrame({"_x": data[x], "_y": data[y], "_std": np.nan, "_n": 1})
+
+
 def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
                 variant_col: str = "variant", frontier: pd.DataFrame | None = None, fit=None,
                 paper: Sequence[dict] | None = None, title: str | None = None,
-                paper_xlabel: str = "relative training time") -> list[Path]:
+                paper_xlabel: str = "relative training time", errorbars: str | None = None) -> list[Path]:
     """Accuracy against training cost (FLIP Figures 1 and 3): one curve per `series` value.
 
     `x` is "train_time_s" (shown in minutes) or "train_flops" (log scale); each point is one
@@ -256,11 +283,8 @@ def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
     with the exponent and the predicted accuracy. `paper`: {"x", "y", "series"} points on the
     paper's own x scale (`paper_xlabel`), in a second panel.
     """
-    runs = done(df)
-    for col in (x, y, series):
-        if col not in runs.columns:
-            raise KeyError(f"no column {col!r} in the results")
-    div = DISPLAY_DIVISOR.get(x, 1.0)
+    per_config = curve_points(df, x, y, series, variant_col)
+    div = _divisor(x)
     logx = x == "train_flops"
     points = _paper_points(paper)
     if points:
@@ -269,16 +293,6 @@ def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
         fig, ax = plt.subplots(figsize=(7.6, 6.2))
         pax = None
 
-    data = runs.dropna(subset=[x, y])
-    keys = config_keys(data, exclude=(x, y))
-    if variant_col not in data.columns:
-        data = data.assign(**{variant_col: "base"})
-        keys = [*keys, variant_col] if variant_col not in keys else keys
-    if keys:
-        per_config = (data.groupby(keys, sort=False, dropna=False)
-                      .agg(_x=(x, "mean"), _y=(y, "mean"), _std=(y, "std")).reset_index())
-    else:
-        per_config = pd.DataFrame({"_x": data[x], "_y": data[y], "_std": np.nan})
     series_values = list(dict.fromkeys(per_config[series].tolist())) if len(per_config) else []
     try:
         series_values = sorted(series_values)
@@ -313,7 +327,10 @@ def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
     ax.set_xlabel(label_for(x))
     ax.set_ylabel(label_for(y))
     ax.grid(alpha=0.3, which="both" if logx else "major")
-    _legend_below(ax, *ax.get_legend_handles_labels())
+    _accuracy_limits(ax, y)
+    handles, labels = ax.get_legend_handles_labels()
+    _errorbar_entry(handles, labels, errorbars if len(per_config) else None)
+    _legend_below(ax, handles, labels)
     ax.set_title(title or f"{label_for(y)} vs {label_for(x)}", fontsize=11)
 
     if pax is not None:

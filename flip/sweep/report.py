@@ -1,48 +1,27 @@
-"""A sweep's report: tables, plots, fits and the HTML page, from the run store alone.
+"""A sweep's report: tables, plots, fits and the HTML page, from the sweep folder's own records.
 
 `write_report` is what the end of `flipctl sweep` and `flipctl report OUT` both call. The sweep
-leaves `OUT/sweep.json` (the spec file's text, the preset, the data it was pointed at, the store
-and every planned job), so a report can be regenerated at any time without training or probing.
+leaves `OUT/sweep.json` (the spec as loaded, the command, the store and every planned job) and
+`OUT/results.csv` (a record per run), so the report can be rebuilt at any time, anywhere, without
+training, probing or the run store (see `flip.sweep.folder`). Every file is built from
+results.csv as written, so a rebuild from the folder alone reproduces it byte for byte (plots:
+the same data, in `STEM.csv` beside each; image bytes may differ).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from flip.sweep import results, tables
+from flip.sweep import folder, names, results, tables
+from flip.sweep.folder import MANIFEST, Manifest, ReportError  # noqa: F401  (importable from here)
 from flip.sweep.plan import EvalJob, Job
 from flip.sweep.spec import SweepSpec
-from flip.sweep.store import RunStore, read_json, write_json_atomic
+from flip.sweep.store import RunStore, write_json_atomic
 from flip.train.config import TrainConfig
-
-MANIFEST = "sweep.json"
-
-
-@dataclass
-class Manifest:
-    spec_text: str
-    spec_path: str
-    preset: str | None
-    data: dict
-    store: str
-    command: str
-    jobs: list[dict] = field(default_factory=list)
-    commit: str | None = None  # the flipctl source the sweep ran with
-
-    def write(self, out_dir: Path) -> None:
-        write_json_atomic(out_dir / MANIFEST, self.__dict__)
-
-    @classmethod
-    def read(cls, out_dir: Path) -> "Manifest":
-        raw = read_json(out_dir / MANIFEST)
-        if raw is None:
-            from flip.sweep.spec import SpecError
-            raise SpecError(f"{out_dir} holds no sweep ({MANIFEST} missing): run `flipctl sweep ... --out {out_dir}`")
-        return cls(**raw)
+from flip.train.load import shared
 
 
 def jobs_from_manifest(manifest: Manifest) -> list[Job]:
@@ -55,44 +34,100 @@ def jobs_from_manifest(manifest: Manifest) -> list[Job]:
     return jobs
 
 
-def _paper_points(spec: SweepSpec, x: str, y: str) -> list[dict]:
+def _paper_points(spec: SweepSpec, df: pd.DataFrame, x: str, y: str, series: str | None) -> list[dict]:
+    """The paper's numbers at our rows' x, in our rows' series (so each series gets its own paper line)."""
     points = []
     for row in spec.rows:
         if y in row.paper and x in row.fields:
-            points.append({"x": row.fields[x], "y": row.paper[y]})
+            point = {"x": row.fields[x], "y": row.paper[y]}
+            values = df.loc[df.row == row.label, series].dropna() if series in df else []
+            if len(values):
+                point["series"] = values.iloc[0]
+            points.append(point)
     return points
 
 
-def _plots(spec: SweepSpec, df: pd.DataFrame, out_dir: Path) -> tuple[list[Path], list[str], dict]:
+def _errorbars(points: pd.DataFrame, count: str) -> str:
+    """What a plot's error bars are, from the seed counts behind its points."""
+    counts = sorted({int(n) for n in points[count]}) if len(points) else []
+    if not counts or counts[-1] < 2:
+        return "one seed per point: no error bars"
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"error bars: std over {seeds} seeds"
+
+
+def _time_words(done: pd.DataFrame) -> str:
+    verdict = tables.load_verdict(done)
+    if verdict == "shared":
+        n = sum(bool(shared(o, c)) for o, c in zip(done["load_others"], done["load_cores"]))
+        return f" {tables.SHARED_MARK} {n} of {len(done)} runs shared their cores: their times are not clean."
+    if verdict == "unrecorded":
+        return (f" {tables.UNRECORDED_MARK} The machine's load was not recorded for these runs: times not known "
+                f"to be clean.")
+    return ""
+
+
+def _plot_caption(spec_title: str | None, x: str, y: str, bars: str, done: pd.DataFrame) -> str:
+    title = spec_title or f"{names.label(y)} vs {names.lookup(x, plot=True).label}"
+    return f"{title}. {bars[0].upper() + bars[1:]}." + (_time_words(done) if x == "train_time_s" else "")
+
+
+def _plots(spec: SweepSpec, df: pd.DataFrame,
+           out_dir: Path) -> tuple[list[Path], list[tuple[str, Path]], list[str], dict]:
+    """The spec's plots, each with its data (`STEM.csv`); returns the files, (caption, PNG) pairs,
+    notes and fits."""
     from flip.sweep import fit as fitting
     from flip.sweep import plots
 
-    written, notes, fits = [], [], {}
+    written, figures, notes, fits = [], [], [], {}
     done = df[df.status == "done"]
     for p in spec.plots:
         if p.y not in done or done[p.y].dropna().empty:
-            notes.append(f"plot {p.stem}: no finished run has {p.y}")
+            notes.append(f"plot {p.title or p.stem}: no finished run has {names.label(p.y)}")
             continue
         stem = out_dir / p.stem
         if p.kind == "metric_vs_axis":
-            written += plots.plot_metric_vs_axis(done, p.x, p.y, stem, series=p.series, paper=_paper_points(spec, p.x, p.y)
-                                                 or None, title=p.title, xlabel=tables.label(p.x),
-                                                 ylabel=tables.label(p.y) + " (%)", logx=p.logx)
-            continue
-        frontier, result = fitting.fit_frontier(done, p.x, p.y, target_factor=p.extrapolate)
-        if p.fit:
-            if result is None:
-                notes.append(f"{p.stem}: not enough distinct budgets on the frontier to fit a power law")
-            else:
-                fits[p.stem] = result.to_dict()
-                notes.append(f"{p.stem}: error = a·C^-b + c on the frontier: b = {result.b:.3f} "
-                             f"[{result.b_interval[0]:.3f}, {result.b_interval[1]:.3f}]; at {p.extrapolate:g}x the "
-                             f"largest budget, predicted {tables.label(p.y)} {100 - result.predicted:.1f}% "
-                             f"[{100 - result.predicted_interval[1]:.1f}, {100 - result.predicted_interval[0]:.1f}]")
-        written += plots.plot_curves(done, p.x, p.y, stem, series=p.series or "row", frontier=frontier,
-                                     fit=result if p.fit else None,
-                                     title=p.title)
-    return written, notes, fits
+            points = plots.axis_points(done, p.x, p.y, p.series)
+            bars = _errorbars(points, "count")
+            paths = plots.plot_metric_vs_axis(done, p.x, p.y, stem, series=p.series,
+                                              paper=_paper_points(spec, done, p.x, p.y, p.series) or None,
+                                              title=p.title,
+                                              logx=p.logx, errorbars=bars)
+        else:
+            frontier, result = fitting.fit_frontier(done, p.x, p.y, target_factor=p.extrapolate)
+            if p.fit:
+                notes.append(_fit_note(p, result))
+                if result is not None:
+                    fits[p.stem] = result.to_dict()
+            points = plots.curve_points(done, p.x, p.y, p.series or "row")
+            bars = _errorbars(points, "_n")
+            paths = plots.plot_curves(done, p.x, p.y, stem, series=p.series or "row", frontier=frontier,
+                                      fit=result if p.fit else None, title=p.title, errorbars=bars)
+        _points_csv(points, p, frontier if p.kind != "metric_vs_axis" else None, stem.with_name(stem.name + ".csv"))
+        written += paths + [stem.with_name(stem.name + ".csv")]
+        figures.append((_plot_caption(p.title, p.x, p.y, bars, done), paths[0]))
+    return written, figures, notes, fits
+
+
+def _points_csv(points: pd.DataFrame, p, frontier: pd.DataFrame | None, path: Path) -> None:
+    """A plot's data beside it, in words a spreadsheet reads: one line per point drawn."""
+    points = points.rename(columns={"mean": f"{p.y}_mean", "std": f"{p.y}_std", "count": "seeds", "_x": p.x,
+                                    "_y": f"{p.y}_mean", "_std": f"{p.y}_std", "_n": "seeds"})
+    if frontier is not None:
+        keys = [c for c in frontier.columns if c in points.columns and c not in (p.x, f"{p.y}_mean")]
+        on = set(map(tuple, frontier[keys].astype(str).values)) if keys else set()
+        points["on_frontier"] = [tuple(r) in on for r in points[keys].astype(str).values] if keys else False
+    points.to_csv(path, index=False)
+
+
+def _fit_note(p, result) -> str:
+    what = p.title or p.stem
+    if result is None:
+        return f"{what}: not enough distinct budgets on the frontier to fit a power law"
+    lo, hi = result.predicted_accuracy_interval
+    return (f"{what}: error = a·C^-b + c fitted to the frontier: b = {result.b:.3f} (90% interval "
+            f"{result.b_interval[0]:.3f}-{result.b_interval[1]:.3f}); at {p.extrapolate:g}x the largest budget it "
+            f"predicts {names.label(p.y)} {result.predicted_accuracy:.1f}% ({lo:.1f}-{hi:.1f})")
 
 
 def source_commit() -> str | None:
@@ -113,54 +148,119 @@ def source_commit() -> str | None:
     return sha.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-def write_report(out_dir: Path, spec: SweepSpec, jobs: list[Job], store: RunStore, command: str,
-                 commit: str | None = None) -> dict:
-    """Write results.csv, the paper-style table (md/tex/csv), the plots, fits and report.html; return a summary."""
+class _ShownStore:
+    """The store as the command line named it: the per-run commands the report shows read the same
+    wherever the report is rebuilt."""
+
+    def __init__(self, root: str):
+        self.root = Path(root)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / "runs" / run_id
+
+    def sweep_dir(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "sweep"
+
+
+def _run_commands(jobs: list[Job], shown_store: str) -> list[str]:
+    from flip.sweep.execute import reproduce_command
+
+    store = _ShownStore(shown_store)
+    return [f"# {j.run_id}: {reproduce_command(j, store)}" for j in jobs]
+
+
+def _load_text(run: pd.Series) -> str:
+    if run.get("status") != "done":
+        return ""
+    verdict = shared(run.get("load_others"), run.get("load_cores"))
+    if verdict is None:
+        return "not recorded"
+    others = f"others used {float(run['load_others']):.2f} of {int(run['load_cores'])} cores"
+    return f"{tables.SHARED_MARK} shared ({others})" if verdict else f"quiet ({others})"
+
+
+def _runs_table(df: pd.DataFrame) -> pd.DataFrame:
+    runs = df[[c for c in ("run_id", "row", "seed", "variant", "status", "error", "train_time_s") if c in df]].copy()
+    runs["load"] = [_load_text(r) for _, r in df.iterrows()]
+    return runs
+
+
+def write_report(out_dir: Path, spec: SweepSpec, jobs: list[Job], store: RunStore | None, command: str,
+                 commit: str | None = None, shown_store: str | None = None, require_finished: bool = False) -> dict:
+    """Write results.csv (the folder's records, refreshed from `store`), the paper-style table
+    (md/tex/csv), the plots and their data, fits, notes and report.html; return a summary.
+
+    Refuses (ReportError, before writing anything) to drop finished runs the folder holds, and with
+    `require_finished`, to write a report in which no run finished. `store` None: the folder alone."""
     from flip.sweep import html
 
     out_dir = Path(out_dir)
+    before = folder.read_results(out_dir)
+    fresh = results.collect(spec, jobs, store or RunStore(out_dir / ".no-store", read_only=True), out_dir)
+    merged = folder.merge(before, fresh)
+    folder.check_keeps_finished(out_dir, before, folder.finished(merged))
+    if require_finished and not folder.finished(merged):
+        raise ReportError(f"no run of {out_dir} has finished ({len(jobs)} planned; run store "
+                          f"{store.root if store else 'not found'}): nothing to report, nothing written")
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = results.collect(spec, jobs, store)
-    df.to_csv(out_dir / "results.csv", index=False)
+    folder.write_results(out_dir, merged)
+    df = folder.read_results(out_dir)  # everything below from the records as written: a rebuild matches
     table = tables.build_table(spec, df)
     caption = f"{spec.title} (paper {spec.paper})" if spec.paper else spec.title
     table_paths = tables.write_table(table, out_dir, "table", caption)
-    plot_paths, plot_notes, fits = _plots(spec, df, out_dir)
+    plot_paths, figures, plot_notes, fits = _plots(spec, df, out_dir)
     notes = table.notes + plot_notes
     if fits:
         write_json_atomic(out_dir / "fits.json", fits)
-    runs = df[[c for c in ("run_id", "row", "seed", "variant", "status", "error", "train_time_s", "run_dir")
-               if c in df]].copy()
-    commands = [command] + [f"# {j.run_id}: " + (store.sweep_dir(j.run_id) / "command.txt").read_text().strip()
-                            for j in jobs if (store.sweep_dir(j.run_id) / "command.txt").exists()]
-    html_path = html.write_report(out_dir, title=f"{spec.name}: {caption}", description=spec.description,
-                                  tables=[(caption, table.display)], plots=[p for p in plot_paths if p.suffix == ".png"],
-                                  commands=commands, runs=runs, notes=notes)
+    if shown_store is None and (out_dir / MANIFEST).is_file():  # as a later `flipctl report` will show it
+        shown_store = Manifest.read(out_dir).shown_store()
+    commands = [command] + _run_commands(jobs, shown_store or str(store.root if store else ""))
+    store_words = f"Run directories: {shown_store or (store.root if store else '?')}/runs/RUN (the run store, " \
+                  f"not part of this folder)."
+    html_path = html.write_report(out_dir, title=f"{spec.name}: {caption}",
+                                  description=f"{spec.description}\n\n{store_words}".strip(),
+                                  tables=[(caption, table.display, table.legend)], plots=figures,
+                                  commands=commands, runs=_runs_table(df), notes=notes)
     (out_dir / "command.txt").write_text(f"# ran at flipctl commit {commit or 'unknown'}\n{command}\n")
     (out_dir / "notes.txt").write_text("\n".join(notes) + ("\n" if notes else ""))
-    return {"table": table, "results": df, "paths": table_paths + plot_paths + [html_path], "notes": notes}
+    return {"table": table, "results": df, "notes": notes,
+            "paths": [out_dir / folder.RESULTS] + table_paths + plot_paths + [html_path]}
 
 
 def regenerate(out_dir: Path) -> dict:
-    """`flipctl report OUT`: rebuild everything from OUT/sweep.json and the run store, training nothing."""
-    import tempfile
-
-    from flip.sweep.spec import load_spec, with_data
-
-    manifest = Manifest.read(Path(out_dir))
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_file = Path(tmp) / Path(manifest.spec_path).name
-        spec_file.write_text(manifest.spec_text)
-        spec = load_spec(spec_file, manifest.preset)
-    spec = with_data(spec, **manifest.data)
-    return write_report(Path(out_dir), spec, jobs_from_manifest(manifest), RunStore(manifest.store), manifest.command,
-                        manifest.commit)
+    """`flipctl report OUT`: rebuild everything from OUT's own records, refreshed from the run store where
+    it is there; trains nothing. The summary's `store_note` says when the store is missing."""
+    out_dir = Path(out_dir)
+    manifest = Manifest.read(out_dir)
+    spec = manifest.sweep_spec()
+    jobs = jobs_from_manifest(manifest)
+    store_path = manifest.store_path(out_dir)
+    store = RunStore(store_path, read_only=True) if (store_path / "runs").is_dir() else None
+    result = write_report(out_dir, spec, jobs, store, manifest.command, manifest.commit, manifest.shown_store(),
+                          require_finished=True)
+    result["store_note"] = None if store else (
+        f"run store {store_path} not found: rebuilt from {out_dir / folder.RESULTS} alone")
+    return result
 
 
 def manifest_for(spec: SweepSpec, jobs: list[Job], store: RunStore, data: dict, command: str) -> Manifest:
     return Manifest(spec_text=spec.source.read_text(), spec_path=str(spec.source), preset=spec.preset, data=data,
                     store=str(store.root), command=command, jobs=[j.to_dict() for j in jobs],
-                    commit=source_commit())
+                    commit=source_commit(), format=folder.FORMAT, spec=spec.to_dict(),
+                    store_as_given=_as_given(command, store))
+
+
+def _as_given(command: str, store: RunStore) -> str:
+    """The store as the command named it (`--store DIR`, else the default), for the commands shown."""
+    import shlex
+
+    argv = shlex.split(command)
+    for i, arg in enumerate(argv):
+        if arg == "--store" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--store="):
+            return arg.split("=", 1)[1]
+    return "runs/store" if store.root == Path("runs/store").absolute() else str(store.root)
 
 
 def dump_json(obj) -> str:

@@ -83,9 +83,14 @@ class EvalSpec:
 
 @dataclass(frozen=True)
 class Row:
-    label: str
+    label: str  # the row's key (results.csv, the baseline, memory_match.reference)
     fields: dict[str, Any]  # TrainConfig overrides of this row
     paper: dict[str, Any] = field(default_factory=dict)
+    words: str | None = None  # the label in words, for a row named after its axes ("mask 50%, 30000 samples")
+
+    @property
+    def title(self) -> str:
+        return self.words or self.label
 
 
 @dataclass(frozen=True)
@@ -136,12 +141,34 @@ class SweepSpec:
     columns: tuple[str, ...]
     plots: tuple[Plot, ...]
     presets: tuple[str, ...]
+    axes: tuple[str, ...] | None = None  # axis_fields() as recorded with a sweep's results (None: computed)
 
     def row(self, label: str) -> Row:
         return next(r for r in self.rows if r.label == label)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as loaded, in JSON values: a sweep folder keeps it, so its report needs no spec file
+        and no TrainConfig of the day."""
+        d = dataclasses.asdict(self)
+        d["source"], d["axes"] = str(self.source), self.axis_fields()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SweepSpec":
+        d = dict(d)
+        ev = dict(d["evals"])
+        ev["modes"] = tuple(EvalMode(**m) for m in ev["modes"])
+        mm = d.get("memory_match")
+        return cls(**{**d, "source": Path(d["source"]), "rows": tuple(Row(**r) for r in d["rows"]),
+                      "evals": EvalSpec(**ev), "memory_match": MemoryMatch(**mm) if mm else None,
+                      "tuning": Tuning(**d["tuning"]), "columns": tuple(d["columns"]),
+                      "plots": tuple(Plot(**p) for p in d["plots"]), "presets": tuple(d["presets"]),
+                      "axes": tuple(d["axes"]) if d.get("axes") is not None else None})
+
     def axis_fields(self) -> list[str]:
         """TrainConfig fields that vary between rows, in first-seen order."""
+        if self.axes is not None:
+            return list(self.axes)
         names: dict[str, None] = {}
         for r in self.rows:
             names.update(dict.fromkeys(r.fields))
@@ -244,6 +271,17 @@ def _label(values: dict[str, Any]) -> str:
     return ", ".join(show(k, v) if len(values) == 1 else f"{k}={show(k, v)}" for k, v in values.items())
 
 
+ROW_WORDS = {"mask_ratio": "mask {}", "samples": "{} samples", "text_mask_ratio": "text mask {}",
+             "batch_size": "batch {}", "recon_weight": "recon. weight {}", "text_mask": "text mask {}"}
+
+
+def _words(values: dict[str, Any]) -> str:
+    """An axes row's label in words: `mask 50%, 30000 samples`, not `mask_ratio=50%, samples=30000`."""
+    from flip.sweep import names
+
+    return ", ".join(ROW_WORDS.get(k, names.label(k) + " {}").format(names.show_value(k, v)) for k, v in values.items())
+
+
 def _rows(raw: dict, where: str) -> tuple[Row, ...]:
     if "rows" in raw and not raw["rows"]:
         raise SpecError(f"{where}: rows is empty")
@@ -267,7 +305,8 @@ def _rows(raw: dict, where: str) -> tuple[Row, ...]:
         for combo in itertools.product(*grid) if grid else [()]:
             values = {**fields, **dict(combo)}
             name = label if label and not combo else ", ".join(x for x in (label, _label(dict(combo))) if x)
-            rows.append(Row(name or _label(values) or "base", values, paper))
+            words = ", ".join(x for x in (label, _words(dict(combo))) if x) if combo else None
+            rows.append(Row(name or _label(values) or "base", values, paper, words))
     labels = [r.label for r in rows]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
@@ -363,6 +402,7 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
         if p["kind"] not in PLOT_KINDS:
             raise SpecError(f"{where}: plots[{i}].kind must be one of {', '.join(sorted(PLOT_KINDS))}")
         plots.append(Plot(**{k: v for k, v in p.items() if k != "paper"}))
+    _check_names(columns, plots, where)
 
     spec = SweepSpec(
         name=name,
@@ -372,6 +412,22 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
         plots=tuple(plots), presets=tuple(presets))
     _validate_runs(spec)
     return spec
+
+
+def _check_names(columns: tuple, plots: list[Plot], where: str) -> None:
+    """Columns, plot axes and metrics must be names a sweep produces (flip.sweep.names): a typo is an
+    error now, not a column of dashes or a missing plot after the runs."""
+    from flip.sweep import names
+
+    checks = [(f"report.columns[{i}]", c, names.COLUMN_KINDS) for i, c in enumerate(columns)]
+    for i, p in enumerate(plots):
+        checks += [(f"plots[{i}].x", p.x, names.PLOT_X_KINDS), (f"plots[{i}].y", p.y, names.PLOT_Y_KINDS)]
+        if p.series is not None:
+            checks.append((f"plots[{i}].series", p.series, names.PLOT_SERIES_KINDS))
+    for key, name, kinds in checks:
+        problem = names.unknown(name, kinds)
+        if problem:
+            raise SpecError(f"{where}: {key}: {problem}")
 
 
 def _validate_runs(spec: SweepSpec) -> None:

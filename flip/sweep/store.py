@@ -25,7 +25,8 @@ from flip.train.config import TrainConfig
 # Fields that change how a run is watched or where it is written, not what it computes.
 BOOKKEEPING = frozenset({"out", "log_every", "eval_every", "ckpt_every", "device", "report_to", "eval_images",
                          "eval_data", "eval_zeroshot", "eval_zeroshot_images", "eval_templates", "periodic_eval",
-                         "compile", "init_from", "parent", "keep_checkpoints", "max_bad_fraction"})
+                         "compile", "init_from", "parent", "keep_checkpoints", "keep_resume_state",
+                         "max_bad_fraction"})
 SWEEP_DIR, JOB, STATUS, EVALS, COMMAND = "sweep", "job.json", "status.json", "evals", "command.txt"
 LOCK = claims.LOCK  # a sweep's claim on the run (flip.sweep.claims)
 
@@ -70,8 +71,12 @@ def read_json(path: Path) -> Any | None:
 
 
 class RunStore:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    """`read_only`: measurements are kept in memory, nothing is written (a dry run creates nothing)."""
+
+    def __init__(self, root: str | Path, read_only: bool = False):
+        self.root = Path(root).expanduser().absolute()  # resolved once: a later chdir cannot move it
+        self.read_only = read_only
+        self._unsaved: dict[str, Any] = {}
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
@@ -97,9 +102,14 @@ class RunStore:
         return self.root / "probes.json"
 
     def probe(self, key: str) -> Any | None:
+        if key in self._unsaved:
+            return self._unsaved[key]
         return (read_json(self.probes_path) or {}).get(key)
 
     def save_probe(self, key: str, value: Any) -> None:
+        if self.read_only:
+            self._unsaved[key] = value
+            return
         probes = read_json(self.probes_path) or {}
         probes[key] = value
         write_json_atomic(self.probes_path, probes)

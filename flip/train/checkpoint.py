@@ -60,6 +60,13 @@ def save_checkpoint(run_dir: Path, step: int, model: FLIP, config: dict[str, Any
     return final
 
 
+def drop_resume_state(run_dir: Path) -> None:
+    """A finished run's checkpoints keep their weights and config; the resume state (3x the weights
+    on disk, with the optimizer's moments) is of no further use."""
+    for state in Path(run_dir).glob(f"ckpt-*/{STATE}"):
+        state.unlink(missing_ok=True)
+
+
 def checkpoint_bytes(ckpt_dir: Path) -> int:
     """The size of a checkpoint directory's files."""
     return sum(f.stat().st_size for f in Path(ckpt_dir).iterdir() if f.is_file())

@@ -36,7 +36,8 @@ from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
 from flip import checkpoint as ckpt
-from flip.train.checkpoint import checkpoint_bytes, load_state, save_checkpoint
+from flip.train.checkpoint import checkpoint_bytes, drop_resume_state, load_state, save_checkpoint
+from flip.train.load import LoadMonitor
 from flip.train.config import ConfigError, TrainConfig
 from flip.train.faults import (NonFiniteStop, NonFiniteSteps, StopRequested, TooMuchBadData, WriteFailed,
                                describe_checkpoint)
@@ -69,6 +70,7 @@ class Progress:
     truncated_before: int = 0  # captions cut to the context length by earlier processes' data workers
     elapsed_s: float = 0.0
     eval_time_s: float = 0.0  # part of elapsed_s spent in periodic evaluation, not training
+    load: dict = field(default_factory=dict)  # the machine's load over earlier attempts (flip.train.load)
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -559,6 +561,7 @@ class Trainer:
         self.reporter.start(self.total_steps, p.step, title)
         loader = iter(self._loader())
         start_time = time.perf_counter() - p.elapsed_s
+        self.load_monitor = LoadMonitor(p.load)
         interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
         losses = _IntervalLosses()
         last_metrics: dict[str, Any] = {}
@@ -582,6 +585,7 @@ class Trainer:
                 self._skipped_by_slot[meta["slot"]] = meta["skipped"]
                 self._truncated_by_slot[meta["slot"]] = meta.get("truncated_captions", 0)
                 interval_steps += 1
+                self.load_monitor.tick()
                 done = p.step == self.total_steps
                 at_log = p.step % cfg.log_every == 0 or done
 
@@ -607,6 +611,7 @@ class Trainer:
                 # The checkpoint first: whatever happens in the evaluation, the step's work is kept.
                 if p.step % cfg.ckpt_every == 0 or done or stopping:
                     p.elapsed_s = time.perf_counter() - start_time
+                    p.load = self.load_monitor.record()
                     with self._stop_together_on_failed_write():
                         self._checkpoint()
                 if stopping:
@@ -628,7 +633,10 @@ class Trainer:
                 log.close()
             if curves:
                 curves.close()
-        return self._summary(time.perf_counter() - start_time, last_metrics, self.eval_metrics)
+        summary = self._summary(time.perf_counter() - start_time, last_metrics, self.eval_metrics)
+        if self.dist.is_main and not cfg.keep_resume_state:
+            drop_resume_state(self.run_dir)  # finished: only the weights are read from here on
+        return summary
 
     def _summary(self, wall_s: float, last: dict, eval_metrics: dict) -> dict[str, Any]:
         # The step as it runs (kept patches and text tokens, the decoder, the loss), at the global batch:
@@ -652,6 +660,7 @@ class Trainer:
             "per_device_batch": self.local_batch // self.cfg.accum_steps,
             "accum_steps": self.cfg.accum_steps, "global_batch": self.cfg.batch_size,
             "final_losses": {k: last[k] for k in ("contrastive", "recon") if k in last},
+            "load": self.load_monitor.summary(),  # was the machine shared? (time figures are clean or not)
         }
         summary.update(self._eval_summary())
         if self.cfg.text_mask != "none" and getattr(self, "_last_tokens", None) is not None:
