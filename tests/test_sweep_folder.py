@@ -14,14 +14,17 @@ from flip.sweep.report import regenerate
 from flipctl.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMITTED = sorted(p.parent.name for p in (ROOT / "results" / "sweeps").glob("*/sweep.json"))
+# results/sweeps (built-in data) and results/sweeps-emoji (the emoji corpus), as "GROUP/NAME"
+COMMITTED = sorted(f"{p.parent.parent.name}/{p.parent.name}" for p in (ROOT / "results").glob("sweeps*/*/sweep.json"))
 IMAGES = (".png", ".pdf")
 
 
 def _copy(name: str, tmp_path: Path) -> Path:
-    """The committed folder at the same depth (results/sweeps/NAME) in a tree with no run store."""
-    out = tmp_path / "results" / "sweeps" / name
-    shutil.copytree(ROOT / "results" / "sweeps" / name, out)
+    """The committed folder at the same depth (results/GROUP/NAME) in a tree with no run store; a bare
+    NAME is one of results/sweeps."""
+    name = name if "/" in name else f"sweeps/{name}"
+    out = tmp_path / "results" / name
+    shutil.copytree(ROOT / "results" / name, out)
     return out
 
 
@@ -30,7 +33,7 @@ def _files(out: Path) -> dict[str, bytes]:
 
 
 def test_every_committed_folder_is_checked():
-    assert len(COMMITTED) >= 10 and "mask-ratio" in COMMITTED
+    assert len(COMMITTED) >= 18 and {"sweeps/mask-ratio", "sweeps-emoji/mask-ratio"} <= set(COMMITTED)
 
 
 @pytest.mark.parametrize("name", COMMITTED)
@@ -172,7 +175,7 @@ def test_differences_never_print_minus_zero():
 
 def test_committed_tables_say_what_the_spread_is_and_show_no_spread_on_settings():
     for name in COMMITTED:
-        out = ROOT / "results" / "sweeps" / name
+        out = ROOT / "results" / name
         md = (out / "table.md").read_text()
         assert "over 3 seeds" in md.split("|", 1)[0], name
         assert "± 0 " not in md and "± 0|" not in md.replace(" ", ""), name  # batch, steps, memory: no "± 0"
