@@ -144,6 +144,9 @@ class FLIP(nn.Module):
         self.visual = VisionTower(cfg.vision, cfg.embed_dim)
         self.text = TextTower(cfg.text, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        # Only the sigmoid loss's model has a bias: a contrastive model's parameters are as they were.
+        bias = None if cfg.init_logit_bias is None else nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+        self.register_parameter("logit_bias", bias)
         self.init_weights()
 
     @torch.no_grad()
@@ -194,4 +197,4 @@ class FLIP(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides biases and norms (handled by shape)."""
-        return {"visual.cls_token", "text.pos_embed", "logit_scale"}
+        return {"visual.cls_token", "text.pos_embed", "logit_scale", "logit_bias"}

@@ -41,7 +41,7 @@ def _step_key(cfg: TrainConfig, device: torch.device) -> str:
 def time_step(cfg: TrainConfig, device: torch.device, batch: int = TIMED_BATCH, steps: int = 3) -> float:
     """Median seconds per sample of the run's training step at `batch`."""
     torch.manual_seed(0)
-    model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length)
+    model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length).with_loss(cfg.loss)
     model = FLIP(model_cfg).to(device)
     decoder = None
     if cfg.recon_weight > 0:

@@ -24,6 +24,7 @@ from flip.errors import ConfigError  # noqa: F401  (its home was here; kept impo
 from flip.data.decode import DECODE_MODES
 from flip.data.synth import SCENE_KINDS
 from flip.distributed import check_device_name
+from flip.loss import LOSSES
 from flip.masking import MASK_STRATEGIES, TEXT_MASKS, grid_strides
 from flip.models.config import get_preset
 
@@ -81,6 +82,15 @@ class TrainConfig:
     decoder_width: int = knob(128, "reconstruction decoder width (a multiple of --decoder-heads).", ge=1,
                               ablation=True)
     decoder_heads: int = knob(4, "reconstruction decoder attention heads.", ge=1, ablation=True)
+    # the image-text loss (SigLIP's sigmoid beside FLIP's softmax): a setting of the model, kept by unmasked tuning
+    loss: str = knob("contrastive", "image-text loss: contrastive (softmax InfoNCE over the global batch, as CLIP "
+                                    "and FLIP) or sigmoid (SigLIP's pairwise sigmoid loss; the model gets a "
+                                    "learnable logit bias, and starts at scale 10, bias -10, as SigLIP).",
+                     choices=LOSSES, step=True)
+    loss_chunk: int = knob(0, "sigmoid loss: score each process's images against this many texts at a time, in "
+                              "forward and again in backward, so a device holds local batch x chunk logits at a "
+                              "time instead of local batch x global batch; the same loss and gradients. "
+                              "0: all texts at once.", ge=0, step=True)
     # budget: samples, or epochs of the training data
     samples: int | None = knob(None, "training budget in samples (default on the built-in data: 60k for "
                                      "tiny, 40k otherwise).", ge=1)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from flip.loss import ContrastiveLoss
+from flip.loss import make_loss
 from flip.masking import image_keep_indices, num_kept, text_keep_indices
 from flip.models import FLIP
 from flip.models.decoder import MAEDecoder
@@ -48,7 +48,12 @@ class TrainStep:
         # `is None`, not `or`: a torch.compile'd module refuses bool()/len().
         self.forward_model = forward_model if forward_model is not None else Pretrainer(model, decoder)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.loss_fn = ContrastiveLoss()
+        if (cfg.loss == "sigmoid") != (model.logit_bias is not None):
+            raise ValueError(f"the {cfg.loss} loss needs a model {'with' if cfg.loss == 'sigmoid' else 'without'} a "
+                             f"logit bias: build its config with ModelConfig.with_loss({cfg.loss!r})")
+        self.loss_fn = make_loss(cfg.loss, cfg.loss_chunk)
+        self.loss_inputs = ("image_features", "text_features", "logit_scale") + (
+            ("logit_bias",) if cfg.loss == "sigmoid" else ())
         self.grid_size = model.cfg.vision.grid_size
         self.masks_images = num_kept(self.grid_size**2, cfg.mask_ratio) < self.grid_size**2
 
@@ -68,8 +73,7 @@ class TrainStep:
         text_keep = self.text_keep(tokens)
         with self.autocast(images.device):
             out = self.forward_model(images, tokens, image_keep, text_keep)
-            contrastive = self.loss_fn(out["image_features"].float(), out["text_features"].float(),
-                                       out["logit_scale"].float())
+            contrastive = self.loss_fn(*(out[name].float() for name in self.loss_inputs))
         losses = {"loss": contrastive, "contrastive": contrastive}
         if "recon_loss" in out:
             losses["recon"] = out["recon_loss"]
@@ -99,13 +103,14 @@ class TrainStep:
 
         with torch.no_grad(), self.autocast(images.device):
             cached = [self.forward_model(*chunk, recon=False) for chunk in chunks]
-        image_features = torch.cat([out["image_features"].float() for out in cached]).requires_grad_()
-        text_features = torch.cat([out["text_features"].float() for out in cached]).requires_grad_()
-        logit_scale = cached[0]["logit_scale"].float().requires_grad_()
+        # The loss's inputs as new leaves (detached: the bias is the parameter itself): the features of every
+        # chunk, the scale (and the sigmoid loss's bias).
+        leaves = {name: (torch.cat([out[name].float() for out in cached]) if name.endswith("features")
+                         else cached[0][name].float()).detach().requires_grad_() for name in self.loss_inputs}
         del cached
-        # No parameter is in this graph: its backward only fills the three leaves' gradients (under
+        # No parameter is in this graph: its backward only fills the leaves' gradients (under
         # torch.distributed, through the all-gather, so every rank's loss reaches these features).
-        contrastive = self.loss_fn(image_features, text_features, logit_scale)
+        contrastive = self.loss_fn(*leaves.values())
         contrastive.backward()
 
         ddp = _ddp_module(self.forward_model)
@@ -118,10 +123,9 @@ class TrainStep:
                 with self.autocast(images.device):
                     out = self.forward_model(*chunk)
                 # A scalar whose gradient with respect to this chunk's outputs is the loss's: the
-                # temperature's share is split evenly over the chunks.
-                surrogate = ((out["image_features"].float() * image_features.grad[rows]).sum()
-                             + (out["text_features"].float() * text_features.grad[rows]).sum()
-                             + out["logit_scale"].float() * (logit_scale.grad / k))
+                # temperature's (and bias's) share is split evenly over the chunks.
+                surrogate = sum((out[name].float() * leaf.grad[rows]).sum() if name.endswith("features")
+                                else out[name].float() * (leaf.grad / k) for name, leaf in leaves.items())
                 if "recon_loss" in out:  # a mean over each chunk's samples: the batch's is the chunks' mean
                     surrogate = surrogate + self.cfg.recon_weight / k * out["recon_loss"]
                     recon = out["recon_loss"].detach()

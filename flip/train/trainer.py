@@ -187,7 +187,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed + self.dist.rank)
         random.seed(cfg.seed)
-        self.model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length)
+        self.model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length).with_loss(cfg.loss)
         self.model = FLIP(self.model_cfg).to(self.device)
         self.model.set_grad_checkpointing(cfg.activation_checkpointing)
         self.decoder = None
@@ -578,6 +578,7 @@ class Trainer:
                     last_metrics = {
                         "step": p.step, "samples": p.samples_seen, **losses.means(),
                         "lr": lr, "temperature": 1.0 / self.model.logit_scale.exp().item(),
+                        **({"logit_bias": self.model.logit_bias.item()} if self.model.logit_bias is not None else {}),
                         "samples_per_s": interval_steps * cfg.batch_size / elapsed,
                         "data_wait_fraction": interval_wait / elapsed,
                         "skipped_samples": sum(self._skipped().values()), "nonfinite_steps": p.nonfinite_steps,
