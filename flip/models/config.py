@@ -30,6 +30,10 @@ class VisionConfig:
     def num_patches(self) -> int:
         return self.grid_size**2
 
+    def at_image_size(self, image_size: int | None) -> "VisionConfig":
+        """The tower's shapes at another input size (a training size, `--image-size`); None: its own."""
+        return self if image_size is None else dataclasses.replace(self, image_size=image_size)
+
 
 @dataclass(frozen=True)
 class TextConfig:

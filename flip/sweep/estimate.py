@@ -14,6 +14,7 @@ Where the store holds finished runs of the same step, their median seconds per s
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
@@ -34,8 +35,11 @@ MAX_TIMED_GFLOPS = 5.0  # per sample; bigger models are estimated from FLOPs on 
 
 
 def _step_key(cfg: TrainConfig, device: torch.device) -> str:
+    # Settings added later join the key only when set, so the probes cached before them still apply.
+    extra = (f":i{cfg.image_size}" if cfg.image_size is not None else "") + (
+        f":{cfg.loss}{cfg.loss_chunk}" if cfg.loss != "contrastive" else "")
     return (f"step-s:{cfg.model}:m{cfg.mask_ratio:g}:{cfg.mask_strategy}:t{cfg.text_mask}{cfg.text_mask_ratio:g}:"
-            f"r{cfg.recon_weight:g}:{cfg.decoder_depth}x{cfg.decoder_width}:{cfg.precision}:{device.type}")
+            f"r{cfg.recon_weight:g}:{cfg.decoder_depth}x{cfg.decoder_width}:{cfg.precision}:{device.type}{extra}")
 
 
 def time_step(cfg: TrainConfig, device: torch.device, batch: int = TIMED_BATCH, steps: int = 3) -> float:
@@ -45,12 +49,13 @@ def time_step(cfg: TrainConfig, device: torch.device, batch: int = TIMED_BATCH, 
     model = FLIP(model_cfg).to(device)
     decoder = None
     if cfg.recon_weight > 0:
-        decoder = MAEDecoder(model_cfg.vision, DecoderConfig(cfg.decoder_depth, cfg.decoder_width,
+        decoder = MAEDecoder(model_cfg.vision.at_image_size(cfg.image_size), DecoderConfig(cfg.decoder_depth, cfg.decoder_width,
                                                               cfg.decoder_heads)).to(device)
     modules = torch.nn.ModuleList([model] + ([decoder] if decoder is not None else []))
     optimizer = make_optimizer(modules, 1e-4, 0.2, (0.9, 0.95), 1e-8, device)
     step = TrainStep(model, optimizer, cfg.step_config(), decoder=decoder)
-    images, tokens = synthetic_batch(model_cfg, batch, device)
+    images, tokens = synthetic_batch(
+        dataclasses.replace(model_cfg, vision=model_cfg.vision.at_image_size(cfg.image_size)), batch, device)
     times = []
     for _ in range(steps + 1):
         synchronize(device)

@@ -67,6 +67,13 @@ class TrainConfig:
                                choices=tuple(SCENE_KINDS))
     model: str = knob("tiny", "model preset (see `flipctl models`).")
     context_length: int = knob(32, "text tokens per caption.", ge=3)
+    image_size: int | None = knob(None, "train at this image resolution instead of the model's own (CLIPA: fewer "
+                                        "image tokens by resizing; 32 px on tiny is 16 of its 64 patches). The data "
+                                        "is cropped and resized to it and the position embeddings are resampled "
+                                        "(bicubic) from the model's grid; combines with --mask-ratio. Checkpoints keep "
+                                        "the model's shape: evaluation runs at its own size, and tune-unmasked goes "
+                                        "back to it. A multiple of the patch size. Default: the model's.",
+                                  ge=1, step=True, ablation=True)
     # masking (image), and the paper's ablation knobs (Table 1c, 1f)
     mask_ratio: float = knob(0.5, "fraction of image patches dropped.", ge=0, lt=1, step=True)
     mask_strategy: str = knob("random", "which patches are dropped: random (paper), block (BEiT-style "
@@ -208,9 +215,13 @@ class TrainConfig:
             preset = get_preset(self.model)
         except KeyError as exc:
             raise ConfigError(exc.args[0]) from None
+        patch = preset.vision.patch_size
+        if self.image_size is not None and self.image_size % patch:
+            raise ConfigError(f"must be a multiple of {preset.name}'s patch size ({patch}), got {self.image_size}",
+                              key="image_size")
         if self.mask_strategy == "grid" and self.mask_ratio > 0:
             try:
-                grid_strides(preset.vision.grid_size, self.mask_ratio)
+                grid_strides(preset.vision.at_image_size(self.image_size).grid_size, self.mask_ratio)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if self.recon_weight > 0 and self.mask_ratio == 0:

@@ -54,7 +54,8 @@ class TrainStep:
         self.loss_fn = make_loss(cfg.loss, cfg.loss_chunk)
         self.loss_inputs = ("image_features", "text_features", "logit_scale") + (
             ("logit_bias",) if cfg.loss == "sigmoid" else ())
-        self.grid_size = model.cfg.vision.grid_size
+        vision = model.cfg.vision.at_image_size(cfg.image_size)  # at the training size (--image-size)
+        self.image_size, self.grid_size = vision.image_size, vision.grid_size
         self.masks_images = num_kept(self.grid_size**2, cfg.mask_ratio) < self.grid_size**2
 
     def image_keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
@@ -82,6 +83,8 @@ class TrainStep:
 
     def backward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """Set the parameters' gradients to those of this batch's loss; returns the losses."""
+        if images.shape[-2:] != (self.image_size, self.image_size):  # masks index this size's patch grid
+            raise ValueError(f"images of {tuple(images.shape[-2:])} px for a step at {self.image_size} px")
         if self.cfg.accum_steps > 1:
             self.optimizer.zero_grad(set_to_none=True)
             return self.accumulate(images, tokens)

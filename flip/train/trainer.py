@@ -193,7 +193,8 @@ class Trainer:
         self.decoder = None
         if cfg.recon_weight > 0:
             decoder_cfg = DecoderConfig(cfg.decoder_depth, cfg.decoder_width, cfg.decoder_heads)
-            self.decoder = MAEDecoder(self.model_cfg.vision, decoder_cfg).to(self.device)
+            # At the training size: its (fixed, unsaved) position embeddings cover the patches the step sees.
+            self.decoder = MAEDecoder(self.model_cfg.vision.at_image_size(cfg.image_size), decoder_cfg).to(self.device)
         self.pretrainer = Pretrainer(self.model, self.decoder)
         _ensure_builtin_data(cfg)
         self.urls = expand_urls(cfg.data)
@@ -328,7 +329,8 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------------------
     def _augment(self) -> AugmentConfig:
-        return AugmentConfig(self.model_cfg.vision.image_size, (self.cfg.crop_scale_min, 1.0), self.cfg.hflip)
+        size = self.model_cfg.vision.at_image_size(self.cfg.image_size).image_size  # --image-size: crops at it
+        return AugmentConfig(size, (self.cfg.crop_scale_min, 1.0), self.cfg.hflip)
 
     def _loader(self):
         cfg = self.cfg
@@ -711,7 +713,9 @@ def tune_unmasked(ckpt_path: str, samples: int | None = None, epochs: float | No
     """Continue a run with mask ratio 0 at a low lr (the paper: 0.32 epoch at lr 4e-8 x batch/256).
 
     Starts from the checkpoint's weights with a fresh optimizer and its own warm-up, in a new run
-    directory that records its parent.
+    directory that records its parent. The ablation knobs go back to their defaults, the image size
+    included: a run trained at a reduced `--image-size` is tuned at the model's own (CLIPA's last
+    stage) unless `image_size` is among the overrides.
     """
     cfg = unmasked_tuning_config(ckpt_path, samples, epochs, lr, warmup, out, **overrides)
     return Trainer(cfg, resume=False, reporter=reporter, stop=stop).run()
