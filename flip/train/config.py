@@ -80,7 +80,11 @@ class TrainConfig:
                                         "rectangles) or grid (a regular sub-grid, random offset).",
                               choices=MASK_STRATEGIES, step=True, ablation=True)
     text_mask: str = knob("none", "text token dropping: none, random, or padding (padding first, then "
-                                  "random real tokens).", choices=TEXT_MASKS, step=True, ablation=True)
+                                  "random real tokens); CLIPA's truncate (the first positions), block (one random "
+                                  "contiguous run, inside the caption) or syntax (nouns, then adjectives, verbs, "
+                                  "the rest, then padding; words tagged in the data loader by TextBlob's offline "
+                                  "tagger, as NLTK's and spaCy's models download at run time).",
+                          choices=TEXT_MASKS, step=True, ablation=True)
     text_mask_ratio: float = knob(0.0, "fraction of text positions dropped (32 -> 16 tokens at 0.5); the SOT "
                                        "token is always kept.", ge=0, lt=1, step=True, ablation=True)
     recon_weight: float = knob(0.0, "weight of an MAE pixel-reconstruction loss on the masked patches "

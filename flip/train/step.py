@@ -30,7 +30,8 @@ from flip.train.config import StepConfig  # declared once, as TrainConfig's step
 
 
 class TrainStep:
-    """Callable `step(images, tokens, lr) -> {"loss": ..., "contrastive": ..., ["recon": ...]}`.
+    """Callable `step(images, tokens, lr) -> {"loss": ..., "contrastive": ..., ["recon": ...]}`; with
+    `--text-mask syntax`, `step(images, tokens, lr, word_classes)` (the data loader's, see `text_keep`).
 
     `forward_model` is what runs the forward: by default a `Pretrainer` over `model` (and
     `decoder`); the trainer passes its DDP / torch.compile wrapper of that Pretrainer.
@@ -63,15 +64,19 @@ class TrainStep:
             return None  # mask 0: the plain path, no gather
         return image_keep_indices(self.cfg.mask_strategy, batch, self.grid_size, self.cfg.mask_ratio, device)
 
-    def text_keep(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        return text_keep_indices(tokens, self.cfg.text_mask, self.cfg.text_mask_ratio, self.model.cfg.text.pad_id)
+    def text_keep(self, tokens: torch.Tensor, word_classes: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Text keep indices; `word_classes` [B, T]: each token's class for syntax masking
+        (`flip.data.tokenizer.Tokenizer.with_word_classes`, computed by the data loader's workers)."""
+        return text_keep_indices(tokens, self.cfg.text_mask, self.cfg.text_mask_ratio, self.model.cfg.text.pad_id,
+                                 word_classes)
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
-    def forward_loss(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_loss(self, images: torch.Tensor, tokens: torch.Tensor,
+                     word_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         image_keep = self.image_keep(images.shape[0], images.device)
-        text_keep = self.text_keep(tokens)
+        text_keep = self.text_keep(tokens, word_classes)
         with self.autocast(images.device):
             out = self.forward_model(images, tokens, image_keep, text_keep)
             contrastive = self.loss_fn(*(out[name].float() for name in self.loss_inputs))
@@ -81,19 +86,21 @@ class TrainStep:
             losses["loss"] = contrastive + self.cfg.recon_weight * out["recon_loss"]
         return losses
 
-    def backward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def backward(self, images: torch.Tensor, tokens: torch.Tensor,
+                 word_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Set the parameters' gradients to those of this batch's loss; returns the losses."""
         if images.shape[-2:] != (self.image_size, self.image_size):  # masks index this size's patch grid
             raise ValueError(f"images of {tuple(images.shape[-2:])} px for a step at {self.image_size} px")
         if self.cfg.accum_steps > 1:
             self.optimizer.zero_grad(set_to_none=True)
-            return self.accumulate(images, tokens)
-        losses = self.forward_loss(images, tokens)
+            return self.accumulate(images, tokens, word_classes)
+        losses = self.forward_loss(images, tokens, word_classes)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         return losses
 
-    def accumulate(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def accumulate(self, images: torch.Tensor, tokens: torch.Tensor,
+                   word_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The batch's gradient in `accum_steps` chunks, exactly (GradCache; see the module docstring)."""
         k = self.cfg.accum_steps
         if images.shape[0] % k:
@@ -101,7 +108,7 @@ class TrainStep:
         # Masks are drawn once, for the whole batch, so both passes of a chunk see the same patches
         # and tokens (and an unchunked step from the same RNG state would see them too).
         image_keep = self.image_keep(images.shape[0], images.device)
-        text_keep = self.text_keep(tokens)
+        text_keep = self.text_keep(tokens, word_classes)
         chunks = list(zip(images.chunk(k), tokens.chunk(k), _chunks(image_keep, k), _chunks(text_keep, k)))
 
         with torch.no_grad(), self.autocast(images.device):
@@ -141,10 +148,11 @@ class TrainStep:
             losses["loss"] = contrastive + self.cfg.recon_weight * losses["recon"]
         return losses
 
-    def __call__(self, images: torch.Tensor, tokens: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, tokens: torch.Tensor, lr: float,
+                 word_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        losses = self.backward(images, tokens)
+        losses = self.backward(images, tokens, word_classes)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip) if self.cfg.grad_clip else None
         out = {k: v.detach() for k, v in losses.items()}
         if self.guard_nonfinite:
@@ -187,7 +195,7 @@ def _ddp_module(module: nn.Module) -> DistributedDataParallel | None:
 
 
 def time_text_tower(model: FLIP, tokens: torch.Tensor, text_mask: str, text_mask_ratio: float,
-                    repeats: int = 5) -> dict[str, float]:
+                    repeats: int = 5, word_classes: torch.Tensor | None = None) -> dict[str, float]:
     """Median ms of a text-tower forward + backward on `tokens`, without and with text masking.
 
     Measured once at the end of a run (not in the step), with device synchronisation.
@@ -213,5 +221,5 @@ def time_text_tower(model: FLIP, tokens: torch.Tensor, text_mask: str, text_mask
 
     pad_id = model.cfg.text.pad_id
     full = run(lambda: None)
-    masked = run(lambda: text_keep_indices(tokens, text_mask, text_mask_ratio, pad_id))
+    masked = run(lambda: text_keep_indices(tokens, text_mask, text_mask_ratio, pad_id, word_classes))
     return {"text_tower_ms_full": full, "text_tower_ms_masked": masked, "text_tower_speedup": full / masked}

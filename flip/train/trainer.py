@@ -328,6 +328,11 @@ class Trainer:
         return self._whole
 
     # -- data ---------------------------------------------------------------------------------------
+    @property
+    def _syntax_masking(self) -> bool:
+        """Whether the step needs the captions' word classes (which the data loader's workers compute)."""
+        return self.cfg.text_mask == "syntax" and self.cfg.text_mask_ratio > 0
+
     def _augment(self) -> AugmentConfig:
         size = self.model_cfg.vision.at_image_size(self.cfg.image_size).image_size  # --image-size: crops at it
         return AugmentConfig(size, (self.cfg.crop_scale_min, 1.0), self.cfg.hflip)
@@ -337,7 +342,7 @@ class Trainer:
         stream = StreamConfig(
             urls=tuple(self.urls), batch_size=self.local_batch, context_length=cfg.context_length,
             augment=self._augment(), shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, seed=cfg.seed,
-            decode=cfg.decode)
+            decode=cfg.decode, word_classes=self._syntax_masking)
         return make_loader(stream, cfg.workers, self.dist.rank, self.dist.world_size,
                            self.progress.positions or None, self.progress.next_slot,
                            pin_memory=self.device.type == "cuda")
@@ -560,7 +565,11 @@ class Trainer:
                 lr = lr_at(p.step, self.total_steps, self.warmup_steps, cfg.peak_lr, cfg.min_lr_ratio)
                 images = self.input_stage(images)  # uint8 / encoded / float -> normalised float on the device
                 tokens = tokens.to(self.device, non_blocking=True)
-                out = self.step_fn(images, tokens, lr)
+                word_classes = meta.get("word_classes")  # syntax text masking: the workers tagged the captions
+                if word_classes is not None:
+                    self._last_word_classes = word_classes
+                    word_classes = word_classes.to(self.device, non_blocking=True)
+                out = self.step_fn(images, tokens, lr, word_classes)
                 nonfinite = out.pop("nonfinite")
                 self.nonfinite.add(p.step + 1, nonfinite)
                 losses.add(out, nonfinite)
@@ -647,8 +656,10 @@ class Trainer:
         if self.cfg.text_mask != "none" and getattr(self, "_last_tokens", None) is not None:
             model = self._whole_model()  # a collective under FSDP; the main process times it
             if model is not None:
-                summary["text_masking"] = time_text_tower(model, self._last_tokens.to(self.device),
-                                                          self.cfg.text_mask, self.cfg.text_mask_ratio)
+                classes = getattr(self, "_last_word_classes", None)
+                summary["text_masking"] = time_text_tower(
+                    model, self._last_tokens.to(self.device), self.cfg.text_mask, self.cfg.text_mask_ratio,
+                    word_classes=classes.to(self.device) if classes is not None else None)
         if self.dist.is_main:
             self._write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         return summary
