@@ -266,6 +266,11 @@ class Trainer:
         saved_model = ckpt.read_config(source).get("model")
         if saved_model != self.model_cfg.to_dict():
             name = (saved_model or {}).get("name", "unknown")
+            biased = self.model_cfg.init_logit_bias is not None
+            if saved_model and ("init_logit_bias" in saved_model) != biased:
+                raise ckpt.CheckpointError(f"checkpoint {source} was trained with the "
+                                           f"{'sigmoid' if 'init_logit_bias' in saved_model else 'contrastive'} loss: "
+                                           f"continue it with the same --loss")
             raise ckpt.CheckpointError(f"checkpoint {source} is for another model ({name}, with other dimensions) "
                                        f"than {self.model_cfg.name}")
         ckpt.load_weights(self.model, source)

@@ -1,4 +1,7 @@
-"""`--image-size`: training at a reduced resolution (CLIPA), and `tune-unmasked --image-size` back to full size."""
+"""The knobs of FLIP's successors around the trainer: `--image-size` (CLIPA's training at a reduced
+resolution, and `tune-unmasked --image-size` back to full size), a sigmoid-loss run's checkpoints, and the
+sweep estimate's timing of the new steps. The losses themselves: test_loss.py; text masks:
+test_ablation_knobs.py; FLOPs: test_flops.py."""
 
 import json
 
@@ -110,3 +113,21 @@ def test_a_step_refuses_images_of_another_size(tiny_cfg):
     step = TrainStep(model, optimizer, StepConfig(image_size=32))
     with pytest.raises(ValueError, match=r"images of \(64, 64\) px for a step at 32 px"):
         step(torch.randn(2, 3, 64, 64), torch.ones(2, 32, dtype=torch.long), 1e-3)
+
+
+def test_a_contrastive_checkpoint_does_not_start_a_sigmoid_run(small_dataset, tmp_path):
+    train(_cfg(small_dataset, tmp_path / "plain", samples=8, periodic_eval=False))
+    with pytest.raises(Exception, match="was trained with the contrastive loss: continue it with the same --loss"):
+        train(_cfg(small_dataset, tmp_path / "sig", samples=8, loss="sigmoid", init_from=str(tmp_path / "plain")))
+
+
+def test_the_sweep_estimate_times_the_new_knobs_own_step():
+    """A dry run times each distinct step: at the training size, with the sigmoid loss and syntax masking
+    (placeholder word classes), under a key of its own; the keys of earlier settings are unchanged."""
+    from flip.sweep import estimate
+
+    cpu = torch.device("cpu")
+    cfg = TrainConfig(image_size=32, loss="sigmoid", loss_chunk=4, text_mask="syntax", text_mask_ratio=0.5)
+    assert estimate.time_step(cfg, cpu, batch=4, steps=1) > 0
+    assert estimate._step_key(TrainConfig(), cpu) == "step-s:tiny:m0.5:random:tnone0:r0:2x128:fp32:cpu"
+    assert estimate._step_key(cfg, cpu).endswith(":i32:sigmoid4")
