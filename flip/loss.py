@@ -74,6 +74,13 @@ class SigmoidLoss(nn.Module):
             all_texts, offset = _gather_with_grad(text_features), n * dist.get_rank()
         else:
             all_texts, offset = text_features, 0
+        # In the inputs' precision (float32 from the step) even under bf16 autocast: the chunked form's
+        # backward runs outside autocast, and both forms must give the same numbers.
+        with torch.autocast(image_features.device.type, enabled=False):
+            return self._loss(image_features, all_texts, logit_scale, logit_bias, offset)
+
+    def _loss(self, image_features, all_texts, logit_scale, logit_bias, offset: int) -> torch.Tensor:
+        n = image_features.shape[0]
         if 0 < self.chunk < all_texts.shape[0]:
             return ChunkedSigmoidLoss.apply(image_features, all_texts, logit_scale, logit_bias, offset, self.chunk)
         logits = logit_scale * image_features @ all_texts.T + logit_bias  # [n, N]

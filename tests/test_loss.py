@@ -190,3 +190,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_sigmoid_loss_is_computed_in_float32_under_bf16_autocast():
+    img, txt, _ = _features(8, 16, seed=7)
+    scale, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    plain = SigmoidLoss()(img, txt, scale, bias)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for chunk in (0, 3):
+            loss = SigmoidLoss(chunk)(img, txt, scale, bias)
+            assert loss.dtype == torch.float32
+            torch.testing.assert_close(loss, plain)
