@@ -150,11 +150,15 @@ def train_step_flops(cfg: ModelConfig, knobs: StepKnobs, batch: int) -> dict[str
     counts = step_flops(cfg, knobs.mask_ratio, batch, text_keep=text_keep, decoder=decoder,
                         loss=getattr(knobs, "loss", "contrastive"), loss_chunk=getattr(knobs, "loss_chunk", 0),
                         image_size=image_size)
+
+    def forward() -> int:  # one more forward of both towers over the batch
+        return forward_flops(cfg, knobs.mask_ratio, text_keep, image_size=image_size)["total"] * batch
+
     if getattr(knobs, "accum_steps", 1) > 1:  # gradient accumulation's first pass: one more forward of both towers
-        counts["accum_forward"] = forward_flops(cfg, knobs.mask_ratio, text_keep, image_size=image_size)["total"] * batch
+        counts["accum_forward"] = forward()
         counts["total"] += counts["accum_forward"]
     if getattr(knobs, "activation_checkpointing", False):  # the blocks' forward again in backward (~ the towers')
-        counts["recompute"] = forward_flops(cfg, knobs.mask_ratio, text_keep, image_size=image_size)["total"] * batch
+        counts["recompute"] = forward()
         counts["total"] += counts["recompute"]
     return counts
 

@@ -269,7 +269,8 @@ def test_the_cheaper_clip_knobs_train_together_from_the_cli(small_dataset, tmp_p
 
     out = tmp_path / "run"
     result = CliRunner().invoke(app, [
-        "train", "--data", str(small_dataset / "train"), "--eval-data", str(small_dataset / "retrieval" / "captions.csv"),
+        "train", "--data", str(small_dataset / "train"),
+        "--eval-data", str(small_dataset / "retrieval" / "captions.csv"),
         "--eval-images", "8", "--samples", "16", "--batch-size", "8", "--workers", "1", "--shuffle-buffer", "20",
         "--loss", "sigmoid", "--loss-chunk", "4", "--image-size", "32", "--mask-ratio", "0",
         "--text-mask", "syntax", "--text-mask-ratio", "0.5", "--log-every", "1", "--out", str(out)])

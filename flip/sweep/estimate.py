@@ -49,8 +49,8 @@ def time_step(cfg: TrainConfig, device: torch.device, batch: int = TIMED_BATCH, 
     model = FLIP(model_cfg).to(device)
     decoder = None
     if cfg.recon_weight > 0:
-        decoder = MAEDecoder(model_cfg.vision.at_image_size(cfg.image_size), DecoderConfig(cfg.decoder_depth, cfg.decoder_width,
-                                                              cfg.decoder_heads)).to(device)
+        decoder = MAEDecoder(model_cfg.vision.at_image_size(cfg.image_size),
+                             DecoderConfig(cfg.decoder_depth, cfg.decoder_width, cfg.decoder_heads)).to(device)
     modules = torch.nn.ModuleList([model] + ([decoder] if decoder is not None else []))
     optimizer = make_optimizer(modules, 1e-4, 0.2, (0.9, 0.95), 1e-8, device)
     step = TrainStep(model, optimizer, cfg.step_config(), decoder=decoder)
