@@ -11,6 +11,8 @@ an [n, N] block of logits (the chunked sigmoid form: [n, chunk] at a time).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -76,7 +78,8 @@ class SigmoidLoss(nn.Module):
             all_texts, offset = text_features, 0
         # In the inputs' precision (float32 from the step) even under bf16 autocast: the chunked form's
         # backward runs outside autocast, and both forms must give the same numbers.
-        with torch.autocast(image_features.device.type, enabled=False):
+        device = image_features.device.type
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
             return self._loss(image_features, all_texts, logit_scale, logit_bias, offset)
 
     def _loss(self, image_features, all_texts, logit_scale, logit_bias, offset: int) -> torch.Tensor:
