@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from flip.loss import ContrastiveLoss
+from flip.loss import make_loss
 from flip.masking import num_kept, random_keep_indices
 from flip.models import FLIP, ModelConfig
 from flip.models.decoder import DecoderConfig, MAEDecoder
@@ -30,11 +30,12 @@ def _meta_model(cfg: ModelConfig) -> FLIP:
 
 
 def forward_flops(cfg: ModelConfig, mask_ratio: float = 0.0, text_length: int | None = None,
-                  model: FLIP | None = None) -> dict[str, int]:
-    """Forward FLOPs per sample of each tower at `mask_ratio` (and a text length, for text masking)."""
+                  model: FLIP | None = None, image_size: int | None = None) -> dict[str, int]:
+    """Forward FLOPs per sample of each tower at `mask_ratio` (and a text length, for text masking; an
+    image size, for training at a reduced resolution: the patches of that size's grid)."""
     model = model or _meta_model(cfg)
     device = next(model.parameters()).device
-    v, t = cfg.vision, cfg.text
+    v, t = cfg.vision.at_image_size(image_size), cfg.text
     images = torch.zeros(1, 3, v.image_size, v.image_size, device=device)
     length = text_length or t.context_length
     tokens = torch.ones(1, length, dtype=torch.long, device=device)
@@ -68,18 +69,21 @@ def text_kept(context_length: int, text_mask: str, text_mask_ratio: float) -> in
 
 
 def step_flops(cfg: ModelConfig, mask_ratio: float, batch: int, model: FLIP | None = None, *,
-               text_keep: int | None = None, decoder: DecoderConfig | None = None) -> dict[str, int]:
+               text_keep: int | None = None, decoder: DecoderConfig | None = None, loss: str = "contrastive",
+               loss_chunk: int = 0, image_size: int | None = None) -> dict[str, int]:
     """FLOPs of one training step's forward + backward at `batch`, per part:
     {"image", "text", "decoder", "loss", "total"}.
 
-    The image tower runs on the patches kept at `mask_ratio`, the text tower on `text_keep` of its
+    The image tower runs on the patches kept at `mask_ratio` of the grid at `image_size` (None: the
+    model's own; a reduced training size has fewer patches), the text tower on `text_keep` of its
     `context_length` positions (None: all), and the MAE `decoder` (None: no reconstruction loss) on
-    the encoded tokens, as `Pretrainer` runs it: only when patches are masked. The loss term grows
+    the encoded tokens, as `Pretrainer` runs it: only when patches are masked. The `loss` term
+    (`contrastive` or `sigmoid`, chunked by `loss_chunk`: its backward recomputes the logits) grows
     with batch^2 (logits are [B, B]); at the global batch it is also what all ranks of a
     distributed step compute together ([n, N] logits on each of N/n ranks).
     """
     model = model or _meta_model(cfg)
-    v, t = cfg.vision, cfg.text
+    v, t = cfg.vision.at_image_size(image_size), cfg.text
     images = torch.zeros(batch, 3, v.image_size, v.image_size, device="meta")
     tokens = torch.ones(batch, t.context_length, dtype=torch.long, device="meta")
     kept = num_kept(v.num_patches, mask_ratio)
@@ -102,17 +106,18 @@ def step_flops(cfg: ModelConfig, mask_ratio: float, batch: int, model: FLIP | No
         encoded = torch.zeros(batch, 1 + kept, v.width, device="meta", requires_grad=True)  # CLS + kept
         head.loss(encoded, keep, images).backward()
 
-    def loss():
+    def image_text_loss():
         image = torch.zeros(batch, cfg.embed_dim, device="meta", requires_grad=True)
         text = torch.zeros(batch, cfg.embed_dim, device="meta", requires_grad=True)
         scale = torch.zeros((), device="meta", requires_grad=True)
-        ContrastiveLoss()(image, text, scale.exp()).backward()
+        bias = (torch.zeros((), device="meta", requires_grad=True),) if loss == "sigmoid" else ()
+        make_loss(loss, loss_chunk)(image, text, scale.exp(), *bias).backward()
 
     counts = {
         "image": _count(tower(model.encode_image, images, keep)),
         "text": _count(tower(model.encode_text, tokens, token_keep)),
         "decoder": _count(reconstruction) if decoder is not None and keep is not None else 0,
-        "loss": _count(loss),
+        "loss": _count(image_text_loss),
     }
     counts["total"] = sum(counts.values())
     return counts
@@ -128,6 +133,8 @@ class StepKnobs(Protocol):
     decoder_depth: int
     decoder_width: int
     decoder_heads: int
+    # image_size (optional, None when absent): the training resolution, a reduced one has fewer patches
+    # loss, loss_chunk (optional, "contrastive" and 0 when absent): the image-text loss and its chunking
     # accum_steps (optional, 1 when absent): > 1 adds gradient accumulation's feature pass
     # activation_checkpointing (optional, False when absent): adds the recomputed forward
 
@@ -139,12 +146,19 @@ def train_step_flops(cfg: ModelConfig, knobs: StepKnobs, batch: int) -> dict[str
     if knobs.recon_weight > 0:
         decoder = DecoderConfig(knobs.decoder_depth, knobs.decoder_width, knobs.decoder_heads)
     text_keep = text_kept(cfg.text.context_length, knobs.text_mask, knobs.text_mask_ratio)
-    counts = step_flops(cfg, knobs.mask_ratio, batch, text_keep=text_keep, decoder=decoder)
+    image_size = getattr(knobs, "image_size", None)
+    counts = step_flops(cfg, knobs.mask_ratio, batch, text_keep=text_keep, decoder=decoder,
+                        loss=getattr(knobs, "loss", "contrastive"), loss_chunk=getattr(knobs, "loss_chunk", 0),
+                        image_size=image_size)
+
+    def forward() -> int:  # one more forward of both towers over the batch
+        return forward_flops(cfg, knobs.mask_ratio, text_keep, image_size=image_size)["total"] * batch
+
     if getattr(knobs, "accum_steps", 1) > 1:  # gradient accumulation's first pass: one more forward of both towers
-        counts["accum_forward"] = forward_flops(cfg, knobs.mask_ratio, text_keep)["total"] * batch
+        counts["accum_forward"] = forward()
         counts["total"] += counts["accum_forward"]
     if getattr(knobs, "activation_checkpointing", False):  # the blocks' forward again in backward (~ the towers')
-        counts["recompute"] = forward_flops(cfg, knobs.mask_ratio, text_keep)["total"] * batch
+        counts["recompute"] = forward()
         counts["total"] += counts["recompute"]
     return counts
 

@@ -158,13 +158,17 @@ def block_keep_indices(batch: int, grid_size: int, num_masked: int, device: torc
 # Tokens are dropped, not replaced: the text encoder runs on the shorter sequence.
 
 
-def text_keep_indices(tokens: torch.Tensor, strategy: str, mask_ratio: float, pad_id: int = 0) -> torch.Tensor | None:
+def text_keep_indices(tokens: torch.Tensor, strategy: str, mask_ratio: float, pad_id: int = 0,
+                      word_classes: torch.Tensor | None = None) -> torch.Tensor | None:
     """Keep indices [B, k] into tokens [B, T], k = num_kept(T, r); None when nothing is dropped.
 
-    Position 0 (SOT, where the text feature is read) is always kept. `random` drops a random r of
-    the other positions, real and padding alike; `padding` drops padding first and real tokens
-    only if more must go. Done by ranking a per-position score on the device:
-    SOT > real tokens > padding, random within each class.
+    Position 0 (SOT, where the text feature is read) is always kept, and first. `random` drops a random r
+    of the other positions, real and padding alike; `padding` drops padding first and real tokens only if
+    more must go (FLIP's Table 1c). CLIPA's: `truncate` keeps the first k positions; `block` one random
+    contiguous run of k - 1 positions after SOT, inside the caption when it is longer than that;
+    `syntax` keeps by the words' classes (`word_classes` [B, T], `flip.data.tokenizer.WORD_CLASSES`: SOT,
+    nouns, adjectives, verbs, the rest, padding), earlier positions first within a class.
+    All on the device, without a host sync.
     """
     if strategy == "none" or mask_ratio == 0:
         return None
@@ -172,8 +176,33 @@ def text_keep_indices(tokens: torch.Tensor, strategy: str, mask_ratio: float, pa
         raise ConfigError(f"unknown text mask {strategy!r}; choose one of {', '.join(TEXT_MASKS)}")
     batch, length = tokens.shape
     keep = num_kept(length, mask_ratio)
+    positions = torch.arange(length, device=tokens.device)
+    if strategy == "truncate":
+        return positions[:keep].expand(batch, keep)
+    if strategy == "block":
+        return _text_block(tokens, keep, pad_id)
+    if strategy == "syntax":
+        if word_classes is None:
+            raise ConfigError("syntax text masking needs each token's word class, which the data loader computes "
+                              "(flip.data.tokenizer.Tokenizer.with_word_classes)")
+        # class first, then position: a stable order without a stable sort
+        return (word_classes.long() * length + positions).argsort(dim=1)[:, :keep]
     score = torch.rand(batch, length, device=tokens.device)
     if strategy == "padding":
         score = score + (tokens != pad_id).float()
     score[:, 0] = 3.0
     return score.argsort(dim=1, descending=True)[:, :keep]
+
+
+def _text_block(tokens: torch.Tensor, keep: int, pad_id: int) -> torch.Tensor:
+    """SOT and a contiguous run of keep - 1 positions from 1 on, its start uniform over those that keep the
+    run inside the caption (SOT ... EOT) when the caption is longer, else 1 (open_clip's `simple` reduction)."""
+    batch, length = tokens.shape
+    positions = torch.arange(length, device=tokens.device)
+    span = keep - 1
+    # the caption ends after its last non-padding token (a real token may share the padding id mid-caption)
+    end = ((tokens != pad_id) * (positions + 1)).amax(dim=1)  # [B]
+    starts = (end - span).clamp(min=1)  # how many starts keep the run inside the caption
+    start = 1 + (torch.rand(batch, device=tokens.device) * starts).long().clamp(max=starts - 1)
+    run = start[:, None] + positions[:span]  # [B, k - 1]
+    return torch.cat([positions[:1].expand(batch, 1), run], dim=1)

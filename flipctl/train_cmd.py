@@ -214,6 +214,11 @@ def tune_unmasked_command(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", show_default=False, rich_help_panel=RUNTIME,
                                            help="torch.compile the model (as `flipctl train --compile`). "
                                                 "Default: as the parent run."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", show_default=False,
+                                             help="tune at this image resolution (a multiple of the patch size). "
+                                                  "Default: the model's own, whatever size the parent trained at: "
+                                                  "after training at a reduced --image-size this is CLIPA's "
+                                                  "final full-resolution stage."),
     launch: LaunchFlags = LaunchFlags(),
 ) -> None:
     """Unmasked tuning: continue a masked run with mask ratio 0 at a low lr (paper Table 1e)."""
@@ -221,6 +226,8 @@ def tune_unmasked_command(
     from flip.train.trainer import tune_unmasked, unmasked_tuning_config
 
     overrides = {"compile": compile} if compile is not None else {}
+    if image_size is not None:
+        overrides["image_size"] = image_size
     if launch.elsewhere:
         job = TrainJob(unmasked_tuning_config(ckpt, samples, epochs, lr, warmup, out, **overrides).to_dict(),
                        reporter=RichReporter)

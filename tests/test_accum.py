@@ -20,9 +20,9 @@ from flip.train.step import TrainStep
 BATCH = 16
 
 
-def _model(recon: bool):
+def _model(recon: bool, loss: str = "contrastive"):
     torch.manual_seed(0)
-    cfg = get_preset("tiny")
+    cfg = get_preset("tiny").with_loss(loss)
     model = FLIP(cfg)
     decoder = MAEDecoder(cfg.vision, DecoderConfig(1, 64, 2)) if recon else None
     return model, decoder
@@ -30,7 +30,7 @@ def _model(recon: bool):
 
 def _gradients(step_cfg: StepConfig, images, tokens, seed: int = 5, wrap=None, checkpointing=False):
     """Gradients and losses of one step's backward, from a fresh model and a fixed RNG state."""
-    model, decoder = _model(step_cfg.recon_weight > 0)
+    model, decoder = _model(step_cfg.recon_weight > 0, step_cfg.loss)
     model.set_grad_checkpointing(checkpointing)
     pretrainer = Pretrainer(model, decoder)
     optimizer = torch.optim.SGD(pretrainer.parameters(), lr=0.0)
@@ -52,7 +52,9 @@ def _assert_same(a, b):
     dict(mask_ratio=0.5),
     dict(mask_ratio=0.0),
     dict(mask_ratio=0.75, text_mask="random", text_mask_ratio=0.5, recon_weight=1.0),
-], ids=["mask0.5", "mask0", "text-mask+recon"])
+    dict(mask_ratio=0.5, loss="sigmoid"),
+    dict(mask_ratio=0.5, loss="sigmoid", loss_chunk=5),
+], ids=["mask0.5", "mask0", "text-mask+recon", "sigmoid", "sigmoid-chunked"])
 def test_chunked_gradient_equals_the_whole_batch_gradient(knobs):
     images, tokens = synthetic_batch(get_preset("tiny"), BATCH, torch.device("cpu"))
     whole, whole_losses = _gradients(StepConfig(**knobs), images, tokens)
@@ -62,6 +64,7 @@ def test_chunked_gradient_equals_the_whole_batch_gradient(knobs):
         assert losses == pytest.approx(whole_losses, rel=1e-5)
     # every parameter got a gradient (the temperature and, with --recon-weight, the decoder too)
     assert "model.logit_scale" in whole and any(name.startswith("decoder.") for name in whole) == ("recon_weight" in knobs)
+    assert ("model.logit_bias" in whole) == (knobs.get("loss") == "sigmoid")  # the sigmoid loss's bias learns too
 
 
 def _worker(rank, world, port, images, tokens, out):

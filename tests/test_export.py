@@ -129,3 +129,14 @@ def test_export_command(model, tmp_path):
     assert f"    'flip-tiny', pretrained={str(tmp_path / 'out' / 'open_clip_model.safetensors')!r})" in lines
     bad = CliRunner().invoke(app, ["export", "--ckpt", str(tmp_path / "run"), "--format", "onnx", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "open_clip" in bad.output
+
+
+def test_a_sigmoid_loss_model_exports_its_bias(tmp_path):
+    """open_clip's config key `init_logit_bias` gives its model the parameter; the learnt value travels."""
+    m = FLIP(get_preset("tiny").with_loss("sigmoid"))
+    with torch.no_grad():
+        m.logit_bias.fill_(-7.5)
+    oc, _, _ = load_exported(export_open_clip(m, tmp_path / "export").directory)
+    assert oc.logit_bias.item() == -7.5
+    assert oc.logit_scale.exp().item() == pytest.approx(10.0)
+    assert set(convert_state_dict(m)) == set(oc.state_dict())

@@ -36,13 +36,14 @@ CPU = torch.device("cpu")
 VARIANTS = {  # name: (step settings, activation checkpointing, with a decoder)
     "masked+clip": (StepConfig(mask_ratio=0.5, grad_clip=0.5), False, False),
     "checkpointing+accum+recon": (StepConfig(mask_ratio=0.75, accum_steps=2, recon_weight=1.0), True, True),
+    "sigmoid-chunked": (StepConfig(mask_ratio=0.5, loss="sigmoid", loss_chunk=3), False, False),
 }
 
 
 def _build(wrapping: str, step_cfg: StepConfig, checkpointing: bool, decoder: bool, seed: int):
     # A different initialisation on each rank: both wrappings must start from rank 0's weights.
     torch.manual_seed(seed)
-    model = FLIP(get_preset("tiny"))
+    model = FLIP(get_preset("tiny").with_loss(step_cfg.loss))
     model.set_grad_checkpointing(checkpointing)
     pretrainer = Pretrainer(model, MAEDecoder(model.cfg.vision, DecoderConfig(1, 64, 2)) if decoder else None)
     if wrapping == "fsdp":
@@ -104,7 +105,7 @@ def _worker(rank, port, images, tokens, out, ckpt_dir):
 
 def _resume_step(step_cfg, checkpointing, decoder, weights, optim_state, local, seed):
     """One step of a sharded run resumed from whole weights and a whole optimizer state."""
-    model = FLIP(get_preset("tiny"))
+    model = FLIP(get_preset("tiny").with_loss(step_cfg.loss))
     model.set_grad_checkpointing(checkpointing)
     pretrainer = Pretrainer(model, MAEDecoder(model.cfg.vision, DecoderConfig(1, 64, 2)) if decoder else None)
     pretrainer.load_state_dict(weights)
@@ -151,6 +152,7 @@ def test_fsdp_gives_ddps_losses_gradients_and_updates(results, variant):
     assert losses == pytest.approx(ddp_losses, abs=TOL)
     assert _max_diff(ddp_grads, grads) <= TOL  # every parameter's whole gradient, the temperature's too
     assert "model.logit_scale" in grads and any(k.startswith("decoder.") for k in grads) == VARIANTS[variant][2]
+    assert ("model.logit_bias" in grads) == (VARIANTS[variant][0].loss == "sigmoid")
     # two AdamW steps later: the same weights, with the keys of an unwrapped model, and optimizer state
     assert _max_diff(ddp_weights, weights) <= TOL
     assert set(weights) == set(Pretrainer(*_unwrapped(variant)).state_dict())
@@ -190,7 +192,7 @@ def test_a_sharded_runs_checkpoint_evaluates_and_exports(results, sharded_ckpt, 
 
 
 def _unwrapped(variant):
-    model = FLIP(get_preset("tiny"))
+    model = FLIP(get_preset("tiny").with_loss(VARIANTS[variant][0].loss))
     return model, MAEDecoder(model.cfg.vision, DecoderConfig(1, 64, 2)) if VARIANTS[variant][2] else None
 
 

@@ -66,6 +66,19 @@ def test_tokenizer_cuts_and_counts_any_text(text, context):
             assert ids == [*reference[:context - 1], EOT]  # open_clip's rule: cut, keep EOT
 
 
+@FUZZ
+@given(text=texts, context=st.sampled_from([3, 8, 32]))
+def test_word_classes_of_any_text(text, context):
+    """Syntax masking's tagging: the same tokens as plain tokenising, one class a position, SOT and padding
+    in their places, whatever the text."""
+    tok = Tokenizer(context)
+    tokens, classes = tok.with_word_classes([text])
+    assert torch.equal(tokens, Tokenizer(context)([text])) and classes.shape == (1, context)
+    end = tokens[0].tolist().index(EOT)
+    assert classes[0, 0] == 0 and set(classes[0, 1:end + 1].tolist()) <= {1, 2, 3, 4} and classes[0, end] == 4
+    assert (classes[0, end + 1:] == 5).all()
+
+
 def test_tokenizer_matches_open_clip_and_counts_a_batch():
     captions = ["a photo of a dog", "", "one two three four five six seven eight nine ten " * 4, "ünïcödé 😀"]
     tok = Tokenizer(16)

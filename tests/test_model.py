@@ -5,7 +5,7 @@ import torch
 
 from flip.masking import complementary_views, gather_tokens, num_kept, random_keep_indices
 from flip.models import FLIP, get_preset
-from flip.models.config import PRESETS
+from flip.models.config import PRESETS, ModelConfig
 
 
 def test_num_kept_matches_paper():
@@ -96,6 +96,21 @@ def test_temperature_init_and_clamp(tiny_cfg):
         model.logit_scale.fill_(-1.0)
     model.clamp_logit_scale()
     assert model.logit_scale.item() == 0.0
+
+
+def test_only_the_sigmoid_loss_model_has_a_logit_bias(tiny_cfg):
+    """SigLIP's init (t = 10, b = -10) for `--loss sigmoid`; the contrastive model, its saved config and
+    its checkpoints are as they were before the bias existed."""
+    plain = FLIP(tiny_cfg)
+    assert plain.logit_bias is None and "logit_bias" not in plain.state_dict()
+    assert "init_logit_bias" not in tiny_cfg.to_dict() and tiny_cfg.with_loss("contrastive") == tiny_cfg
+    sigmoid_cfg = tiny_cfg.with_loss("sigmoid")
+    sigmoid = FLIP(sigmoid_cfg)
+    assert set(sigmoid.state_dict()) - set(plain.state_dict()) == {"logit_bias"}
+    assert sigmoid.logit_bias.item() == -10.0
+    assert math.isclose(sigmoid.logit_scale.exp().item(), 10.0, rel_tol=1e-6)
+    assert ModelConfig.from_dict(sigmoid_cfg.to_dict()) == sigmoid_cfg
+    assert "logit_bias" in sigmoid.no_weight_decay()
 
 
 def test_projections_are_bias_free_and_no_ln_after_patch_embed(tiny_cfg):

@@ -17,7 +17,8 @@ worker -> slot assignment to match.
 What a worker hands over depends on `StreamConfig.decode` (see `flip.data.decode`): uint8 images
 (`worker`, the default; the step's input stage converts and normalises them on the device), the
 JPEG bytes for the input stage to decode (`device`, an `EncodedBatch` as a dict of tensors), or
-normalised float32 images (`legacy`, the original PIL path). Captions are tokenised once per batch.
+normalised float32 images (`legacy`, the original PIL path). Captions are tokenised once per batch, and
+for syntax text masking their words tagged there too (`meta["word_classes"]`).
 
 Bad data does not stop the stream: an unreadable shard (missing, truncated, not a tar) or a
 sample that cannot be used is skipped and counted by kind (`SKIP_KINDS`); the counts travel
@@ -63,6 +64,8 @@ class StreamConfig:
     resampled: bool = False  # draw shards with replacement (infinite corpora, OpenCLIP's --dataset-resampled)
     seed: int = 0
     decode: str = "worker"  # one of flip.data.decode.DECODE_MODES
+    # Tag each caption's words for syntax text masking: meta["word_classes"] [B, T] beside the tokens
+    word_classes: bool = False
 
     def __post_init__(self):
         if self.decode not in DECODE_MODES:
@@ -256,9 +259,13 @@ class ShardStream(IterableDataset):
                 captions.append(decoded[1])
                 keys.append(sample["__key__"])
                 if len(images) == self.cfg.batch_size:
-                    tokens = tokenizer(captions)  # before `meta`, which counts this batch's cut captions
+                    # before `meta`, which counts this batch's cut captions
+                    tokens, classes = (tokenizer.with_word_classes(captions) if self.cfg.word_classes
+                                       else (tokenizer(captions), None))
                     meta = {"slot": local_slot, "epoch": epoch, "offset": read, "skipped": dict(errors),
                             "keys": keys, "truncated_captions": tokenizer.truncated}
+                    if classes is not None:
+                        meta["word_classes"] = classes
                     yield self._batch_images(images), tokens, meta
                     images, captions, keys = [], [], []
             if read == 0 and offset == 0:

@@ -71,8 +71,10 @@ def open_clip_config(cfg: ModelConfig) -> dict:
     v, t = cfg.vision, cfg.text
     if v.width % v.heads:
         raise ValueError(f"vision width {v.width} is not divisible by {v.heads} heads")
+    bias = {} if cfg.init_logit_bias is None else {"init_logit_bias": cfg.init_logit_bias}  # a sigmoid-loss model
     return {
         "embed_dim": cfg.embed_dim,
+        **bias,
         "custom_text": True,  # CustomTextCLIP: the text tower that can mask padding (see module doc)
         "quick_gelu": False,
         "vision_cfg": {
@@ -121,6 +123,8 @@ def convert_state_dict(model: FLIP) -> dict[str, torch.Tensor]:
         "text.ln_final.bias": src["text.norm.bias"],
         "text.text_projection": src["text.proj.weight"].T,
     }
+    if "logit_bias" in src:  # the sigmoid loss's learnt bias (open_clip's SigLIP models have it too)
+        out["logit_bias"] = src["logit_bias"]
     out |= _blocks(src, "visual.blocks", "visual.transformer.resblocks", cfg.vision.depth)
     out |= _blocks(src, "text.blocks", "text.transformer.resblocks", cfg.text.depth)
     return {k: v.contiguous() for k, v in out.items()}

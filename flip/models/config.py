@@ -30,6 +30,10 @@ class VisionConfig:
     def num_patches(self) -> int:
         return self.grid_size**2
 
+    def at_image_size(self, image_size: int | None) -> "VisionConfig":
+        """The tower's shapes at another input size (a training size, `--image-size`); None: its own."""
+        return self if image_size is None else dataclasses.replace(self, image_size=image_size)
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -51,9 +55,14 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     init_temperature: float = 0.07  # logit scale starts at 1/0.07
     max_logit_scale: float = 100.0  # log-scale clamped to [0, ln 100]
+    # SigLIP's learnable logit bias b and its initial value; None: no bias (the contrastive model)
+    init_logit_bias: float | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["init_logit_bias"] is None:  # a contrastive model's config reads as before the bias existed
+            del d["init_logit_bias"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -64,6 +73,13 @@ class ModelConfig:
 
     def with_context_length(self, length: int) -> "ModelConfig":
         return dataclasses.replace(self, text=dataclasses.replace(self.text, context_length=length))
+
+    def with_loss(self, loss: str) -> "ModelConfig":
+        """The model a loss trains: for `sigmoid`, SigLIP's init t = 10 (temperature 0.1) and a learnable
+        bias b = -10 (with n-1 negatives per positive, the loss starts near its prior); else unchanged."""
+        if loss == "sigmoid":
+            return dataclasses.replace(self, init_temperature=0.1, init_logit_bias=-10.0)
+        return self
 
 
 def _preset(name, embed_dim, image_size, patch, width, depth, heads, t_width, t_depth, t_heads) -> ModelConfig:

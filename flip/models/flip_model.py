@@ -22,7 +22,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed
+from timm.layers import PatchEmbed, resample_abs_pos_embed
 from torch.utils.checkpoint import checkpoint
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
@@ -52,7 +52,8 @@ class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig, embed_dim: int):
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, cfg.width)
+        # Not strict: images of another size (a multiple of the patch) run at their own grid (see `pos_embed_at`).
+        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, 3, cfg.width, strict_img_size=False)
         pos = build_sincos2d_pos_embed([cfg.grid_size, cfg.grid_size], dim=cfg.width)
         # Fixed, so not saved: rebuilt from the config on load.
         self.register_buffer("pos_embed", pos.unsqueeze(0), persistent=False)  # [1, L, D]
@@ -63,14 +64,27 @@ class VisionTower(nn.Module):
         self.grad_checkpointing = False  # FLIP.set_grad_checkpointing
 
     def forward_tokens(self, images: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """images [B, 3, H, W], keep [B, k] patch indices (None = all) -> tokens [B, 1 + k, D], CLS first."""
-        x = self.patch_embed(images) + self.pos_embed  # [B, L, D]
+        """images [B, 3, H, W], keep [B, k] patch indices (None = all) -> tokens [B, 1 + k, D], CLS first.
+
+        H and W are the model's image size or other multiples of the patch size (a reduced training size)."""
+        x = self.patch_embed(images) + self.pos_embed_at(images.shape[-2:])  # [B, L, D]
         if keep is not None:
             x = gather_tokens(x, keep)  # [B, k, D]
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         for block in self.blocks:
             x = _run_block(block, x, self.grad_checkpointing)
         return self.norm(x)
+
+    def pos_embed_at(self, size: tuple[int, int]) -> torch.Tensor:
+        """The position embeddings for images of `size` (H, W): the model's own at its image size, else
+        resampled (bicubic, antialiased: timm's `resample_abs_pos_embed`, as open_clip and CLIPA resize
+        them) from the model's grid to the images' grid, so a patch's embedding says where in the image
+        it is whatever the resolution (CLIPA's training at a reduced size). A fixed buffer: no gradient."""
+        grid = [size[0] // self.cfg.patch_size, size[1] // self.cfg.patch_size]
+        native = [self.cfg.grid_size, self.cfg.grid_size]
+        if grid == native:
+            return self.pos_embed
+        return resample_abs_pos_embed(self.pos_embed, new_size=grid, old_size=native, num_prefix_tokens=0)
 
     def pool_project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Average of the patch tokens (CLS excluded), then the bias-free projection."""
@@ -144,6 +158,9 @@ class FLIP(nn.Module):
         self.visual = VisionTower(cfg.vision, cfg.embed_dim)
         self.text = TextTower(cfg.text, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        # Only the sigmoid loss's model has a bias: a contrastive model's parameters are as they were.
+        bias = None if cfg.init_logit_bias is None else nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+        self.register_parameter("logit_bias", bias)
         self.init_weights()
 
     @torch.no_grad()
@@ -194,4 +211,4 @@ class FLIP(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides biases and norms (handled by shape)."""
-        return {"visual.cls_token", "text.pos_embed", "logit_scale"}
+        return {"visual.cls_token", "text.pos_embed", "logit_scale", "logit_bias"}

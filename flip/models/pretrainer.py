@@ -21,8 +21,9 @@ class Pretrainer(nn.Module):
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, image_keep: torch.Tensor | None = None,
                 text_keep: torch.Tensor | None = None, recon: bool = True) -> dict[str, torch.Tensor]:
-        """The features, the logit scale and (with a decoder, when patches are masked and `recon`) the
-        reconstruction loss. `recon=False`: features only (gradient accumulation's first pass)."""
+        """The features, the logit scale, the logit bias (a sigmoid-loss model's) and (with a decoder, when
+        patches are masked and `recon`) the reconstruction loss. `recon=False`: no reconstruction loss
+        (gradient accumulation's first pass)."""
         visual = self.model.visual
         image_tokens = visual.forward_tokens(images, image_keep)
         out = {
@@ -30,6 +31,8 @@ class Pretrainer(nn.Module):
             "text_features": self.model.encode_text(tokens, text_keep),
             "logit_scale": self.model.logit_scale.exp(),
         }
+        if self.model.logit_bias is not None:  # the sigmoid loss's b
+            out["logit_bias"] = self.model.logit_bias
         if recon and self.decoder is not None and image_keep is not None:
             out["recon_loss"] = self.decoder.loss(image_tokens, image_keep, images)
         return out

@@ -43,21 +43,26 @@ def _rate_key(cfg: TrainConfig, device: torch.device) -> str:
 def time_step(cfg: TrainConfig, device: torch.device, batch: int = TIMED_BATCH, steps: int = 3) -> float:
     """Median seconds per sample of the run's training step at `batch`."""
     torch.manual_seed(0)
-    model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length)
+    model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length).with_loss(cfg.loss)
     model = FLIP(model_cfg).to(device)
     decoder = None
     if cfg.recon_weight > 0:
-        decoder = MAEDecoder(model_cfg.vision, DecoderConfig(cfg.decoder_depth, cfg.decoder_width,
-                                                              cfg.decoder_heads)).to(device)
+        decoder = MAEDecoder(model_cfg.vision.at_image_size(cfg.image_size),
+                             DecoderConfig(cfg.decoder_depth, cfg.decoder_width, cfg.decoder_heads)).to(device)
     modules = torch.nn.ModuleList([model] + ([decoder] if decoder is not None else []))
     optimizer = make_optimizer(modules, 1e-4, 0.2, (0.9, 0.95), 1e-8, device)
     step = TrainStep(model, optimizer, cfg.step_config(), decoder=decoder)
-    images, tokens = synthetic_batch(model_cfg, batch, device)
+    images, tokens = synthetic_batch(
+        dataclasses.replace(model_cfg, vision=model_cfg.vision.at_image_size(cfg.image_size)), batch, device)
+    classes = None
+    if cfg.text_mask == "syntax":  # the time does not depend on which tokens are kept: SOT, caption, padding
+        classes = torch.where(tokens != 0, 4, 5).to(torch.uint8)
+        classes[:, 0] = 0
     times = []
     for _ in range(steps + 1):
         synchronize(device)
         start = time.perf_counter()
-        step(images, tokens, 1e-4)
+        step(images, tokens, 1e-4, classes)
         synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:]) / batch

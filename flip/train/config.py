@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
 # Light imports only: the CLI builds its flags from this module without loading torch.
-from flip.choices import DECODE_MODES, MASK_STRATEGIES, TEXT_MASKS, check_device_name
+from flip.choices import DECODE_MODES, LOSSES, MASK_STRATEGIES, TEXT_MASKS, check_device_name
 from flip.data.synth import SCENE_KINDS
 from flip.models.config import get_preset
 
@@ -72,6 +72,13 @@ class TrainConfig:
                                choices=tuple(SCENE_KINDS), panel=DATA)
     model: str = knob("tiny", "model preset (see `flipctl models`).", panel=MODEL, metavar="PRESET")
     context_length: int = knob(32, "text tokens per caption.", ge=3, panel=MODEL)
+    image_size: int | None = knob(None, "train at this image resolution instead of the model's own (CLIPA: fewer "
+                                        "image tokens by resizing; 32 px on tiny is 16 of its 64 patches). The data "
+                                        "is cropped and resized to it and the position embeddings are resampled "
+                                        "(bicubic) from the model's grid; combines with --mask-ratio. Checkpoints keep "
+                                        "the model's shape: evaluation runs at its own size, and tune-unmasked goes "
+                                        "back to it. A multiple of the patch size. Default: the model's.",
+                                  ge=1, step=True, ablation=True, panel=MODEL, metavar="PX")
     # masking (image), and the paper's ablation knobs (Table 1c, 1f)
     mask_ratio: float = knob(0.5, "fraction of image patches dropped.", ge=0, lt=1, step=True, panel=MODEL)
     mask_strategy: str = knob("random", "which patches are dropped: random (paper), block (BEiT-style "
@@ -79,7 +86,11 @@ class TrainConfig:
                                         "need --mask-ratio > 0.",
                               choices=MASK_STRATEGIES, step=True, ablation=True, panel=MODEL)
     text_mask: str = knob("none", "text token dropping: none, random, or padding (padding first, then "
-                                  "random real tokens), at --text-mask-ratio (give both).", choices=TEXT_MASKS, step=True, ablation=True, panel=MODEL)
+                                  "random real tokens); CLIPA's truncate (the first positions), block (one random "
+                                  "contiguous run, inside the caption) or syntax (nouns, then adjectives, verbs, "
+                                  "the rest, then padding; words tagged in the data loader by TextBlob's offline "
+                                  "tagger, as NLTK's and spaCy's models download at run time).",
+                          choices=TEXT_MASKS, step=True, ablation=True, panel=MODEL)
     text_mask_ratio: float = knob(0.0, "fraction of text positions dropped (32 -> 16 tokens at 0.5) by "
                                        "--text-mask (give both); the SOT token is always kept.", ge=0, lt=1, step=True, ablation=True, panel=MODEL)
     recon_weight: float = knob(0.0, "weight of an MAE pixel-reconstruction loss on the masked patches "
@@ -89,6 +100,15 @@ class TrainConfig:
                                                  "--recon-weight > 0).", ge=1,
                               ablation=True, panel=MODEL)
     decoder_heads: int = knob(4, "reconstruction decoder attention heads (with --recon-weight > 0).", ge=1, ablation=True, panel=MODEL)
+    # the image-text loss (SigLIP's sigmoid beside FLIP's softmax): a setting of the model, kept by unmasked tuning
+    loss: str = knob("contrastive", "image-text loss: contrastive (softmax InfoNCE over the global batch, as CLIP "
+                                    "and FLIP) or sigmoid (SigLIP's pairwise sigmoid loss; the model gets a "
+                                    "learnable logit bias, and starts at scale 10, bias -10, as SigLIP).",
+                     choices=LOSSES, step=True, panel=MODEL)
+    loss_chunk: int = knob(0, "sigmoid loss: score each process's images against this many texts at a time, in "
+                              "forward and again in backward, so a device holds local batch x chunk logits at a "
+                              "time instead of local batch x global batch; the same loss and gradients. "
+                              "0: all texts at once (with --loss sigmoid).", ge=0, step=True, panel=MODEL)
     # budget: samples, or epochs of the training data
     samples: int | None = knob(None, "training budget in samples (default on the built-in data: 60k for "
                                      "tiny, 40k otherwise).", ge=1, panel=OPTIM)
@@ -218,11 +238,15 @@ class TrainConfig:
             preset = get_preset(self.model)
         except KeyError as exc:
             raise ConfigError(exc.args[0]) from None
+        patch = preset.vision.patch_size
+        if self.image_size is not None and self.image_size % patch:
+            raise ConfigError(f"must be a multiple of {preset.name}'s patch size ({patch}), got {self.image_size}",
+                              key="image_size")
         if self.mask_strategy == "grid" and self.mask_ratio > 0:
             from flip.masking import grid_strides
 
             try:
-                grid_strides(preset.vision.grid_size, self.mask_ratio)
+                grid_strides(preset.vision.at_image_size(self.image_size).grid_size, self.mask_ratio)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if self.recon_weight > 0 and self.mask_ratio == 0:
@@ -248,6 +272,9 @@ class TrainConfig:
         if self.text_mask_ratio > 0 and self.text_mask == "none":
             raise ConfigError(f"{self.text_mask_ratio:g} does nothing with {{other}} none: give {{other}} random "
                               f"or padding too", key="text_mask_ratio", other="text_mask")
+        if self.loss_chunk > 0 and self.loss != "sigmoid":
+            raise ConfigError("chunks only the sigmoid loss: give {other} sigmoid too, or leave it out",
+                              key="loss_chunk", other="loss")
         if self.mask_strategy != "random" and self.mask_ratio == 0:
             raise ConfigError(f"{self.mask_strategy} drops no patches at {{other}} 0: give {{other}} > 0 too, "
                               f"or leave it out", key="mask_strategy", other="mask_ratio")

@@ -21,7 +21,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from flip.loss import ContrastiveLoss
+from flip.loss import make_loss
 from flip.masking import image_keep_indices, num_kept, text_keep_indices
 from flip.models import FLIP
 from flip.models.decoder import MAEDecoder
@@ -30,7 +30,8 @@ from flip.train.config import StepConfig  # declared once, as TrainConfig's step
 
 
 class TrainStep:
-    """Callable `step(images, tokens, lr) -> {"loss": ..., "contrastive": ..., ["recon": ...]}`.
+    """Callable `step(images, tokens, lr) -> {"loss": ..., "contrastive": ..., ["recon": ...]}`; with
+    `--text-mask syntax`, `step(images, tokens, lr, word_classes)` (the data loader's, see `text_keep`).
 
     `forward_model` is what runs the forward: by default a `Pretrainer` over `model` (and
     `decoder`); the trainer passes its DDP / torch.compile wrapper of that Pretrainer.
@@ -48,8 +49,14 @@ class TrainStep:
         # `is None`, not `or`: a torch.compile'd module refuses bool()/len().
         self.forward_model = forward_model if forward_model is not None else Pretrainer(model, decoder)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
-        self.loss_fn = ContrastiveLoss()
-        self.grid_size = model.cfg.vision.grid_size
+        if (cfg.loss == "sigmoid") != (model.logit_bias is not None):
+            raise ValueError(f"the {cfg.loss} loss needs a model {'with' if cfg.loss == 'sigmoid' else 'without'} a "
+                             f"logit bias: build its config with ModelConfig.with_loss({cfg.loss!r})")
+        self.loss_fn = make_loss(cfg.loss, cfg.loss_chunk)
+        self.loss_inputs = ("image_features", "text_features", "logit_scale") + (
+            ("logit_bias",) if cfg.loss == "sigmoid" else ())
+        vision = model.cfg.vision.at_image_size(cfg.image_size)  # at the training size (--image-size)
+        self.image_size, self.grid_size = vision.image_size, vision.grid_size
         self.masks_images = num_kept(self.grid_size**2, cfg.mask_ratio) < self.grid_size**2
 
     def image_keep(self, batch: int, device: torch.device) -> torch.Tensor | None:
@@ -57,36 +64,43 @@ class TrainStep:
             return None  # mask 0: the plain path, no gather
         return image_keep_indices(self.cfg.mask_strategy, batch, self.grid_size, self.cfg.mask_ratio, device)
 
-    def text_keep(self, tokens: torch.Tensor) -> torch.Tensor | None:
-        return text_keep_indices(tokens, self.cfg.text_mask, self.cfg.text_mask_ratio, self.model.cfg.text.pad_id)
+    def text_keep(self, tokens: torch.Tensor, word_classes: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Text keep indices; `word_classes` [B, T]: each token's class for syntax masking
+        (`flip.data.tokenizer.Tokenizer.with_word_classes`, computed by the data loader's workers)."""
+        return text_keep_indices(tokens, self.cfg.text_mask, self.cfg.text_mask_ratio, self.model.cfg.text.pad_id,
+                                 word_classes)
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
-    def forward_loss(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_loss(self, images: torch.Tensor, tokens: torch.Tensor,
+                     word_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         image_keep = self.image_keep(images.shape[0], images.device)
-        text_keep = self.text_keep(tokens)
+        text_keep = self.text_keep(tokens, word_classes)
         with self.autocast(images.device):
             out = self.forward_model(images, tokens, image_keep, text_keep)
-            contrastive = self.loss_fn(out["image_features"].float(), out["text_features"].float(),
-                                       out["logit_scale"].float())
+            contrastive = self.loss_fn(*(out[name].float() for name in self.loss_inputs))
         losses = {"loss": contrastive, "contrastive": contrastive}
         if "recon_loss" in out:
             losses["recon"] = out["recon_loss"]
             losses["loss"] = contrastive + self.cfg.recon_weight * out["recon_loss"]
         return losses
 
-    def backward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def backward(self, images: torch.Tensor, tokens: torch.Tensor,
+                 word_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Set the parameters' gradients to those of this batch's loss; returns the losses."""
+        if images.shape[-2:] != (self.image_size, self.image_size):  # masks index this size's patch grid
+            raise ValueError(f"images of {tuple(images.shape[-2:])} px for a step at {self.image_size} px")
         if self.cfg.accum_steps > 1:
             self.optimizer.zero_grad(set_to_none=True)
-            return self.accumulate(images, tokens)
-        losses = self.forward_loss(images, tokens)
+            return self.accumulate(images, tokens, word_classes)
+        losses = self.forward_loss(images, tokens, word_classes)
         self.optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         return losses
 
-    def accumulate(self, images: torch.Tensor, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    def accumulate(self, images: torch.Tensor, tokens: torch.Tensor,
+                   word_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The batch's gradient in `accum_steps` chunks, exactly (GradCache; see the module docstring)."""
         k = self.cfg.accum_steps
         if images.shape[0] % k:
@@ -94,18 +108,19 @@ class TrainStep:
         # Masks are drawn once, for the whole batch, so both passes of a chunk see the same patches
         # and tokens (and an unchunked step from the same RNG state would see them too).
         image_keep = self.image_keep(images.shape[0], images.device)
-        text_keep = self.text_keep(tokens)
+        text_keep = self.text_keep(tokens, word_classes)
         chunks = list(zip(images.chunk(k), tokens.chunk(k), _chunks(image_keep, k), _chunks(text_keep, k)))
 
         with torch.no_grad(), self.autocast(images.device):
             cached = [self.forward_model(*chunk, recon=False) for chunk in chunks]
-        image_features = torch.cat([out["image_features"].float() for out in cached]).requires_grad_()
-        text_features = torch.cat([out["text_features"].float() for out in cached]).requires_grad_()
-        logit_scale = cached[0]["logit_scale"].float().requires_grad_()
+        # The loss's inputs as new leaves (detached: the bias is the parameter itself): the features of every
+        # chunk, the scale (and the sigmoid loss's bias).
+        leaves = {name: (torch.cat([out[name].float() for out in cached]) if name.endswith("features")
+                         else cached[0][name].float()).detach().requires_grad_() for name in self.loss_inputs}
         del cached
-        # No parameter is in this graph: its backward only fills the three leaves' gradients (under
+        # No parameter is in this graph: its backward only fills the leaves' gradients (under
         # torch.distributed, through the all-gather, so every rank's loss reaches these features).
-        contrastive = self.loss_fn(image_features, text_features, logit_scale)
+        contrastive = self.loss_fn(*leaves.values())
         contrastive.backward()
 
         ddp = _ddp_module(self.forward_model)
@@ -118,10 +133,9 @@ class TrainStep:
                 with self.autocast(images.device):
                     out = self.forward_model(*chunk)
                 # A scalar whose gradient with respect to this chunk's outputs is the loss's: the
-                # temperature's share is split evenly over the chunks.
-                surrogate = ((out["image_features"].float() * image_features.grad[rows]).sum()
-                             + (out["text_features"].float() * text_features.grad[rows]).sum()
-                             + out["logit_scale"].float() * (logit_scale.grad / k))
+                # temperature's (and bias's) share is split evenly over the chunks.
+                surrogate = sum((out[name].float() * leaf.grad[rows]).sum() if name.endswith("features")
+                                else out[name].float() * (leaf.grad / k) for name, leaf in leaves.items())
                 if "recon_loss" in out:  # a mean over each chunk's samples: the batch's is the chunks' mean
                     surrogate = surrogate + self.cfg.recon_weight / k * out["recon_loss"]
                     recon = out["recon_loss"].detach()
@@ -134,10 +148,11 @@ class TrainStep:
             losses["loss"] = contrastive + self.cfg.recon_weight * losses["recon"]
         return losses
 
-    def __call__(self, images: torch.Tensor, tokens: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, tokens: torch.Tensor, lr: float,
+                 word_classes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        losses = self.backward(images, tokens)
+        losses = self.backward(images, tokens, word_classes)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip) if self.cfg.grad_clip else None
         out = {k: v.detach() for k, v in losses.items()}
         if self.guard_nonfinite:
@@ -180,7 +195,7 @@ def _ddp_module(module: nn.Module) -> DistributedDataParallel | None:
 
 
 def time_text_tower(model: FLIP, tokens: torch.Tensor, text_mask: str, text_mask_ratio: float,
-                    repeats: int = 5) -> dict[str, float]:
+                    repeats: int = 5, word_classes: torch.Tensor | None = None) -> dict[str, float]:
     """Median ms of a text-tower forward + backward on `tokens`, without and with text masking.
 
     Measured once at the end of a run (not in the step), with device synchronisation.
@@ -206,5 +221,5 @@ def time_text_tower(model: FLIP, tokens: torch.Tensor, text_mask: str, text_mask
 
     pad_id = model.cfg.text.pad_id
     full = run(lambda: None)
-    masked = run(lambda: text_keep_indices(tokens, text_mask, text_mask_ratio, pad_id))
+    masked = run(lambda: text_keep_indices(tokens, text_mask, text_mask_ratio, pad_id, word_classes))
     return {"text_tower_ms_full": full, "text_tower_ms_masked": masked, "text_tower_speedup": full / masked}

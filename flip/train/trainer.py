@@ -190,13 +190,14 @@ class Trainer:
 
         torch.manual_seed(cfg.seed + self.dist.rank)
         random.seed(cfg.seed)
-        self.model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length)
+        self.model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length).with_loss(cfg.loss)
         self.model = FLIP(self.model_cfg).to(self.device)
         self.model.set_grad_checkpointing(cfg.activation_checkpointing)
         self.decoder = None
         if cfg.recon_weight > 0:
             decoder_cfg = DecoderConfig(cfg.decoder_depth, cfg.decoder_width, cfg.decoder_heads)
-            self.decoder = MAEDecoder(self.model_cfg.vision, decoder_cfg).to(self.device)
+            # At the training size: its (fixed, unsaved) position embeddings cover the patches the step sees.
+            self.decoder = MAEDecoder(self.model_cfg.vision.at_image_size(cfg.image_size), decoder_cfg).to(self.device)
         self.pretrainer = Pretrainer(self.model, self.decoder)
         _ensure_builtin_data(cfg)
         self.urls = check_shards(cfg.data)
@@ -280,6 +281,11 @@ class Trainer:
         saved_model = ckpt.read_config(source).get("model")
         if saved_model != self.model_cfg.to_dict():
             name = (saved_model or {}).get("name", "unknown")
+            biased = self.model_cfg.init_logit_bias is not None
+            if saved_model and ("init_logit_bias" in saved_model) != biased:
+                raise ckpt.CheckpointError(f"checkpoint {source} was trained with the "
+                                           f"{'sigmoid' if 'init_logit_bias' in saved_model else 'contrastive'} loss: "
+                                           f"continue it with the same --loss")
             raise ckpt.CheckpointError(f"checkpoint {source} is for another model ({name}, with other dimensions) "
                                        f"than {self.model_cfg.name}")
         ckpt.load_weights(self.model, source)
@@ -342,15 +348,21 @@ class Trainer:
         return self._whole
 
     # -- data ---------------------------------------------------------------------------------------
+    @property
+    def _syntax_masking(self) -> bool:
+        """Whether the step needs the captions' word classes (which the data loader's workers compute)."""
+        return self.cfg.text_mask == "syntax" and self.cfg.text_mask_ratio > 0
+
     def _augment(self) -> AugmentConfig:
-        return AugmentConfig(self.model_cfg.vision.image_size, (self.cfg.crop_scale_min, 1.0), self.cfg.hflip)
+        size = self.model_cfg.vision.at_image_size(self.cfg.image_size).image_size  # --image-size: crops at it
+        return AugmentConfig(size, (self.cfg.crop_scale_min, 1.0), self.cfg.hflip)
 
     def _loader(self):
         cfg = self.cfg
         stream = StreamConfig(
             urls=tuple(self.urls), batch_size=self.local_batch, context_length=cfg.context_length,
             augment=self._augment(), shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, seed=cfg.seed,
-            decode=cfg.decode)
+            decode=cfg.decode, word_classes=self._syntax_masking)
         return make_loader(stream, cfg.workers, self.dist.rank, self.dist.world_size,
                            self.progress.positions or None, self.progress.next_slot,
                            pin_memory=self.device.type == "cuda")
@@ -574,7 +586,11 @@ class Trainer:
                 lr = lr_at(p.step, self.total_steps, self.warmup_steps, cfg.peak_lr, cfg.min_lr_ratio)
                 images = self.input_stage(images)  # uint8 / encoded / float -> normalised float on the device
                 tokens = tokens.to(self.device, non_blocking=True)
-                out = self.step_fn(images, tokens, lr)
+                word_classes = meta.get("word_classes")  # syntax text masking: the workers tagged the captions
+                if word_classes is not None:
+                    self._last_word_classes = word_classes
+                    word_classes = word_classes.to(self.device, non_blocking=True)
+                out = self.step_fn(images, tokens, lr, word_classes)
                 nonfinite = out.pop("nonfinite")
                 self.nonfinite.add(p.step + 1, nonfinite)
                 losses.add(out, nonfinite)
@@ -595,6 +611,7 @@ class Trainer:
                     last_metrics = {
                         "step": p.step, "samples": p.samples_seen, **losses.means(),
                         "lr": lr, "temperature": 1.0 / self.model.logit_scale.exp().item(),
+                        **({"logit_bias": self.model.logit_bias.item()} if self.model.logit_bias is not None else {}),
                         "samples_per_s": interval_steps * cfg.batch_size / elapsed,
                         "data_wait_fraction": interval_wait / elapsed,
                         "skipped_samples": sum(self._skipped().values()), "nonfinite_steps": p.nonfinite_steps,
@@ -666,8 +683,10 @@ class Trainer:
         if self.cfg.text_mask != "none" and getattr(self, "_last_tokens", None) is not None:
             model = self._whole_model()  # a collective under FSDP; the main process times it
             if model is not None:
-                summary["text_masking"] = time_text_tower(model, self._last_tokens.to(self.device),
-                                                          self.cfg.text_mask, self.cfg.text_mask_ratio)
+                classes = getattr(self, "_last_word_classes", None)
+                summary["text_masking"] = time_text_tower(
+                    model, self._last_tokens.to(self.device), self.cfg.text_mask, self.cfg.text_mask_ratio,
+                    word_classes=classes.to(self.device) if classes is not None else None)
         if self.dist.is_main:
             self._write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         return summary
@@ -732,7 +751,9 @@ def tune_unmasked(ckpt_path: str, samples: int | None = None, epochs: float | No
     """Continue a run with mask ratio 0 at a low lr (the paper: 0.32 epoch at lr 4e-8 x batch/256).
 
     Starts from the checkpoint's weights with a fresh optimizer and its own warm-up, in a new run
-    directory that records its parent.
+    directory that records its parent. The ablation knobs go back to their defaults, the image size
+    included: a run trained at a reduced `--image-size` is tuned at the model's own (CLIPA's last
+    stage) unless `image_size` is among the overrides.
     """
     cfg = unmasked_tuning_config(ckpt_path, samples, epochs, lr, warmup, out, **overrides)
     return _run_fresh(Trainer(cfg, resume=False, reporter=reporter, stop=stop))
