@@ -99,7 +99,7 @@ CASES = [
     ("train --on-nonfinite ignore", "--on-nonfinite"), ("train --mask-strategy spiral", "--mask-strategy"),
     ("train --text-mask half", "--text-mask"), ("train --text-mask-ratio 1", "--text-mask-ratio"),
     ("train --recon-weight -1", "--recon-weight"), ("train --decoder-depth 0", "--decoder-depth"),
-    ("train --decoder-width 130 --recon-weight 1", "decoder"), ("train --report-to wandb", "report"),
+    ("train --decoder-width 130 --recon-weight 1", "decoder"), ("train --report-to mlflow", "report"),
     ("train --model Z/99", "model"), ("train --out", USAGE), ("train --device tpu", "--device"),
     ("train --device cuda:x", "--device"), ("train --out {file}", "{file}"),
     ("train --seed x", USAGE), ("train --nproc 0", "nproc"), ("train --launcher mars", "launcher"),
