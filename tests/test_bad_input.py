@@ -156,7 +156,7 @@ CASES = [
     (f"eval zeroshot {E} {{good}} --workers -1", "--workers"),
     (f"eval zeroshot {E} {{good}} --seed x", USAGE),
     (f"eval zeroshot {E} {{good}} --split nope --data {{dir}}", "{dir}"),
-    (f"eval zeroshot {E} {{good}} --json {{dir}} --data {{missing}}", "{missing}"),
+    (f"eval zeroshot {E} {{good}} --json {{dir}} --data {{missing}}", "{dir}"),  # outputs are checked first
     # eval retrieval
     (f"eval retrieval {E} {{good}} --data {{missing}}.csv", "not found"),
     (f"eval retrieval {E} {{good}} --data {{no-columns.csv}}", "columns"),

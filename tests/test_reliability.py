@@ -278,8 +278,8 @@ def _inject_nonfinite(monkeypatch, steps: set[int], into: str) -> None:
     original = TrainStep.forward_loss
     calls = Counter()
 
-    def forward_loss(self, images, tokens):
-        losses = original(self, images, tokens)
+    def forward_loss(self, images, tokens, *rest):
+        losses = original(self, images, tokens, *rest)
         calls["n"] += 1
         if calls["n"] in steps:
             losses["loss"] = losses["loss"] * float("nan") if into == "loss" else _InfGrad.apply(losses["loss"])

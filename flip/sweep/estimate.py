@@ -136,5 +136,5 @@ def _flops_per_sample(model: str, context_length: int, knobs: tuple) -> float:
 def flops_per_sample(cfg: TrainConfig) -> float:
     """Training FLOPs per sample (forward + backward) of the run's step, counted at a small batch."""
     knobs = ("mask_ratio", "text_mask", "text_mask_ratio", "recon_weight", "decoder_depth", "decoder_width",
-             "decoder_heads", "accum_steps", "activation_checkpointing")
+             "decoder_heads", "accum_steps", "activation_checkpointing", "image_size", "loss", "loss_chunk")
     return _flops_per_sample(cfg.model, cfg.context_length, tuple((k, getattr(cfg, k)) for k in knobs))

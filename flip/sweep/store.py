@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flip.errors import ConfigError
 from flip.sweep import claims
 from flip.train.config import TrainConfig
 
@@ -75,6 +76,8 @@ class RunStore:
 
     def __init__(self, root: str | Path, read_only: bool = False):
         self.root = Path(root).expanduser().absolute()  # resolved once: a later chdir cannot move it
+        if self.root.exists() and not self.root.is_dir():  # also in a dry run, which writes nothing there
+            raise ConfigError(f"{self.root} is a file, not a run store folder", key="store")
         self.read_only = read_only
         self._unsaved: dict[str, Any] = {}
 

@@ -185,8 +185,9 @@ class TrainConfig:
     keep_checkpoints: int = knob(2, "checkpoints kept on disk: the newest N (the final one is the newest); an "
                                     "older one is deleted once a newer one is complete.", ge=1, resume=True, panel=CKPT)
     keep_resume_state: bool = knob(False, "keep each checkpoint's state.pt (optimizer, RNG, data positions) once "
-                                          "the run has finished. Default: dropped then, as a finished run is only "
-                                          "evaluated, tuned and exported, which read the weights.", resume=True,
+                                          "the run has finished; without it the state is dropped then, as a "
+                                          "finished run is only evaluated, tuned and exported, which read the "
+                                          "weights.", resume=True,
                                    panel=CKPT)
     # faults: what stops a run (its last checkpoint kept) and what is skipped and counted
     on_nonfinite: str = knob("stop", "a NaN or infinite loss or gradient: stop (keep the last good checkpoint) "
