@@ -194,6 +194,27 @@ def test_new_studies_reuse_the_runs_they_share():
     assert len(ids("loss-batch") & ids("batch-size")) == 9
 
 
+def test_plots_keep_only_their_where_runs_and_put_one_point_per_row(tmp_path):
+    """loss-batch plots each mask ratio apart (`where`); token-reduction one point per row (`x = "row"`),
+    with the paper's numbers at the rows that have them."""
+    from flip.sweep.report import _plots
+
+    spec = load_spec("loss-batch", "smoke")
+    runs = [{"row": row.label, "seed": 0, "variant": "base", "status": "done", **row.fields,
+             "zeroshot": 10 + 20 * row.fields["mask_ratio"] + row.fields["batch_size"] / 8} for row in spec.rows]
+    _plots(spec, pd.DataFrame(runs), tmp_path)
+    for stem, mask in (("zeroshot-vs-batch-mask-0", 0.0), ("zeroshot-vs-batch-mask-50", 0.5)):
+        points = pd.read_csv(tmp_path / f"{stem}.csv")
+        assert len(points) == 6 and set(points.loss) == {"contrastive", "sigmoid"}
+        assert set(points.zeroshot_mean) == {10 + 20 * mask + b / 8 for b in (8, 16, 32)}
+    spec = load_spec("token-reduction", "smoke")
+    runs = [{"row": row.label, "seed": 0, "variant": variant, "status": "done", "zeroshot": 5.0 + i}
+            for i, row in enumerate(spec.rows) for variant in ("base", "tuned")]
+    _plots(spec, pd.DataFrame(runs), tmp_path)
+    points = pd.read_csv(tmp_path / "zeroshot-by-reduction.csv")
+    assert list(dict.fromkeys(points.row)) == [row.label for row in spec.rows] and len(points) == 10
+
+
 def test_tiny_presets_use_several_seeds():
     assert load_spec("mask-ratio", "tiny").seeds >= 3
 
@@ -207,6 +228,10 @@ BAD = {
     "reserved field": ("[sweep]\nname='x'\n[base]\nout='x'\n", "out"),
     "unknown eval mode": ("[sweep]\nname='x'\n[eval]\nmodes=['sideways']\n", "sideways"),
     "bad toml": ("[sweep\n", "not valid TOML"),
+    "unknown plot where field": ("[sweep]\nname='x'\n[[plots]]\nkind='metric_vs_axis'\nx='batch_size'\n"
+                                 "y='zeroshot'\nwhere={mask_ratioo=0.5}\n", "mask_ratioo"),
+    "unknown fit form": ("[sweep]\nname='x'\n[[plots]]\nkind='curves'\nx='train_flops'\ny='zeroshot'\n"
+                         "fit='cubic'\n", "cubic"),
 }
 
 
