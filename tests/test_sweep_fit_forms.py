@@ -134,3 +134,26 @@ def test_report_bad_fit_is_one_line_exit_2_and_writes_nothing(tmp_path, args, ne
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.output
     assert before == {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+@pytest.mark.parametrize("args,needle", [(["mask-ratio", "--fit", "power"], "no plot of sweep 'mask-ratio'"),
+                                         (["time-accuracy", "--fit", "linear"], "--fit must be one of")])
+def test_sweep_bad_fit_is_one_line_exit_2_before_anything_trains(tmp_path, args, needle):
+    result = CliRunner().invoke(app, ["sweep", *args, "--preset", "smoke", "--store", str(tmp_path / "store"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.output
+    assert not (tmp_path / "store").exists() and not (tmp_path / "out").exists()
+
+
+def test_sweep_fit_is_recorded_with_the_spec_as_loaded(tmp_path):
+    """`flipctl sweep --fit power` records the form in sweep.json, so `flipctl report` rebuilds with it."""
+    from flip.sweep.folder import Manifest
+    from flip.sweep.report import manifest_for
+    from flip.sweep.store import RunStore
+
+    spec = with_fit(load_spec("time-accuracy", "smoke"), "power")
+    manifest_for(spec, [], RunStore(tmp_path / "store"), {}, "flipctl sweep time-accuracy --fit power").write(tmp_path)
+    again = Manifest.read(tmp_path).sweep_spec()
+    assert [p.forms for p in again.plots] == [("power",), ("power",), ()] and again.plots[0].held_out
