@@ -364,9 +364,10 @@ def _draw_fit(ax, fit, div: float, x: str, color: str = "0.15", legacy: bool = T
                     alpha=0.18 if color == "0.15" else 0.12, linewidth=0,
                     label=f"{name}, 5-95% bootstrap band over seeds")
     span = np.geomspace(lo_cost, hi_cost, 80)
+    to = "-" if fit.form == "saturating" else " to "  # the pure law's exponent is negative
     ax.plot(span / div, fit.accuracy(span), color=color, linewidth=1.3,
             label=f"{name}: {fit.formula}, b = {fit.b:.2f} "
-                  f"(90% CI {fit.b_interval[0]:.2f}-{fit.b_interval[1]:.2f})")
+                  f"(90% CI {fit.b_interval[0]:.2f}{to}{fit.b_interval[1]:.2f})")
     if fit.target and fit.predicted is not None:
         beyond = np.geomspace(hi_cost, fit.target, 40)
         ax.plot(beyond / div, fit.accuracy(beyond), color=color, linewidth=1.3, linestyle=":")
