@@ -197,7 +197,7 @@ def test_new_studies_reuse_the_runs_they_share():
 def test_plots_keep_only_their_where_runs_and_put_one_point_per_row(tmp_path):
     """loss-batch plots each mask ratio apart (`where`); token-reduction one point per row (`x = "row"`),
     with the paper's numbers at the rows that have them."""
-    from flip.sweep.report import _plots
+    from flip.sweep.report import _paper_points, _plots
 
     spec = load_spec("loss-batch", "smoke")
     runs = [{"row": row.label, "seed": 0, "variant": "base", "status": "done", **row.fields,
@@ -207,6 +207,9 @@ def test_plots_keep_only_their_where_runs_and_put_one_point_per_row(tmp_path):
         points = pd.read_csv(tmp_path / f"{stem}.csv")
         assert len(points) == 6 and set(points.loss) == {"contrastive", "sigmoid"}
         assert set(points.zeroshot_mean) == {10 + 20 * mask + b / 8 for b in (8, 16, 32)}
+    paper = {m: _paper_points(spec, pd.DataFrame(runs), "batch_size", "zeroshot", "loss", {"mask_ratio": m})
+             for m in (0.0, 0.5)}
+    assert [p["y"] for p in paper[0.0]] == [68.6] and [p["y"] for p in paper[0.5]] == [68.5, 69.6, 70.4]
     spec = load_spec("token-reduction", "smoke")
     runs = [{"row": row.label, "seed": 0, "variant": variant, "status": "done", "zeroshot": 5.0 + i}
             for i, row in enumerate(spec.rows) for variant in ("base", "tuned")]

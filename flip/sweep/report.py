@@ -34,10 +34,14 @@ def jobs_from_manifest(manifest: Manifest) -> list[Job]:
     return jobs
 
 
-def _paper_points(spec: SweepSpec, df: pd.DataFrame, x: str, y: str, series: str | None) -> list[dict]:
-    """The paper's numbers at our rows' x, in our rows' series (so each series gets its own paper line)."""
+def _paper_points(spec: SweepSpec, df: pd.DataFrame, x: str, y: str, series: str | None,
+                  where: dict | None = None) -> list[dict]:
+    """The paper's numbers at our rows' x, in our rows' series (so each series gets its own paper line);
+    with `where`, only at the rows with those settings."""
     points = []
     for row in spec.rows:
+        if any(row.fields.get(k, spec.base.get(k)) != v for k, v in (where or {}).items()):
+            continue
         if y in row.paper and (x in row.fields or x == "row"):
             point = {"x": row.label if x == "row" else row.fields[x], "y": row.paper[y]}
             values = df.loc[df.row == row.label, series].dropna() if series in df else []
@@ -90,7 +94,7 @@ def _plots(spec: SweepSpec, df: pd.DataFrame,
             points = plots.axis_points(done, p.x, p.y, p.series)
             bars = _errorbars(points, "count")
             paths = plots.plot_metric_vs_axis(done, p.x, p.y, stem, series=p.series,
-                                              paper=_paper_points(spec, done, p.x, p.y, p.series) or None,
+                                              paper=_paper_points(spec, done, p.x, p.y, p.series, p.where) or None,
                                               title=p.title,
                                               logx=p.logx, errorbars=bars)
         else:
