@@ -118,6 +118,7 @@ def test_report_fit_both_on_a_committed_folder_is_recorded_and_rebuilds_the_same
         assert check["fitted_points"] >= 3 and len(check["errors"]) == 1 and check["mean_abs_error"] >= 0
     notes = (out / "notes.txt").read_text()
     assert "held out the largest-cost frontier point" in notes and "extrapolates better here" in notes
+    assert "(-0.0)" not in notes and "(+0.0)" not in notes
     assert [p["fit"] for p in json.loads((out / "sweep.json").read_text())["spec"]["plots"]] == ["both", "both", False]
     texts = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix not in (".png", ".pdf")}
     assert CliRunner().invoke(app, ["report", str(out)]).exit_code == 0  # the folder keeps its choice

@@ -179,7 +179,7 @@ def _held_out_note(p, checks: dict) -> str:
             parts.append(f"{form}: too few points left to fit")
             continue
         scored[form] = c.mean_abs_error
-        shown = ", ".join(f"{v:.1f}% ({e:+.1f})" for v, e in zip(c.predicted, c.errors))
+        shown = ", ".join(f"{v:.1f}% ({tables.signed(e)})" for v, e in zip(c.predicted, c.errors))
         parts.append(f"{form} {shown}")
     n = len(some.observed)
     verdict = ""
