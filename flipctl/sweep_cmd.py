@@ -20,7 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flip.errors import ConfigError, DataError
-from flip.sweep.spec import SpecError, default_preset, load_spec, parse_settings, shipped_specs, with_data
+from flip.sweep.spec import (SpecError, default_preset, load_spec, parse_settings, shipped_specs, with_data,
+                             with_fit)
 from flip.sweep.store import RunStore
 from flipctl.console import make_console
 from flipctl.errors import user_errors
@@ -203,6 +204,11 @@ def _check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
                 raise ConfigError(f"cannot be used: {exc}", key=key) from None
 
 
+FIT_HELP = ("the scaling fits' form: saturating (error = a·C^-b + c), power (Cherti et al.'s error = a·C^b) or "
+            "both; each is also refitted without the largest-cost frontier point, whose error is reported "
+            "(notes, fits.json). Default: the spec's.")
+
+
 @user_errors
 @with_launch_flags(torchrun=False)
 def sweep_command(
@@ -231,6 +237,7 @@ def sweep_command(
                                                "cluster at once (each run a SLURM job). Default: all."),
     progress_every: float = typer.Option(60.0, help="off a terminal (nohup, SLURM, CI): seconds between progress "
                                          "lines (each running run's step, samples/s and ETA)."),
+    fit: Optional[str] = typer.Option(None, metavar="saturating|power|both", help=FIT_HELP),
     launch: LaunchFlags = LaunchFlags(),
 ) -> None:
     """Run a study: a whole ablation or scaling sweep, ending in paper-style tables, plots and report.html."""
@@ -256,6 +263,8 @@ def sweep_command(
                           "--max-parallel", key="jobs")
     spawn = SlurmSweepRuns(launch.slurm()) if launch.launcher == "slurm" else None
     spec = load_spec(spec_name, preset or default_preset(spec_name))
+    if fit is not None:
+        spec = with_fit(spec, fit)
     if seeds is not None:
         if seeds < 1:
             raise SpecError(f"--seeds must be >= 1, got {seeds}")
@@ -353,11 +362,13 @@ def _print_report(result: dict, out: Path) -> None:
 
 @user_errors
 def report_command(out: Path = typer.Argument(..., metavar="OUT",
-                                              help="a sweep's report folder (holding sweep.json).")) -> None:
+                                              help="a sweep's report folder (holding sweep.json)."),
+                   fit: Optional[str] = typer.Option(None, metavar="saturating|power|both",
+                                                     help=FIT_HELP + " Recorded in sweep.json.")) -> None:
     """Rebuild a sweep's tables, plots and report.html from its folder, refreshed from the run store (trains nothing)."""
     from flip.sweep import report
 
-    result = report.regenerate(out)
+    result = report.regenerate(out, fit=fit)
     if result["store_note"]:
         console.print(result["store_note"])
     _print_report(result, out)

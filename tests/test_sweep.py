@@ -21,7 +21,7 @@ from flipctl.main import app
 
 FLIPCTL = [sys.executable, "-m", "flipctl.main"]
 SHIPPED = ["mask-ratio", "batch-size", "text-mask", "inference", "unmasked-tuning", "recon-loss",
-           "time-accuracy", "scaling", "mask-ratio-equal-batch"]
+           "time-accuracy", "scaling", "mask-ratio-equal-batch", "token-reduction", "text-reduction", "loss-batch"]
 
 
 def _write_spec(path: Path, body: str) -> Path:
@@ -131,6 +131,93 @@ def test_text_mask_context_check_keeps_every_caption_whole_when_dropping_padding
     assert num_kept(32, 0.5) < MAX_CAPTION_TOKENS + 2  # Table 1c's context: words must go
 
 
+def _image_tokens(cfg):
+    from flip.masking import num_kept
+    from flip.models import get_preset
+
+    vision = get_preset(cfg.model).vision.at_image_size(cfg.image_size)
+    return num_kept(vision.grid_size ** 2, cfg.mask_ratio)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "paper"])
+def test_token_reduction_rows_keep_equal_image_tokens_and_tune_at_the_native_size(preset):
+    """CLIPA's comparison: every reduced row shows the encoder a quarter of the full row's tokens
+    (tiny: 16 of 64, L/16: 49 of 196), at one batch; tuning resets the size and the mask strategy."""
+    spec = load_spec("token-reduction", preset)
+    configs = {row.label: spec.config(row, 0) for row in spec.rows}
+    full = _image_tokens(configs.pop("full"))
+    assert {label: _image_tokens(cfg) for label, cfg in configs.items()} == dict.fromkeys(configs, full // 4)
+    assert {cfg.mask_strategy for cfg in configs.values()} == {"random", "grid", "block"}
+    assert configs["resize to half"].image_size and configs["resize to half"].mask_ratio == 0
+    assert len({cfg.batch_size for cfg in configs.values()}) == 1 and spec.tuning.enabled
+    assert {"image_size", "mask_strategy"} <= set(TrainConfig.ablation_defaults())
+    assert TrainConfig.ablation_defaults()["image_size"] is None  # tune-unmasked: back to the model's size
+
+
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "paper"])
+def test_text_reduction_rows_keep_equal_text_tokens_at_table_1c_image_mask(preset):
+    from flip.choices import TEXT_MASKS
+
+    spec = load_spec("text-reduction", preset)
+    configs = [spec.config(row, 0) for row in spec.rows]
+    assert {cfg.text_mask for cfg in configs} == set(TEXT_MASKS)
+    assert {cfg.mask_ratio for cfg in configs} == {0.75} and spec.memory_match is not None
+    assert {cfg.text_mask_ratio for cfg in configs if cfg.text_mask != "none"} == {0.5}
+
+
+@pytest.mark.parametrize("preset", ["smoke", "tiny", "paper"])
+def test_loss_batch_crosses_loss_mask_and_batch_at_one_sample_budget(preset):
+    spec = load_spec("loss-batch", preset)
+    configs = [spec.config(row, 0) for row in spec.rows]
+    grid = {(c.loss, c.mask_ratio, c.batch_size) for c in configs}
+    batches = sorted({c.batch_size for c in configs})
+    assert len(grid) == len(configs) == 12 and len(batches) == 3 and batches[2] == 4 * batches[0]
+    assert {(c.loss, c.mask_ratio) for c in configs} == {(loss, m) for loss in ("contrastive", "sigmoid")
+                                                         for m in (0.0, 0.5)}
+    assert len({(c.samples, c.epochs) for c in configs}) == 1  # the fixed sample budget
+    assert [p.where for p in spec.plots] == [{"mask_ratio": 0.0}, {"mask_ratio": 0.5}]
+
+
+def test_new_studies_reuse_the_runs_they_share():
+    """token-reduction's full / random rows are mask-ratio-equal-batch's, text-reduction's none / random /
+    padding rows text-mask's, loss-batch's softmax 50% rows batch-size's: the same run ids."""
+    from flip.sweep.plan import build_plan
+    from flip.sweep.store import RunStore
+
+    def ids(name, batch=None):
+        spec = load_spec(name, "tiny")
+        batches = {row.label: (batch, None) for row in spec.rows} if batch else {}
+        return {j.run_id for j in build_plan(spec, RunStore("unused"), batches) if j.kind == "train"}
+
+    assert len(ids("token-reduction") & ids("mask-ratio-equal-batch")) == 6
+    assert len(ids("text-reduction", 200) & ids("text-mask", 200)) == 9
+    assert len(ids("loss-batch") & ids("batch-size")) == 9
+
+
+def test_plots_keep_only_their_where_runs_and_put_one_point_per_row(tmp_path):
+    """loss-batch plots each mask ratio apart (`where`); token-reduction one point per row (`x = "row"`),
+    with the paper's numbers at the rows that have them."""
+    from flip.sweep.report import _paper_points, _plots
+
+    spec = load_spec("loss-batch", "smoke")
+    runs = [{"row": row.label, "seed": 0, "variant": "base", "status": "done", **row.fields,
+             "zeroshot": 10 + 20 * row.fields["mask_ratio"] + row.fields["batch_size"] / 8} for row in spec.rows]
+    _plots(spec, pd.DataFrame(runs), tmp_path)
+    for stem, mask in (("zeroshot-vs-batch-mask-0", 0.0), ("zeroshot-vs-batch-mask-50", 0.5)):
+        points = pd.read_csv(tmp_path / f"{stem}.csv")
+        assert len(points) == 6 and set(points.loss) == {"contrastive", "sigmoid"}
+        assert set(points.zeroshot_mean) == {10 + 20 * mask + b / 8 for b in (8, 16, 32)}
+    paper = {m: _paper_points(spec, pd.DataFrame(runs), "batch_size", "zeroshot", "loss", {"mask_ratio": m})
+             for m in (0.0, 0.5)}
+    assert [p["y"] for p in paper[0.0]] == [68.6] and [p["y"] for p in paper[0.5]] == [68.5, 69.6, 70.4]
+    spec = load_spec("token-reduction", "smoke")
+    runs = [{"row": row.label, "seed": 0, "variant": variant, "status": "done", "zeroshot": 5.0 + i}
+            for i, row in enumerate(spec.rows) for variant in ("base", "tuned")]
+    _plots(spec, pd.DataFrame(runs), tmp_path)
+    points = pd.read_csv(tmp_path / "zeroshot-by-reduction.csv")
+    assert list(dict.fromkeys(points.row)) == [row.label for row in spec.rows] and len(points) == 10
+
+
 def test_tiny_presets_use_several_seeds():
     assert load_spec("mask-ratio", "tiny").seeds >= 3
 
@@ -144,6 +231,10 @@ BAD = {
     "reserved field": ("[sweep]\nname='x'\n[base]\nout='x'\n", "out"),
     "unknown eval mode": ("[sweep]\nname='x'\n[eval]\nmodes=['sideways']\n", "sideways"),
     "bad toml": ("[sweep\n", "not valid TOML"),
+    "unknown plot where field": ("[sweep]\nname='x'\n[[plots]]\nkind='metric_vs_axis'\nx='batch_size'\n"
+                                 "y='zeroshot'\nwhere={mask_ratioo=0.5}\n", "mask_ratioo"),
+    "unknown fit form": ("[sweep]\nname='x'\n[[plots]]\nkind='curves'\nx='train_flops'\ny='zeroshot'\n"
+                         "fit='cubic'\n", "cubic"),
 }
 
 

@@ -76,8 +76,11 @@ CONFIG_LABELS = {
     "mask_ratio": "image mask ratio", "text_mask": "text masking", "text_mask_ratio": "text mask ratio",
     "recon_weight": "reconstruction loss weight", "samples": "training samples", "model": "model",
     "builtin_scenes": "built-in scenes", "data_fraction": "data fraction", "context_length": "text context",
-    "weight_decay": "weight decay",
+    "weight_decay": "weight decay", "image_size": "image size", "mask_strategy": "image masking",
+    "loss": "loss",
 }
+# A config column whose runs all leave the field unset shows this, not a blank (image_size: the model's own).
+UNSET_WORDS = {"image_size": "model's"}
 PERCENT_FIELDS = ("mask_ratio", "text_mask_ratio")  # shown as 50%, not 0.5
 SERIES = {"row": Name("configuration", kind=CONFIG), "variant": Name("variant", kind=CONFIG)}
 MODE_RE = re.compile(r"full|masked|masked(0|1)?\.[0-9]+|views[2-9][0-9]*|tuned")
@@ -172,6 +175,6 @@ def unknown(name, kinds: tuple[str, ...]) -> str | None:
 
 
 COLUMN_KINDS = ("column", "config", "metric", "eval_s")
-PLOT_X_KINDS = ("config", "result")
+PLOT_X_KINDS = ("config", "result", "series")  # series: `row`, one point per row, in the spec's order
 PLOT_Y_KINDS = ("metric", "result")
 PLOT_SERIES_KINDS = ("config", "series")

@@ -279,7 +279,7 @@ def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
     configuration's mean over seeds with std error bars, points ordered by cost; the base variant
     is solid and the tuned one (after unmasked tuning) dashed in the same colour. `frontier`
     (from fit.pareto_frontier) is ringed in black with a step line; `fit` (a fit.FitResult in the
-    same cost units) draws the fitted curve, its bootstrap band and the extrapolation to its target
+    same cost units, or a list of them: the saturating and the pure power law) draws each fitted curve, its bootstrap band and the extrapolation to its target
     with the exponent and the predicted accuracy. `paper`: {"x", "y", "series"} points on the
     paper's own x scale (`paper_xlabel`), in a second panel.
     """
@@ -319,8 +319,9 @@ def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
                    zorder=5, label="compute-optimal frontier")
         ax.step(f[x] / div, f[y], where="post", color="black", linewidth=0.9, alpha=0.7, zorder=4)
 
-    if fit is not None:
-        _draw_fit(ax, fit, div, x)
+    fits = [] if fit is None else list(fit) if isinstance(fit, (list, tuple)) else [fit]
+    for result, color in zip(fits, FIT_COLORS):
+        _draw_fit(ax, result, div, x, color, legacy=len(fits) == 1 and result.form == "saturating")
 
     if logx:
         ax.set_xscale("log")
@@ -349,22 +350,31 @@ def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
     return _save(fig, out_stem)
 
 
-def _draw_fit(ax, fit, div: float, x: str) -> None:
-    """The fitted accuracy curve over the data, its band, and the dotted extrapolation."""
+FIT_COLORS = ("0.15", "tab:purple")  # the first fit drawn (saturating when both are), then the pure power law
+STAR_COLORS = {"0.15": "crimson", "tab:purple": "tab:purple"}
+
+
+def _draw_fit(ax, fit, div: float, x: str, color: str = "0.15", legacy: bool = True) -> None:
+    """The fitted accuracy curve over the data, its band, and the dotted extrapolation. `legacy`: the
+    one saturating fit, labelled as before there was a choice of forms."""
     lo_cost, hi_cost = fit.cost_range
+    name = "fit" if legacy else f"{fit.form} fit"
     ax.fill_between(np.asarray(fit.grid) / div, 100.0 - np.asarray(fit.band_high),
-                    100.0 - np.asarray(fit.band_low), color="0.5", alpha=0.18, linewidth=0,
-                    label="fit, 5-95% bootstrap band over seeds")
+                    100.0 - np.asarray(fit.band_low), color="0.5" if color == "0.15" else color,
+                    alpha=0.18 if color == "0.15" else 0.12, linewidth=0,
+                    label=f"{name}, 5-95% bootstrap band over seeds")
     span = np.geomspace(lo_cost, hi_cost, 80)
-    ax.plot(span / div, fit.accuracy(span), color="0.15", linewidth=1.3,
-            label=f"fit: error = a·C^-b + c, b = {fit.b:.2f} "
-                  f"(90% CI {fit.b_interval[0]:.2f}-{fit.b_interval[1]:.2f})")
+    to = "-" if fit.form == "saturating" else " to "  # the pure law's exponent is negative
+    ax.plot(span / div, fit.accuracy(span), color=color, linewidth=1.3,
+            label=f"{name}: {fit.formula}, b = {fit.b:.2f} "
+                  f"(90% CI {fit.b_interval[0]:.2f}{to}{fit.b_interval[1]:.2f})")
     if fit.target and fit.predicted is not None:
         beyond = np.geomspace(hi_cost, fit.target, 40)
-        ax.plot(beyond / div, fit.accuracy(beyond), color="0.15", linewidth=1.3, linestyle=":")
+        ax.plot(beyond / div, fit.accuracy(beyond), color=color, linewidth=1.3, linestyle=":")
         lo, hi = fit.predicted_accuracy_interval
         pred = fit.predicted_accuracy
         what = "FLOPs" if x == "train_flops" else "time" if x == "train_time_s" else "cost"
         ax.errorbar([fit.target / div], [pred], yerr=[[pred - lo], [hi - pred]], marker="*",
-                    markersize=11, color="crimson", capsize=4, linestyle="none",
-                    label=f"predicted at {fit.target / hi_cost:.3g}x {what}: {pred:.1f}% (90% CI {lo:.1f}-{hi:.1f})")
+                    markersize=11, color=STAR_COLORS.get(color, color), capsize=4, linestyle="none",
+                    label=f"{'' if legacy else fit.form + ' '}predicted at {fit.target / hi_cost:.3g}x {what}: "
+                          f"{pred:.1f}% (90% CI {lo:.1f}-{hi:.1f})")

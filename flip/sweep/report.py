@@ -34,12 +34,16 @@ def jobs_from_manifest(manifest: Manifest) -> list[Job]:
     return jobs
 
 
-def _paper_points(spec: SweepSpec, df: pd.DataFrame, x: str, y: str, series: str | None) -> list[dict]:
-    """The paper's numbers at our rows' x, in our rows' series (so each series gets its own paper line)."""
+def _paper_points(spec: SweepSpec, df: pd.DataFrame, x: str, y: str, series: str | None,
+                  where: dict | None = None) -> list[dict]:
+    """The paper's numbers at our rows' x, in our rows' series (so each series gets its own paper line);
+    with `where`, only at the rows with those settings."""
     points = []
     for row in spec.rows:
-        if y in row.paper and x in row.fields:
-            point = {"x": row.fields[x], "y": row.paper[y]}
+        if any(row.fields.get(k, spec.base.get(k)) != v for k, v in (where or {}).items()):
+            continue
+        if y in row.paper and (x in row.fields or x == "row"):
+            point = {"x": row.label if x == "row" else row.fields[x], "y": row.paper[y]}
             values = df.loc[df.row == row.label, series].dropna() if series in df else []
             if len(values):
                 point["series"] = values.iloc[0]
@@ -76,12 +80,12 @@ def _plots(spec: SweepSpec, df: pd.DataFrame,
            out_dir: Path) -> tuple[list[Path], list[tuple[str, Path]], list[str], dict]:
     """The spec's plots, each with its data (`STEM.csv`); returns the files, (caption, PNG) pairs,
     notes and fits."""
-    from flip.sweep import fit as fitting
     from flip.sweep import plots
 
     written, figures, notes, fits = [], [], [], {}
-    done = df[df.status == "done"]
+    all_done = df[df.status == "done"]
     for p in spec.plots:
+        done = _where(all_done, p.where)
         if p.y not in done or done[p.y].dropna().empty:
             notes.append(f"plot {p.title or p.stem}: no finished run has {names.label(p.y)}")
             continue
@@ -90,23 +94,26 @@ def _plots(spec: SweepSpec, df: pd.DataFrame,
             points = plots.axis_points(done, p.x, p.y, p.series)
             bars = _errorbars(points, "count")
             paths = plots.plot_metric_vs_axis(done, p.x, p.y, stem, series=p.series,
-                                              paper=_paper_points(spec, done, p.x, p.y, p.series) or None,
+                                              paper=_paper_points(spec, done, p.x, p.y, p.series, p.where) or None,
                                               title=p.title,
                                               logx=p.logx, errorbars=bars)
         else:
-            frontier, result = fitting.fit_frontier(done, p.x, p.y, target_factor=p.extrapolate)
-            if p.fit:
-                notes.append(_fit_note(p, result))
-                if result is not None:
-                    fits[p.stem] = result.to_dict()
+            frontier, drawn = _fits(p, done, notes, fits)
             points = plots.curve_points(done, p.x, p.y, p.series or "row")
             bars = _errorbars(points, "_n")
             paths = plots.plot_curves(done, p.x, p.y, stem, series=p.series or "row", frontier=frontier,
-                                      fit=result if p.fit else None, title=p.title, errorbars=bars)
+                                      fit=drawn or None, title=p.title, errorbars=bars)
         _points_csv(points, p, frontier if p.kind != "metric_vs_axis" else None, stem.with_name(stem.name + ".csv"))
         written += paths + [stem.with_name(stem.name + ".csv")]
         figures.append((_plot_caption(p.title, p.x, p.y, bars, done), paths[0]))
     return written, figures, notes, fits
+
+
+def _where(runs: pd.DataFrame, where: dict | None) -> pd.DataFrame:
+    """The runs a plot's `where` keeps (all of them without one)."""
+    for key, value in (where or {}).items():
+        runs = runs[runs[key] == value] if key in runs else runs.iloc[:0]
+    return runs
 
 
 def _points_csv(points: pd.DataFrame, p, frontier: pd.DataFrame | None, path: Path) -> None:
@@ -120,14 +127,68 @@ def _points_csv(points: pd.DataFrame, p, frontier: pd.DataFrame | None, path: Pa
     points.to_csv(path, index=False)
 
 
-def _fit_note(p, result) -> str:
+def _fits(p, done: pd.DataFrame, notes: list[str], fits: dict) -> tuple[pd.DataFrame, list]:
+    """The plot's frontier and its fits (appending their notes and fits.json entries): `STEM` the
+    saturating fit, `STEM@power` the pure power law, `STEM@held-out` each form's error on the held-out
+    largest-cost point (only when the spec names the forms: `fit = true` writes what it always did)."""
+    from flip.sweep import fit as fitting
+
+    frontier, result = fitting.fit_frontier(done, p.x, p.y, target_factor=p.extrapolate)
+    drawn = []
+    for form in p.forms:
+        if form != "saturating":
+            result = fitting.fit_frontier(done, p.x, p.y, target_factor=p.extrapolate, form=form)[1]
+        notes.append(_fit_note(p, result, form))
+        if result is not None:
+            fits[p.stem if form == "saturating" else f"{p.stem}@{form}"] = result.to_dict()
+            drawn.append(result)
+    if p.held_out and len(frontier):
+        checks = fitting.held_out_errors(frontier, p.x, p.y, p.forms)
+        notes.append(_held_out_note(p, checks))
+        fits[f"{p.stem}@held-out"] = {form: c.to_dict() if c else None for form, c in checks.items()}
+    return frontier, drawn
+
+
+def _fit_note(p, result, form: str = "saturating") -> str:
     what = p.title or p.stem
     if result is None:
-        return f"{what}: not enough distinct budgets on the frontier to fit a power law"
+        law = "a power law" if form == "saturating" else "a pure power law"
+        return f"{what}: not enough distinct budgets on the frontier to fit {law}"
     lo, hi = result.predicted_accuracy_interval
-    return (f"{what}: error = a·C^-b + c fitted to the frontier: b = {result.b:.3f} (90% interval "
-            f"{result.b_interval[0]:.3f}-{result.b_interval[1]:.3f}); at {p.extrapolate:g}x the largest budget it "
-            f"predicts {names.label(p.y)} {result.predicted_accuracy:.1f}% ({lo:.1f}-{hi:.1f})")
+    kind = "" if form == "saturating" else " (pure power law, Cherti et al.)"
+    to = "-" if form == "saturating" else " to "  # a negative exponent's interval: -0.10 to -0.07
+    return (f"{what}: {result.formula}{kind} fitted to the frontier: b = {result.b:.3f} (90% interval "
+            f"{result.b_interval[0]:.3f}{to}{result.b_interval[1]:.3f}); at {p.extrapolate:g}x the largest budget it "
+            f"predicts {names.label(p.y)} {result.predicted_accuracy:.1f}% ({lo:.1f}{to}{hi:.1f})")
+
+
+def _cheaper(n: int) -> str:
+    return "one cheaper point" if n == 1 else f"{n} cheaper ones"
+
+
+def _held_out_note(p, checks: dict) -> str:
+    """Each form's prediction of the held-out largest-cost frontier point, and which came closer."""
+    what = p.title or p.stem
+    some = next((c for c in checks.values() if c is not None), None)
+    if some is None:
+        return f"{what}: too few frontier points to hold one out and refit"
+    observed = ", ".join(f"{o:.1f}%" for o in some.observed)
+    parts, scored = [], {}
+    for form, c in checks.items():
+        if c is None or c.predicted is None:
+            parts.append(f"{form}: too few points left to fit")
+            continue
+        scored[form] = c.mean_abs_error
+        shown = ", ".join(f"{v:.1f}% ({tables.signed(e)})" for v, e in zip(c.predicted, c.errors))
+        parts.append(f"{form} {shown}")
+    n = len(some.observed)
+    verdict = ""
+    if len(scored) > 1:
+        best = min(scored, key=scored.get)
+        verdict = f"; the {best} form extrapolates better here (mean absolute error {scored[best]:.1f} points)"
+    return (f"{what}: held out the largest-cost frontier point{'s' if n > 1 else ''} ({names.label(p.y)} "
+            f"{observed}) and refitted to the {_cheaper(some.fitted_points)}: predicted "
+            f"{'; '.join(parts)}{verdict}")
 
 
 def source_commit() -> str | None:
@@ -227,17 +288,26 @@ def write_report(out_dir: Path, spec: SweepSpec, jobs: list[Job], store: RunStor
             "paths": [out_dir / folder.RESULTS] + table_paths + plot_paths + [html_path]}
 
 
-def regenerate(out_dir: Path) -> dict:
+def regenerate(out_dir: Path, fit: str | None = None) -> dict:
     """`flipctl report OUT`: rebuild everything from OUT's own records, refreshed from the run store where
-    it is there; trains nothing. The summary's `store_note` says when the store is missing."""
+    it is there; trains nothing. The summary's `store_note` says when the store is missing. `fit`
+    (saturating, power, both): the form of every fitted plot, recorded in sweep.json's spec so that a
+    later rebuild keeps it."""
+    from flip.sweep.spec import with_fit
+
     out_dir = Path(out_dir)
     manifest = Manifest.read(out_dir)
     spec = manifest.sweep_spec()
+    if fit is not None:
+        spec = with_fit(spec, fit)  # checked before anything is written
     jobs = jobs_from_manifest(manifest)
     store_path = manifest.store_path(out_dir)
     store = RunStore(store_path, read_only=True) if (store_path / "runs").is_dir() else None
     result = write_report(out_dir, spec, jobs, store, manifest.command, manifest.commit, manifest.shown_store(),
                           require_finished=True)
+    if fit is not None and manifest.spec is not None:
+        manifest.spec = {**manifest.spec, "plots": spec.to_dict()["plots"]}
+        manifest.write(out_dir)
     result["store_note"] = None if store else (
         f"run store {store_path} not found: rebuilt from {out_dir / folder.RESULTS} alone")
     return result

@@ -48,7 +48,8 @@ def shown_fields(spec: SweepSpec) -> list[str]:
     """The config fields the report shows: the axes, and any other the columns or plots name."""
     from flip.sweep.names import config_fields
 
-    named = [*spec.columns, *(p.x for p in spec.plots), *(p.series for p in spec.plots if p.series)]
+    named = [*spec.columns, *(p.x for p in spec.plots), *(p.series for p in spec.plots if p.series),
+             *(key for p in spec.plots for key in p.where or {})]
     fields = set(config_fields())
     return list(dict.fromkeys([*spec.axis_fields(), *(n for n in named if n in fields)]))
 

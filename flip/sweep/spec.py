@@ -38,7 +38,10 @@ MEMORY_KEYS = {"reference", "multiple_of"}
 TUNING_KEYS = {"enabled", "samples_fraction", "lr_factor"}
 EVAL_KEYS = {"zeroshot", "retrieval", "linear_probe", "modes", "zeroshot_images", "batch_size"}
 PLOT_KINDS = {"metric_vs_axis", "curves", "scaling"}
-PLOT_KEYS = {"kind", "x", "y", "series", "title", "logx", "paper", "fit", "extrapolate", "name"}
+PLOT_KEYS = {"kind", "x", "y", "series", "title", "logx", "paper", "fit", "extrapolate", "name", "where"}
+# The fitted forms of error against cost (flip.sweep.fit): Cherti et al.'s pure power law and our saturating one.
+FIT_FORMS = ("saturating", "power")
+FIT_CHOICES = (*FIT_FORMS, "both")
 # Run-bookkeeping fields a sweep owns: a spec may not set them.
 RESERVED = {"out", "resume", "init_from", "parent"}
 
@@ -114,9 +117,26 @@ class Plot:
     series: str | None = None
     title: str | None = None
     logx: bool = False
-    fit: bool = False
+    # True: the saturating fit alone (as specs before the choice); "saturating", "power" or "both": those
+    # forms, each also refitted without the largest-cost frontier point to report its extrapolation error
+    fit: bool | str = False
     extrapolate: float = 4.0  # target budget of the power-law fit, as a multiple of the largest run
     name: str | None = None
+    where: dict[str, Any] | None = None  # only the runs with these settings (e.g. {mask_ratio = 0.5})
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """The fitted forms, in FIT_FORMS order."""
+        if self.fit is True:
+            return ("saturating",)
+        if not self.fit:
+            return ()
+        return FIT_FORMS if self.fit == "both" else (self.fit,)
+
+    @property
+    def held_out(self) -> bool:
+        """Whether the fits are checked on a held-out point (a form named, not the legacy `fit = true`)."""
+        return isinstance(self.fit, str)
 
     @property
     def stem(self) -> str:
@@ -272,7 +292,8 @@ def _label(values: dict[str, Any]) -> str:
 
 
 ROW_WORDS = {"mask_ratio": "mask {}", "samples": "{} samples", "text_mask_ratio": "text mask {}",
-             "batch_size": "batch {}", "recon_weight": "recon. weight {}", "text_mask": "text mask {}"}
+             "batch_size": "batch {}", "recon_weight": "recon. weight {}", "text_mask": "text mask {}",
+             "loss": "{} loss", "image_size": "{} px", "mask_strategy": "{} masking"}
 
 
 def _words(values: dict[str, Any]) -> str:
@@ -401,6 +422,7 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
                 raise SpecError(f"{where}: plots[{i}] needs {key!r}")
         if p["kind"] not in PLOT_KINDS:
             raise SpecError(f"{where}: plots[{i}].kind must be one of {', '.join(sorted(PLOT_KINDS))}")
+        p = _check_plot(p, f"{where}: plots[{i}]")
         plots.append(Plot(**{k: v for k, v in p.items() if k != "paper"}))
     _check_names(columns, plots, where)
 
@@ -414,6 +436,29 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
     return spec
 
 
+def _check_plot(p: dict, where: str) -> dict:
+    """The plot's table with its fit form and `where` settings checked (`where` as TrainConfig values)."""
+    fit = p.get("fit", False)
+    if not isinstance(fit, bool) and fit not in FIT_CHOICES:
+        raise SpecError(f"{where}.fit must be true, false or one of {', '.join(FIT_CHOICES)}, got {fit!r}")
+    if fit and p["kind"] == "metric_vs_axis":
+        raise SpecError(f"{where}.fit: a metric_vs_axis plot has no cost axis to fit; use kind curves or scaling")
+    if "where" in p:
+        p = {**p, "where": _check_fields(_typed(p["where"], dict, f"{where}.where"), f"{where}.where")}
+    return p
+
+
+def with_fit(spec: SweepSpec, fit: str) -> SweepSpec:
+    """`--fit FORM`: every plot of `spec` that fits gets the form(s) `fit` (saturating, power or both)."""
+    if fit not in FIT_CHOICES:
+        raise SpecError(f"--fit must be one of {', '.join(FIT_CHOICES)}, got {fit!r}")
+    if not any(p.fit for p in spec.plots):
+        raise SpecError(f"--fit: no plot of sweep {spec.name!r} fits a power law (only time-accuracy and scaling "
+                        f"style plots with `fit` do)")
+    plots = tuple(dataclasses.replace(p, fit=fit) if p.fit else p for p in spec.plots)
+    return dataclasses.replace(spec, plots=plots)
+
+
 def _check_names(columns: tuple, plots: list[Plot], where: str) -> None:
     """Columns, plot axes and metrics must be names a sweep produces (flip.sweep.names): a typo is an
     error now, not a column of dashes or a missing plot after the runs."""
@@ -424,6 +469,7 @@ def _check_names(columns: tuple, plots: list[Plot], where: str) -> None:
         checks += [(f"plots[{i}].x", p.x, names.PLOT_X_KINDS), (f"plots[{i}].y", p.y, names.PLOT_Y_KINDS)]
         if p.series is not None:
             checks.append((f"plots[{i}].series", p.series, names.PLOT_SERIES_KINDS))
+        checks += [(f"plots[{i}].where", key, ("config",)) for key in p.where or {}]
     for key, name, kinds in checks:
         problem = names.unknown(name, kinds)
         if problem:

@@ -114,6 +114,8 @@ def _cell(column: str, base: pd.DataFrame, tuned: pd.DataFrame, ref: pd.DataFram
     is_metric = metric in names.METRICS or metric == names.EVAL_TIME
     if not is_metric and column in base.columns:  # a config value, as text
         values = base[column].dropna().unique()
+        if not len(values) and column in names.UNSET_WORDS and len(base):
+            return Cell(None, text=names.UNSET_WORDS[column])
         return Cell(None, text=", ".join(names.show_value(column, v) for v in values))
     if mode == "tuned":
         t = _done(tuned)
