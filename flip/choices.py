@@ -20,3 +20,14 @@ def check_device_name(name: str) -> None:
     """Refuse a device name other than `auto`, `cpu`, `cuda` or `cuda:N` (without looking for the device)."""
     if name not in ("auto", "cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
         raise ConfigError(f"must be auto, cpu, cuda or cuda:N, got {name!r}", key="device")
+
+
+def grid_strides(grid_size: int, mask_ratio: float) -> tuple[int, int]:
+    """The sub-grid strides (sy, sx) that keep 1 of every sy*sx patches, e.g. (2, 2) at 75%."""
+    for sy, sx in ((1, 1), (1, 2), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8)):
+        if abs((1 - mask_ratio) - 1 / (sy * sx)) < 1e-9:
+            if grid_size % sy or grid_size % sx:
+                break
+            return sy, sx
+    raise ConfigError(f"grid masking keeps a regular sub-grid: mask ratio must be 1 - 1/n for n in 1, 2, 4, 8, "
+                     f"16, 32, 64 dividing the {grid_size}x{grid_size} patch grid, got {mask_ratio}")

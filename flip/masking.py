@@ -14,7 +14,7 @@ import random
 
 import torch
 
-from flip.choices import MASK_STRATEGIES, TEXT_MASKS  # noqa: F401  (declared there, importable without torch)
+from flip.choices import MASK_STRATEGIES, TEXT_MASKS, grid_strides  # noqa: F401  (declared there, importable without torch)
 from flip.errors import ConfigError
 
 
@@ -72,17 +72,6 @@ def image_keep_indices(strategy: str, batch: int, grid_size: int, mask_ratio: fl
     if strategy == "block":
         return block_keep_indices(batch, grid_size, length - keep, device)
     raise ConfigError(f"unknown mask strategy {strategy!r}; choose one of {', '.join(MASK_STRATEGIES)}")
-
-
-def grid_strides(grid_size: int, mask_ratio: float) -> tuple[int, int]:
-    """The sub-grid strides (sy, sx) that keep 1 of every sy*sx patches, e.g. (2, 2) at 75%."""
-    for sy, sx in ((1, 1), (1, 2), (2, 2), (2, 4), (4, 4), (4, 8), (8, 8)):
-        if abs((1 - mask_ratio) - 1 / (sy * sx)) < 1e-9:
-            if grid_size % sy or grid_size % sx:
-                break
-            return sy, sx
-    raise ConfigError(f"grid masking keeps a regular sub-grid: mask ratio must be 1 - 1/n for n in 1, 2, 4, 8, "
-                     f"16, 32, 64 dividing the {grid_size}x{grid_size} patch grid, got {mask_ratio}")
 
 
 def grid_keep_indices(batch: int, grid_size: int, mask_ratio: float, device: torch.device | str) -> torch.Tensor:

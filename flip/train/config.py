@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
 # Light imports only: the CLI builds its flags from this module without loading torch.
-from flip.choices import DECODE_MODES, LOSSES, MASK_STRATEGIES, TEXT_MASKS, check_device_name
+from flip.choices import DECODE_MODES, LOSSES, MASK_STRATEGIES, TEXT_MASKS, check_device_name, grid_strides
 from flip.data.synth import SCENE_KINDS
 from flip.models.config import get_preset
 
@@ -244,8 +244,6 @@ class TrainConfig:
             raise ConfigError(f"must be a multiple of {preset.name}'s patch size ({patch}), got {self.image_size}",
                               key="image_size")
         if self.mask_strategy == "grid" and self.mask_ratio > 0:
-            from flip.masking import grid_strides
-
             try:
                 grid_strides(preset.vision.at_image_size(self.image_size).grid_size, self.mask_ratio)
             except ValueError as exc:
