@@ -7,6 +7,22 @@ import torch
 os.environ.setdefault("FLIP_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"flip-test-cache-{os.getpid()}"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# Test tiers (README, "Tests"): a test is quick unless it is marked integration or slow, so every test
+# has a tier and the default run (all but slow) never depends on a quick marker being remembered.
+TIERS = ("quick", "integration", "slow")
+# A quick test that takes longer than this belongs in the integration tier: the limit keeps the tier
+# inside its 3 minutes as tests are added (its longest test takes about 10 s on 2 loaded cores).
+QUICK_TIMEOUT_S = 60
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS[1:]):
+            item.add_marker(pytest.mark.quick)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(QUICK_TIMEOUT_S))
+
 
 @pytest.fixture
 def tiny_cfg():

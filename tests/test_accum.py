@@ -86,6 +86,7 @@ def _worker(rank, world, port, images, tokens, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.integration  # two processes
 def test_chunked_gradient_in_two_processes_equals_the_global_batch_gradient():
     """2 processes (gloo, DDP): K chunks per process give the unchunked distributed gradient, and
     without masking noise both equal one process's gradient over the whole global batch; activation
@@ -123,6 +124,7 @@ def test_accumulation_counts_its_feature_pass_in_the_flops():
     assert chunked["total"] == plain["total"] + chunked["accum_forward"]
 
 
+@pytest.mark.integration  # trains
 def test_a_run_with_accumulation_reports_its_batches(small_dataset, tmp_path):
     from flip.train.trainer import train
 
@@ -168,6 +170,7 @@ def test_activation_checkpointing_keeps_less_for_backward():
     assert saved_bytes(True) < saved_bytes(False) / 3
 
 
+@pytest.mark.integration  # trains
 def test_a_run_with_activation_checkpointing_saves_a_plain_checkpoint(small_dataset, tmp_path):
     from flip.checkpoint import load_model
     from flip.train.trainer import train

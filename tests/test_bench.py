@@ -189,6 +189,7 @@ def test_bench_cuda_without_a_gpu_is_a_one_line_error():
     _assert_one_line_error(runner.invoke(app, ["bench", "--device", "cuda"]), "no CUDA device")
 
 
+@pytest.mark.integration  # trains
 def test_bench_writes_every_figure(tmp_path, small_dataset):
     out = tmp_path / "bench.json"
     result = runner.invoke(app, [

@@ -191,6 +191,7 @@ def test_folder_records_round_trip_exactly(tmp_path):
     assert (tmp_path / "results.csv").read_bytes() == (out / "results.csv").read_bytes()
 
 
+@pytest.mark.integration  # sweeps
 def test_a_sweep_that_would_drop_finished_runs_is_refused_before_it_starts(small_dataset, tmp_path):
     """`--out` of a folder holding finished runs the new plan does not have (fewer seeds, another spec)."""
     spec = tmp_path / "wd.toml"

@@ -127,6 +127,7 @@ def test_a_claim_is_taken_only_when_free_or_stale(record, age_s, free, tmp_path)
         assert not path.exists()
 
 
+@pytest.mark.integration  # processes
 def test_only_one_of_many_claimants_wins(tmp_path):
     """Processes racing for one free run, and for one stale claim: exactly one gets each."""
     code = ("import sys, time; from pathlib import Path; from flip.sweep import claims\n"
@@ -156,6 +157,7 @@ class _Finished:
         return 0
 
 
+@pytest.mark.integration  # processes
 def test_a_run_another_sweep_holds_is_waited_for_and_not_run_again(tmp_path):
     store = RunStore(tmp_path)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -210,6 +212,7 @@ def _two_sweeps_at_once(ds, tmp_path) -> None:
         assert re.search(rf"done  {rid}  \(wd 0(.2)?, seed 0, in 0:00:\d\d\)", output), output
 
 
+@pytest.mark.integration  # sweeps
 def test_two_sweeps_on_one_store_train_each_run_once(small_dataset, tmp_path):
     _two_sweeps_at_once(small_dataset, tmp_path)
 
@@ -221,6 +224,7 @@ def test_two_sweeps_on_one_store_train_each_run_once_five_times(small_dataset, t
         _two_sweeps_at_once(small_dataset, tmp_path / str(i))
 
 
+@pytest.mark.integration  # sweeps
 def test_ctrl_c_stops_runs_at_a_checkpoint_marks_them_and_names_the_command_that_continues(small_dataset, tmp_path):
     spec, store, out = _spec(tmp_path, samples=192, ckpt_every=3), tmp_path / "store", tmp_path / "out"
     args = _sweep_args(spec, small_dataset, store, out)
