@@ -184,6 +184,7 @@ def test_a_run_with_activation_checkpointing_saves_a_plain_checkpoint(small_data
     assert isinstance(model, FLIP) and not model.visual.grad_checkpointing
 
 
+@pytest.mark.integration  # times a step
 def test_bench_reports_its_batches(tmp_path):
     """`flipctl bench` times one process's step without accumulation, and says so as a run's summary does."""
     import json

@@ -43,7 +43,6 @@ samples = 48
 workers = 0
 shuffle_buffer = 50
 periodic_eval = false
-ckpt_every = 1
 {extra_base}
 
 [[rows]]

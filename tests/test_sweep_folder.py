@@ -159,6 +159,7 @@ def test_a_misspelt_name_is_one_line_exit_2_before_anything(typo, key, tmp_path)
     assert not (tmp_path / "store").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration  # probes each row's step
 def test_dry_run_creates_nothing(tmp_path):
     store, out = tmp_path / "store", tmp_path / "out"
     result = CliRunner().invoke(app, ["sweep", "mask-ratio", "--preset", "smoke", "--dry-run", "--store", str(store),

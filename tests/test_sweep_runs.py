@@ -57,7 +57,7 @@ columns = ["weight_decay", "zeroshot"]
 """
 
 
-def _spec(tmp_path, samples=48, ckpt_every=1):
+def _spec(tmp_path, samples=48, ckpt_every=100):  # one checkpoint, at the end, unless a test is about them
     path = tmp_path / "pair.toml"
     path.write_text(SPEC.format(samples=samples, ckpt_every=ckpt_every))
     return path
@@ -339,6 +339,7 @@ def test_estimates_rank_runs_of_one_model_by_their_flops(tmp_path, monkeypatch):
     assert next(timings) == 0.1  # one probe for the model, not one per mask ratio
 
 
+@pytest.mark.integration  # probes each row's step
 def test_dry_run_plan_follows_flops(tmp_path):
     (tmp_path / "masks.toml").write_text(MASKS_SPEC)
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "masks.toml"), "--store", str(tmp_path / "store"),
