@@ -48,6 +48,7 @@ def _assert_same(a, b):
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.integration  # 3 backward passes a case, ~30 s in all
 @pytest.mark.parametrize("knobs", [
     dict(mask_ratio=0.5),
     dict(mask_ratio=0.0),
@@ -136,6 +137,7 @@ def test_a_run_with_accumulation_reports_its_batches(small_dataset, tmp_path):
         == (1, 4, 4, 16)
 
 
+@pytest.mark.integration  # 3 backward passes a case
 @pytest.mark.parametrize("knobs", [dict(mask_ratio=0.5),
                                    dict(mask_ratio=0.75, text_mask="random", text_mask_ratio=0.5, recon_weight=1.0)],
                          ids=["mask0.5", "text-mask+recon"])
