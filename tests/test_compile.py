@@ -156,6 +156,7 @@ def test_eval_compile_gives_the_eager_metrics(small_dataset, tmp_path, no_induct
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on 2 cores, twice that under load
 def test_train_compile_with_inductor(small_dataset, tmp_path):
     """Inductor itself, where it builds kernels here (a few minutes on 2 CPU cores: slow)."""
     if inductor_error("cpu") is not None:

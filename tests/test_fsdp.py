@@ -208,6 +208,7 @@ def _train(dataset, out, *extra):
 
 
 @pytest.mark.slow  # two 2-process launches: about 90 s on 2 loaded cores
+@pytest.mark.timeout(1200)  # minutes on 2 cores, twice that under load
 def test_fsdp_training_checkpoints_whole_and_resumes_exactly(small_dataset, tmp_path):
     """A 4-step `--nproc 2 --fsdp` run (periodic evaluation on the gathered weights), resumed from its
     step-2 checkpoint, ends with the same weights; its checkpoints have an unwrapped model's keys and an

@@ -205,6 +205,7 @@ def test_the_identical_command_survives_kills_anywhere(small_dataset, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on 2 cores, twice that under load
 def test_twenty_one_random_kills_lose_nothing(small_dataset, tmp_path):
     steps, every = 100, 4
     subprocess.run(FLIPCTL + _cli_args(small_dataset, tmp_path / "reference", steps, every), env=ENV, check=True,

@@ -215,6 +215,7 @@ def test_table_layout_from_hand_made_results(tmp_path):
 # -- running -------------------------------------------------------------------------------------------------
 
 @pytest.mark.integration  # sweeps
+@pytest.mark.timeout(600)  # two sweeps of 2 runs each: 2 min under load
 def test_user_spec_runs_skips_when_done_and_reports(small_dataset, tmp_path):
     spec, store, out = _user_spec(tmp_path), tmp_path / "store", tmp_path / "out"
     args = FLIPCTL + ["sweep", str(spec), "--store", str(store), "--out", str(out)] + _data_args(small_dataset)
@@ -243,6 +244,7 @@ def test_user_spec_runs_skips_when_done_and_reports(small_dataset, tmp_path):
 
 
 @pytest.mark.integration  # sweeps
+@pytest.mark.timeout(600)  # two sweeps of 2 runs each: 2 min under load
 def test_failed_run_is_reported_and_retried(small_dataset, tmp_path):
     import tarfile
 
@@ -267,6 +269,7 @@ def test_failed_run_is_reported_and_retried(small_dataset, tmp_path):
 
 
 @pytest.mark.integration  # sweeps
+@pytest.mark.timeout(600)  # two sweeps of 2 runs each: 2 min under load
 def test_killed_sweep_resumes_without_redoing_finished_runs(small_dataset, tmp_path):
     spec = _user_spec(tmp_path, extra_base="log_every = 1", extra_row="samples = 640\nckpt_every = 3")
     store, out = tmp_path / "store", tmp_path / "out"

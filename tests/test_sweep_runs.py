@@ -218,6 +218,7 @@ def test_two_sweeps_on_one_store_train_each_run_once(small_dataset, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on 2 cores, twice that under load
 def test_two_sweeps_on_one_store_train_each_run_once_five_times(small_dataset, tmp_path):
     for i in range(5):
         (tmp_path / str(i)).mkdir()

@@ -85,6 +85,7 @@ def _shipped_files() -> dict[str, str]:
 
 
 @pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_the_wheel_holds_every_module_spec_and_bench_figure(built):
     names = set(zipfile.ZipFile(built["wheel"]).namelist())
     modules = {str(p.relative_to(ROOT)) for top in ("flip", "flipctl") for p in (ROOT / top).rglob("*.py")}
@@ -98,6 +99,7 @@ def test_the_wheel_holds_every_module_spec_and_bench_figure(built):
 
 
 @pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_the_installed_package_is_not_the_checkout(built):
     out = _run([str(built["python"]), "-c", "import flip, flipctl; print(flip.__file__); print(flipctl.__file__)"],
                cwd=built["cwd"], env=built["env"]).stdout.split()
@@ -105,6 +107,7 @@ def test_the_installed_package_is_not_the_checkout(built):
 
 
 @pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_installed_cli_lists_and_plans_every_shipped_sweep(built):
     from flip.sweep.spec import shipped_specs  # the checkout's, to compare with
 
@@ -117,6 +120,7 @@ def test_installed_cli_lists_and_plans_every_shipped_sweep(built):
 
 
 @pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_installed_plan_reads_the_shipped_bench_figure(built):
     out = _flipctl(built, "plan", "--model", "L/16", "--batch-size", "32768", "--gpus", "256")
     assert "fits with" in out
@@ -124,6 +128,7 @@ def test_installed_plan_reads_the_shipped_bench_figure(built):
 
 
 @pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_installed_version_and_short_help(built):
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert _flipctl(built, "--version").strip() == f"flipctl {version}"
