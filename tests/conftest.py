@@ -1,11 +1,37 @@
 import os
+import shutil
 
 import pytest
 import torch
 
 # Tests must never touch a user's cache or each other's: every session gets its own.
+_OWN_CACHE = not os.environ.get("FLIP_CACHE")
 os.environ.setdefault("FLIP_CACHE", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"flip-test-cache-{os.getpid()}"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Test tiers (README, "Tests"): a test is quick unless it is marked integration or slow, so every test
+# has a tier and the default run (all but slow) never depends on a quick marker being remembered.
+TIERS = ("quick", "integration", "slow")
+# A quick test that takes longer than this belongs in the integration tier: the limit keeps the tier
+# inside its 3 minutes as tests are added (its longest test takes about 10 s on 2 loaded cores).
+QUICK_TIMEOUT_S = 60
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS[1:]):
+            item.add_marker(pytest.mark.quick)
+            if item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(QUICK_TIMEOUT_S))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_the_sessions_cache():
+    """The session's own cache (the built-in data, 281 MB) goes with it: no later session can reuse it."""
+    yield
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["FLIP_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture

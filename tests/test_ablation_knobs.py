@@ -224,6 +224,7 @@ def test_grid_keeps_a_regular_subgrid_with_a_random_offset():
         grid_keep_indices(2, 8, 0.6, "cpu")
 
 
+@pytest.mark.integration  # trains
 def test_knobs_work_from_cli_and_config_and_are_recorded(small_dataset, tmp_path):
     from typer.testing import CliRunner
 
@@ -255,6 +256,7 @@ def test_knobs_work_from_cli_and_config_and_are_recorded(small_dataset, tmp_path
     assert isinstance(model, FLIP)
 
 
+@pytest.mark.integration  # trains
 def test_the_cheaper_clip_knobs_train_together_from_the_cli(small_dataset, tmp_path):
     """CLIPA's resizing and syntax text masking with SigLIP's chunked sigmoid loss, one run: the data loader's
     worker (a process of its own) crops to 32 px and tags the captions; the checkpoint is a full-size sigmoid

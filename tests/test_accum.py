@@ -48,6 +48,7 @@ def _assert_same(a, b):
         torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.integration  # 3 backward passes a case, ~30 s in all
 @pytest.mark.parametrize("knobs", [
     dict(mask_ratio=0.5),
     dict(mask_ratio=0.0),
@@ -86,6 +87,7 @@ def _worker(rank, world, port, images, tokens, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.integration  # two processes
 def test_chunked_gradient_in_two_processes_equals_the_global_batch_gradient():
     """2 processes (gloo, DDP): K chunks per process give the unchunked distributed gradient, and
     without masking noise both equal one process's gradient over the whole global batch; activation
@@ -123,6 +125,7 @@ def test_accumulation_counts_its_feature_pass_in_the_flops():
     assert chunked["total"] == plain["total"] + chunked["accum_forward"]
 
 
+@pytest.mark.integration  # trains
 def test_a_run_with_accumulation_reports_its_batches(small_dataset, tmp_path):
     from flip.train.trainer import train
 
@@ -134,6 +137,7 @@ def test_a_run_with_accumulation_reports_its_batches(small_dataset, tmp_path):
         == (1, 4, 4, 16)
 
 
+@pytest.mark.integration  # 3 backward passes a case
 @pytest.mark.parametrize("knobs", [dict(mask_ratio=0.5),
                                    dict(mask_ratio=0.75, text_mask="random", text_mask_ratio=0.5, recon_weight=1.0)],
                          ids=["mask0.5", "text-mask+recon"])
@@ -168,6 +172,7 @@ def test_activation_checkpointing_keeps_less_for_backward():
     assert saved_bytes(True) < saved_bytes(False) / 3
 
 
+@pytest.mark.integration  # trains
 def test_a_run_with_activation_checkpointing_saves_a_plain_checkpoint(small_dataset, tmp_path):
     from flip.checkpoint import load_model
     from flip.train.trainer import train
@@ -181,6 +186,7 @@ def test_a_run_with_activation_checkpointing_saves_a_plain_checkpoint(small_data
     assert isinstance(model, FLIP) and not model.visual.grad_checkpointing
 
 
+@pytest.mark.integration  # times a step
 def test_bench_reports_its_batches(tmp_path):
     """`flipctl bench` times one process's step without accumulation, and says so as a run's summary does."""
     import json

@@ -248,6 +248,7 @@ def test_bad_input_is_refused_before_data_is_generated(line, files, tmp_path, mo
     test_bad_input_is_one_line_and_exit_code_2(line, "", files, tmp_path, monkeypatch)
 
 
+@pytest.mark.integration  # flipctl processes
 @pytest.mark.parametrize("args, needle", [
     (["train", "--batch-size", "1"], "--batch-size"),
     (["eval", "zeroshot", "--ckpt", "{half}"], "model.safetensors missing"),

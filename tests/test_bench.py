@@ -71,6 +71,7 @@ def test_cpu_peak_counts_what_a_window_allocates():
     assert 12_000_000 <= peak < 12_100_000
 
 
+@pytest.mark.integration  # runs steps to measure them
 def test_step_peak_memory_is_affine_in_the_batch_and_smaller_when_masked(tiny_cfg):
     p8, p16, p24 = (step_peak_memory(tiny_cfg, 0.0, b, CPU) for b in (8, 16, 24))
     assert p8 < p16 < p24
@@ -189,6 +190,7 @@ def test_bench_cuda_without_a_gpu_is_a_one_line_error():
     _assert_one_line_error(runner.invoke(app, ["bench", "--device", "cuda"]), "no CUDA device")
 
 
+@pytest.mark.integration  # trains
 def test_bench_writes_every_figure(tmp_path, small_dataset):
     out = tmp_path / "bench.json"
     result = runner.invoke(app, [
@@ -217,6 +219,7 @@ def test_bench_writes_every_figure(tmp_path, small_dataset):
         assert title in result.output
 
 
+@pytest.mark.integration  # compiles and times steps
 def test_bench_compile_option_traces_the_step(tmp_path):
     # aot_eager traces the forward and backward like inductor does, without generating C++ (seconds, not minutes).
     out = tmp_path / "compiled.json"
@@ -229,6 +232,7 @@ def test_bench_compile_option_traces_the_step(tmp_path):
     assert all(row["samples_per_s"] > 0 for row in report["results"])
 
 
+@pytest.mark.integration  # compiles and times steps
 def test_bench_variants_time_bf16_and_compiled_steps_with_mfu_against_the_peak_given(tmp_path):
     # On CUDA the variants are on by default; on a CPU --variants runs the same code path.
     out = tmp_path / "variants.json"
@@ -248,6 +252,7 @@ def test_bench_variants_time_bf16_and_compiled_steps_with_mfu_against_the_peak_g
     assert "MFU against 2 TFLOP/s dense fp32 (--peak-tflops)" in result.output and "speed levers" in result.output
 
 
+@pytest.mark.integration  # times steps
 def test_bench_prints_no_mfu_for_an_unknown_device(tmp_path):
     out = tmp_path / "cpu.json"
     result = runner.invoke(app, ["bench", "--batch-size", "4", "--mask-ratios", "0", "--steps", "1", "--warmup", "0",
@@ -259,6 +264,7 @@ def test_bench_prints_no_mfu_for_an_unknown_device(tmp_path):
     assert f"MFU: n/a: unknown device {report['environment']['device_name']}; pass --peak-tflops" in result.output
 
 
+@pytest.mark.integration  # times steps
 def test_bench_ablations_time_the_papers_knobs_against_the_plain_step(tmp_path):
     out = tmp_path / "ablations.json"
     result = runner.invoke(app, ["bench", "--batch-size", "4", "--mask-ratios", "0.5", "--steps", "1", "--warmup",
@@ -349,6 +355,7 @@ def test_training_step_reads_nothing_back_to_the_host(tiny_cfg, ratio, monkeypat
     assert torch.isfinite(losses["loss"])
 
 
+@pytest.mark.integration  # runs steps to measure them
 def test_the_step_with_a_reconstruction_decoder_is_measured_with_it(tiny_cfg):
     from flip.models.decoder import DecoderConfig
 

@@ -80,6 +80,7 @@ def _cfg(ds, out, **kw):
                                  shuffle_buffer=20, out=str(out)), **kw})
 
 
+@pytest.mark.integration  # trains
 def test_train_small_then_tune_unmasked_at_full_size(small_dataset, tmp_path, tiny_cfg):
     """CLIPA's schedule at toy scale: 32 px and 50% masking (8 patches a sample), then unmasked tuning back at
     64 px from the same checkpoint, which keeps the model's full-size shapes; FLOPs follow each stage's tokens."""
@@ -115,6 +116,7 @@ def test_a_step_refuses_images_of_another_size(tiny_cfg):
         step(torch.randn(2, 3, 64, 64), torch.ones(2, 32, dtype=torch.long), 1e-3)
 
 
+@pytest.mark.integration  # trains
 def test_a_contrastive_checkpoint_does_not_start_a_sigmoid_run(small_dataset, tmp_path):
     no_eval = dict(samples=8, periodic_eval=False, eval_images=1000)  # eval settings would be no-ops here
     train(_cfg(small_dataset, tmp_path / "plain", **no_eval))

@@ -149,6 +149,7 @@ def test_an_internal_value_error_is_a_bug_with_its_traceback(monkeypatch, tmp_pa
     assert "broken" in "".join(traceback.format_exception(result.exception))
 
 
+@pytest.mark.integration  # a flipctl process
 def test_the_flipctl_process_prints_a_bugs_traceback_and_exits_1(tmp_path):
     import subprocess
     import sys

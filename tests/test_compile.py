@@ -86,6 +86,7 @@ def test_train_step_runs_a_compiled_forward_like_the_eager_one(tiny_cfg):
 
 # -- end to end --------------------------------------------------------------------------------------
 
+@pytest.mark.integration  # a flipctl process
 def test_train_compile_without_a_cpp_compiler_falls_back_and_says_why(small_dataset, tmp_path):
     """The real thing: inductor finds no C++ compiler (CXX points nowhere), one line says so, the run trains."""
     env = {**os.environ, "CXX": "/nonexistent/c++", "OMP_NUM_THREADS": "1"}
@@ -99,6 +100,7 @@ def test_train_compile_without_a_cpp_compiler_falls_back_and_says_why(small_data
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 2
 
 
+@pytest.mark.integration  # trains
 def test_resume_with_compile_continues_the_same_run(small_dataset, tmp_path, no_inductor):
     """A run stopped eager and resumed with --compile ends where the uninterrupted eager run ends, and its
     checkpoints keep the plain parameter names (no `_orig_mod.` prefix from the compiled wrapper)."""
@@ -118,6 +120,7 @@ def test_resume_with_compile_continues_the_same_run(small_dataset, tmp_path, no_
         torch.testing.assert_close(resumed[key], full[key], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration  # trains
 def test_tune_unmasked_compile_from_the_cli(small_dataset, tmp_path, no_inductor):
     train(_cfg(small_dataset, tmp_path / "parent"))
     result = runner.invoke(app, ["tune-unmasked", "--ckpt", str(tmp_path / "parent"), "--samples", "16",
@@ -130,6 +133,7 @@ def test_tune_unmasked_compile_from_the_cli(small_dataset, tmp_path, no_inductor
                                                                  / "model.safetensors")))
 
 
+@pytest.mark.integration  # trains
 @pytest.mark.parametrize("task, data", [("zeroshot", "zeroshot"), ("retrieval", "retrieval/captions.csv")])
 def test_eval_compile_gives_the_eager_metrics(small_dataset, tmp_path, no_inductor, task, data):
     from flip.train.checkpoint import save_checkpoint
@@ -152,6 +156,7 @@ def test_eval_compile_gives_the_eager_metrics(small_dataset, tmp_path, no_induct
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on 2 cores, twice that under load
 def test_train_compile_with_inductor(small_dataset, tmp_path):
     """Inductor itself, where it builds kernels here (a few minutes on 2 CPU cores: slow)."""
     if inductor_error("cpu") is not None:
@@ -185,6 +190,7 @@ def test_precision_probe_times_both_precisions_on_one_thread():
     assert torch.get_num_threads() == threads  # restored
 
 
+@pytest.mark.integration  # trains
 def test_trainer_prints_the_precision_warning_once(small_dataset, tmp_path, monkeypatch):
     import flip.train.trainer as trainer_module
     from flip.train.reporting import Reporter

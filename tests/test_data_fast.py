@@ -215,6 +215,7 @@ class _StopAfter:
         return self.calls >= self.steps
 
 
+@pytest.mark.integration  # trains
 @pytest.mark.parametrize("decode", ["worker", "device"])
 def test_training_resumes_bit_identical(jpeg_shards, tmp_path, decode):
     def cfg(out):
@@ -233,6 +234,7 @@ def test_training_resumes_bit_identical(jpeg_shards, tmp_path, decode):
         assert torch.equal(full[key], resumed[key]), key
 
 
+@pytest.mark.integration  # a flipctl process
 def test_bench_data_paths_side_by_side(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(FLIPCTL + ["bench", "--data", "synthetic-jpeg:96", "--model", "tiny", "--batch-size", "16",
@@ -249,6 +251,7 @@ def test_bench_data_paths_side_by_side(tmp_path):
         assert title in result.stdout
 
 
+@pytest.mark.integration  # a flipctl process
 def test_bench_data_bad_spec_is_one_line(tmp_path):
     result = subprocess.run(FLIPCTL + ["bench", "--data", "synthetic-jpeg:huge"], capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr

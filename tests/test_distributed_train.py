@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 
 from flip.checkpoint import resolve_checkpoint
 
+pytestmark = pytest.mark.integration  # torchrun: two training processes
+
 STEPS = 12
 
 

@@ -170,6 +170,7 @@ def test_sets_load_with_the_projects_loaders(packages, tmp_path):
         assert len(data.captions) == 3 * len(data.images) and len(set(data.captions)) == len(data.captions)
 
 
+@pytest.mark.integration  # trains
 def test_flipctl_train_reads_the_shards(packages, tmp_path):
     build_emoji_corpus(tmp_path / "out", packages, CFG)
     out = tmp_path / "out"

@@ -164,6 +164,7 @@ def test_json_record_keys_and_the_library_call_agree(small_dataset, ckpt, tmp_pa
     assert len(lines) == 1 and "".join(lines[0].split()) in "".join(output.split())  # the line the CLI shows
 
 
+@pytest.mark.integration  # a python process
 def test_evaluation_library_stands_below_training_and_the_cli():
     import subprocess
     import sys

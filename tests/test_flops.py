@@ -84,6 +84,7 @@ def test_kept_text_tokens_are_fixed_by_the_ratio(tiny_cfg):
         step_flops(tiny_cfg, 0.5, 2, text_keep=0)
 
 
+@pytest.mark.integration  # trains
 def test_run_summary_counts_the_step_its_knobs_make(small_dataset, tmp_path, tiny_cfg):
     cfg = dataclasses.replace(
         RANDOM_TEXT_AND_DECODER, data=str(small_dataset / "train"), batch_size=8, samples=16, workers=0,

@@ -145,6 +145,7 @@ def results(sharded_ckpt):
     return dict(out)
 
 
+@pytest.mark.integration  # two processes
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_fsdp_gives_ddps_losses_gradients_and_updates(results, variant):
     (ddp_losses, ddp_grads, ddp_weights, ddp_optim), (losses, grads, weights, optim) = (
@@ -159,6 +160,7 @@ def test_fsdp_gives_ddps_losses_gradients_and_updates(results, variant):
     assert _max_state_diff(ddp_optim, optim) <= TOL
 
 
+@pytest.mark.integration  # two processes
 def test_a_sharded_run_resumes_from_whole_weights_and_optimizer_state(results):
     """Weights and optimizer state saved whole (here: the DDP run's) load into a fresh sharded run, whose
     next step equals the step of the run that never stopped."""
@@ -168,6 +170,7 @@ def test_a_sharded_run_resumes_from_whole_weights_and_optimizer_state(results):
         assert _max_diff(continued_weights, resumed_weights) <= TOL
 
 
+@pytest.mark.integration  # two processes
 def test_a_sharded_runs_checkpoint_evaluates_and_exports(results, sharded_ckpt, small_dataset, tmp_path):
     """Written from the gathered state, the checkpoint is an unwrapped model's: `flipctl eval` and
     `flipctl export` load it as any other, and its weights are the DDP run's."""
@@ -205,6 +208,7 @@ def _train(dataset, out, *extra):
 
 
 @pytest.mark.slow  # two 2-process launches: about 90 s on 2 loaded cores
+@pytest.mark.timeout(1200)  # minutes on 2 cores, twice that under load
 def test_fsdp_training_checkpoints_whole_and_resumes_exactly(small_dataset, tmp_path):
     """A 4-step `--nproc 2 --fsdp` run (periodic evaluation on the gathered weights), resumed from its
     step-2 checkpoint, ends with the same weights; its checkpoints have an unwrapped model's keys and an
@@ -237,6 +241,7 @@ def test_fsdp_training_checkpoints_whole_and_resumes_exactly(small_dataset, tmp_
     assert all(torch.equal(weights[k], rerun[k]) for k in weights)
 
 
+@pytest.mark.integration  # trains
 def test_fsdp_with_one_process_trains_unsharded_with_a_note(small_dataset, tmp_path):
     from flip.train.config import TrainConfig
     from flip.train.reporting import Reporter

@@ -241,6 +241,7 @@ def test_class_folders_with_any_names(names, tmp_path_factory):
 
 
 # -- the counts reach the user ----------------------------------------------------------------------------
+@pytest.mark.integration  # trains
 def test_training_counts_cut_captions_across_a_resume(small_dataset, tmp_path):
     """With a context of 3 (one token between SOT and EOT) every built-in caption is cut: the summary
     counts each sample trained on once, over two data workers and a resume."""

@@ -30,6 +30,7 @@ def _ranks_saved(run):
     return len(torch.load(resolve_checkpoint(run) / "state.pt", weights_only=True)["ranks"])
 
 
+@pytest.mark.integration  # launches processes
 def test_a_user_error_in_a_launched_process_is_raised_as_itself(tmp_path):
     cfg = _config(tmp_path, tmp_path / "run")
     cfg["data"] = str(tmp_path / "missing" / "{000..003}.tar")
@@ -37,6 +38,7 @@ def test_a_user_error_in_a_launched_process_is_raised_as_itself(tmp_path):
         launch_local(TrainJob(cfg), LocalLaunch(nproc=2))
 
 
+@pytest.mark.integration  # trains in processes
 def test_submitit_local_executor_trains_as_one_job_of_two_tasks(small_dataset, tmp_path):
     """Two tasks of one submitit job form one process group (ranks from submitit's JobEnvironment),
     not two single-process runs."""
@@ -55,6 +57,7 @@ def _children(pid):
         return [int(x) for x in f.read().split()]
 
 
+@pytest.mark.integration  # trains in processes
 def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes(small_dataset, tmp_path):
     """submitit's preemption / timeout signal (USR2) on a 2-task job: the run finishes its step and
     checkpoints it (no other checkpoint is due), submitit's checkpoint hook requeues the job, and the
@@ -85,6 +88,7 @@ def _latest_step_of(run):
     return int((run / "latest").read_text().strip().split("-")[1])
 
 
+@pytest.mark.integration  # trains in processes
 def test_a_requeued_job_resumes_its_run(small_dataset, tmp_path):
     """submitit's checkpoint hook (called on preemption or timeout) requeues the job as a resume."""
     job = TrainJob(_config(small_dataset, tmp_path / "run"))
@@ -119,6 +123,7 @@ def test_bad_launch_settings_are_config_errors(spec, key):
     assert info.value.key == key
 
 
+@pytest.mark.integration  # launches processes
 def test_the_batch_must_split_over_the_processes(small_dataset, tmp_path):
     with pytest.raises(ConfigError, match="accum_steps"):
         launch_local(TrainJob(_config(small_dataset, tmp_path / "run", accum_steps=16)), LocalLaunch(nproc=2))
@@ -143,6 +148,7 @@ def _latest_step(run):
     return int((run / "latest").read_text().strip().split("-")[1])
 
 
+@pytest.mark.integration  # trains in processes
 def test_train_nproc_2_killed_stopped_and_resumed(small_dataset, tmp_path):
     """`flipctl train --nproc 2` (with 2 accumulation steps), no torchrun line: SIGKILLed mid-way,
     `--nproc 2 --resume` continues it; a SIGTERM to the launcher stops its processes politely (the
@@ -261,6 +267,7 @@ batch_size = 64
 """
 
 
+@pytest.mark.integration  # sweeps
 def test_a_sweeps_runs_go_through_submitit(small_dataset, tmp_path):
     """`run_jobs` with `SlurmSweepRuns` (here submitit's local executor): each run a job running the
     sweep worker, which trains, evaluates and records the run as done."""

@@ -54,6 +54,7 @@ def _worker(rank, world, port, img, txt, scale, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.integration  # two processes
 def test_distributed_local_loss_equals_global_loss():
     world = 2
     img, txt, scale = _features(8, 16, seed=1)
@@ -163,6 +164,7 @@ def _sigmoid_worker(rank, world, port, img, txt, scale, bias, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.integration  # two processes
 def test_sigmoid_loss_in_two_processes_equals_one_process_on_the_gathered_batch():
     """2 processes (gloo): the mean of the local losses is the global loss, and the gradients, once DDP's
     averaging is applied (features: all_gather's backward sums every rank's loss, then / world; scale

@@ -8,6 +8,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from flip.train.reporting import PlainReporter, RichReporter
 
 FLIPCTL = [sys.executable, "-m", "flipctl.main"]
@@ -21,6 +23,7 @@ def _run(args, tmp_path):
     return result
 
 
+@pytest.mark.integration  # a flipctl process
 def test_models_table_prints_every_number_whole(tmp_path):
     result = _run(["models", "--json", str(tmp_path / "models.json")], tmp_path)
     out = result.stdout
@@ -35,6 +38,7 @@ def test_models_table_prints_every_number_whole(tmp_path):
     assert max(len(line) for line in lines) > 80  # wider than rich's 80 columns off a terminal
 
 
+@pytest.mark.integration  # a flipctl process
 def test_bench_tables_print_every_number_whole(tmp_path):
     result = _run(["bench", "--batch-size", "4", "--mask-ratios", "0.5", "--steps", "1", "--warmup", "0",
                    "--threads", "1", "--json", str(tmp_path / "bench.json")], tmp_path)
@@ -46,6 +50,7 @@ def test_bench_tables_print_every_number_whole(tmp_path):
         assert line.count("%)") == 5, line
 
 
+@pytest.mark.integration  # trains
 def test_train_writes_plain_progress_lines_when_captured(small_dataset, tmp_path):
     result = _run(["train", "--data", str(small_dataset / "train"), "--eval-data",
                    str(small_dataset / "retrieval" / "captions.csv"), "--samples", "64", "--batch-size", "8",

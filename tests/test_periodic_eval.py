@@ -24,6 +24,7 @@ def _cfg(ds, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
+@pytest.mark.integration  # trains
 def test_user_data_on_an_empty_cache_trains_to_the_end_without_eval(small_dataset, tmp_path, monkeypatch):
     cache = tmp_path / "empty-cache"
     monkeypatch.setenv("FLIP_CACHE", str(cache))
@@ -59,6 +60,7 @@ def test_unusable_eval_data_stops_the_run_before_it_trains(small_dataset, tmp_pa
     assert not (run / "latest").exists() and not (run / "metrics.jsonl").exists()
 
 
+@pytest.mark.integration  # trains
 def test_retrieval_and_zeroshot_run_periodically_and_reach_the_summary(small_dataset, tmp_path):
     run = tmp_path / "run"
     summary = train(_cfg(small_dataset, run, eval_data=str(small_dataset / "retrieval" / "captions.csv"),
@@ -73,6 +75,7 @@ def test_retrieval_and_zeroshot_run_periodically_and_reach_the_summary(small_dat
     assert "eval_note" not in summary and "eval_errors" not in summary
 
 
+@pytest.mark.integration  # trains
 def test_an_evaluation_error_never_costs_the_run(small_dataset, tmp_path, monkeypatch):
     run = tmp_path / "run"
     latest_at_call = []

@@ -31,6 +31,7 @@ def _measured_peak(cfg, batch, mask_ratio, checkpointing, accum_steps):
     return measure_peak(run, torch.device("cpu"))
 
 
+@pytest.mark.integration  # runs steps to measure them
 @pytest.mark.parametrize("preset, batch, checkpointing, accum_steps", [
     ("tiny", 64, False, 1), ("tiny", 64, True, 1), ("tiny", 64, False, 4), ("small", 32, False, 1)])
 def test_estimate_is_within_25_percent_of_the_measured_peak(preset, batch, checkpointing, accum_steps):
@@ -49,6 +50,7 @@ def _plan(tmp_path, *args):
     return result.output, json.loads(out.read_text())
 
 
+@pytest.mark.integration  # traces L/16 steps on the meta device
 def test_plan_prints_the_per_gpu_batch_and_the_flags(tmp_path):
     text, plan = _plan(tmp_path, "--model", "L/16", "--batch-size", "32768", "--gpus", "256", "--gpu-memory", "80GiB")
     assert plan["per_device_batch"] == 128 and plan["choice"]["accum_steps"] == 1
@@ -66,6 +68,7 @@ def test_plan_prints_the_per_gpu_batch_and_the_flags(tmp_path):
                                             "--mask-ratio", "0")[1]["activation_bytes"] * 0.6
 
 
+@pytest.mark.integration  # traces L/16 and H/14 steps on the meta device
 def test_plan_says_when_fsdp_is_needed(tmp_path):
     text, plan = _plan(tmp_path, "--model", "L/16", "--batch-size", "32768", "--gpus", "256")
     assert not plan["choice"]["fsdp"] and "--fsdp needed: no" in text and "--fsdp" not in text.split("use:")[1]
@@ -77,6 +80,7 @@ def test_plan_says_when_fsdp_is_needed(tmp_path):
     assert plan["choice"] is None and "does not fit" in text and "use more GPUs" in text
 
 
+@pytest.mark.integration  # traces full-size steps on the meta device
 def test_plan_prints_the_loader_cores_each_gpu_needs(tmp_path):
     """Samples/s a GPU's step consumes = peak x MFU / counted FLOPs per sample; cores = that / per-core rate."""
     from flip.bench.data import step_needs

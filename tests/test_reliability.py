@@ -141,6 +141,7 @@ def reference(small_dataset, tmp_path_factory):
 
 
 # -- polite stops and requeues -------------------------------------------------------------------------
+@pytest.mark.integration  # trains in processes
 def test_sigterm_sigint_sigusr1_checkpoint_first_and_resume_to_the_same_weights(small_dataset, tmp_path,
                                                                                 reference):
     run = tmp_path / "run"
@@ -169,6 +170,7 @@ def test_sigterm_sigint_sigusr1_checkpoint_first_and_resume_to_the_same_weights(
     assert _logged_steps(run) == list(range(1, STEPS + 1))  # nothing logged twice, nothing lost
 
 
+@pytest.mark.integration  # trains in processes
 def test_the_identical_command_survives_kills_anywhere(small_dataset, tmp_path, reference):
     """One command line with `--resume auto`, rerun after each SIGKILL as a requeue would: before the
     first checkpoint (so it starts afresh), inside a checkpoint write (between writing the temporary
@@ -203,6 +205,7 @@ def test_the_identical_command_survives_kills_anywhere(small_dataset, tmp_path, 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on 2 cores, twice that under load
 def test_twenty_one_random_kills_lose_nothing(small_dataset, tmp_path):
     steps, every = 100, 4
     subprocess.run(FLIPCTL + _cli_args(small_dataset, tmp_path / "reference", steps, every), env=ENV, check=True,
@@ -242,6 +245,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.integration  # trains
 def test_a_stop_event_checkpoints_and_a_planted_pickle_is_refused_not_run(small_dataset, tmp_path):
     run = tmp_path / "run"
     stop = threading.Event()
@@ -293,6 +297,7 @@ def _small_args(ds: Path, out: Path, samples: int, *extra: str) -> list[str]:
             "--seed", "1", "--shuffle-buffer", "10", "--out", str(out), *extra]
 
 
+@pytest.mark.integration  # trains
 def test_a_nan_loss_stops_and_names_the_step_and_the_last_good_checkpoint(small_dataset, tmp_path, monkeypatch):
     _inject_nonfinite(monkeypatch, {5}, into="loss")
     run = tmp_path / "run"
@@ -305,6 +310,7 @@ def test_a_nan_loss_stops_and_names_the_step_and_the_last_good_checkpoint(small_
     assert load_state(run / "ckpt-00000003")["ranks"][0]["progress"]["step"] == 3
 
 
+@pytest.mark.integration  # trains
 def test_skip_drops_non_finite_updates_and_counts_them(small_dataset, tmp_path, monkeypatch):
     _inject_nonfinite(monkeypatch, {2, 5}, into="gradient")
     run = tmp_path / "run"
@@ -335,6 +341,7 @@ def _fail_second_call(monkeypatch, target: str, error: Exception) -> None:
     monkeypatch.setattr(target, write)
 
 
+@pytest.mark.integration  # trains
 @pytest.mark.parametrize("target, error", [
     ("flip.checkpoint.save_file", OSError(errno.ENOSPC, "No space left on device", "model.safetensors")),
     ("torch.save", RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 6784 vs 6672: "
@@ -352,6 +359,7 @@ def test_a_failing_checkpoint_write_stops_and_keeps_the_last_checkpoint(small_da
     load_state(run / "ckpt-00000002")
 
 
+@pytest.mark.integration  # trains
 def test_a_failing_metrics_write_stops_with_one_line(small_dataset, tmp_path, monkeypatch):
     class FullDisk(io.StringIO):
         def write(self, text):
@@ -367,6 +375,7 @@ def test_a_failing_metrics_write_stops_with_one_line(small_dataset, tmp_path, mo
                     f"{run}/ckpt-00000001, is intact")
 
 
+@pytest.mark.integration  # trains
 def test_keep_checkpoints_bounds_the_checkpoints_on_disk(small_dataset, tmp_path):
     run = tmp_path / "run"
     train(TrainConfig(data=str(small_dataset / "train"), batch_size=8, samples=8 * 4, workers=0, seed=1,
@@ -412,6 +421,7 @@ def test_each_kind_of_bad_sample_is_recognised():
     assert pixels.shape == (3, 64, 64) and caption == "a caption"
 
 
+@pytest.mark.integration  # trains
 def test_corrupt_data_is_skipped_and_counted_by_kind(tmp_path):
     png = _png()
     data = tmp_path / "data"
@@ -441,6 +451,7 @@ def test_corrupt_data_is_skipped_and_counted_by_kind(tmp_path):
     _one_line_error(result, 2, "no .tar shards match")
 
 
+@pytest.mark.integration  # trains
 def test_too_much_bad_data_stops_with_a_clear_message(tmp_path):
     png = _png(32)
     samples = [{"png": png, "txt": b"a caption"} if i % 10 == 0 else {"png": b"not a png", "txt": b"a caption"}
@@ -457,6 +468,7 @@ def test_too_much_bad_data_stops_with_a_clear_message(tmp_path):
 
 
 # -- evaluation on partial checkpoints --------------------------------------------------------------------
+@pytest.mark.integration  # trains
 def test_evaluation_and_export_refuse_partial_checkpoints(small_dataset, tmp_path):
     model = FLIP(get_preset("tiny"))
     run = tmp_path / "run"

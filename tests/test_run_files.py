@@ -51,6 +51,7 @@ def _train(small_dataset, run, **kw):
                              shuffle_buffer=10, ckpt_every=2, periodic_eval=False, out=str(run), **kw))
 
 
+@pytest.mark.integration  # trains
 def test_a_finished_run_keeps_only_what_evaluation_tuning_and_reports_need(small_dataset, tmp_path):
     run = tmp_path / "run"
     summary = _train(small_dataset, run)
@@ -75,6 +76,7 @@ def test_a_finished_run_keeps_only_what_evaluation_tuning_and_reports_need(small
     assert train(TrainConfig(out=str(run)), resume=True)["steps"] == 4
 
 
+@pytest.mark.integration  # trains
 def test_keep_resume_state_keeps_it_and_is_not_part_of_the_run_identity(small_dataset, tmp_path):
     from flip.sweep.store import run_id
 

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("torch", "torchvision", "timm", "open_clip", "pandas", "matplotlib", "scipy", "submitit", "webdataset")
 
 
@@ -17,10 +19,12 @@ def _loaded_after(code: str) -> list[str]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration  # a python process
 def test_importing_the_cli_loads_no_heavy_library():
     assert _loaded_after("import flipctl.main") == []
 
 
+@pytest.mark.integration  # python processes
 def test_every_help_and_the_sweep_list_load_no_heavy_library():
     code = """
 import typer.main

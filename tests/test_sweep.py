@@ -43,7 +43,6 @@ samples = 48
 workers = 0
 shuffle_buffer = 50
 periodic_eval = false
-ckpt_every = 1
 {extra_base}
 
 [[rows]]
@@ -306,6 +305,8 @@ def test_table_layout_from_hand_made_results(tmp_path):
 
 # -- running -------------------------------------------------------------------------------------------------
 
+@pytest.mark.integration  # sweeps
+@pytest.mark.timeout(600)  # two sweeps of 2 runs each: 2 min under load
 def test_user_spec_runs_skips_when_done_and_reports(small_dataset, tmp_path):
     spec, store, out = _user_spec(tmp_path), tmp_path / "store", tmp_path / "out"
     args = FLIPCTL + ["sweep", str(spec), "--store", str(store), "--out", str(out)] + _data_args(small_dataset)
@@ -333,6 +334,8 @@ def test_user_spec_runs_skips_when_done_and_reports(small_dataset, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix not in (".png", ".pdf")} == before
 
 
+@pytest.mark.integration  # sweeps
+@pytest.mark.timeout(600)  # two sweeps of 2 runs each: 2 min under load
 def test_failed_run_is_reported_and_retried(small_dataset, tmp_path):
     import tarfile
 
@@ -356,6 +359,8 @@ def test_failed_run_is_reported_and_retried(small_dataset, tmp_path):
     assert status["state"] == "failed" and status["attempts"] == 2
 
 
+@pytest.mark.integration  # sweeps
+@pytest.mark.timeout(600)  # two sweeps of 2 runs each: 2 min under load
 def test_killed_sweep_resumes_without_redoing_finished_runs(small_dataset, tmp_path):
     spec = _user_spec(tmp_path, extra_base="log_every = 1", extra_row="samples = 640\nckpt_every = 3")
     store, out = tmp_path / "store", tmp_path / "out"
@@ -395,6 +400,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(small_dataset, tmp_p
     assert logged.count(1) == 1 and logged[-1] == 40  # resumed from its checkpoint, never restarted from 0
 
 
+@pytest.mark.integration  # trains
 def test_data_fraction_trains_on_the_leading_shards(small_dataset, tmp_path):
     from flip.train.trainer import Trainer, resolve
 

@@ -159,6 +159,7 @@ def test_a_misspelt_name_is_one_line_exit_2_before_anything(typo, key, tmp_path)
     assert not (tmp_path / "store").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration  # probes each row's step
 def test_dry_run_creates_nothing(tmp_path):
     store, out = tmp_path / "store", tmp_path / "out"
     result = CliRunner().invoke(app, ["sweep", "mask-ratio", "--preset", "smoke", "--dry-run", "--store", str(store),
@@ -191,6 +192,7 @@ def test_folder_records_round_trip_exactly(tmp_path):
     assert (tmp_path / "results.csv").read_bytes() == (out / "results.csv").read_bytes()
 
 
+@pytest.mark.integration  # sweeps
 def test_a_sweep_that_would_drop_finished_runs_is_refused_before_it_starts(small_dataset, tmp_path):
     """`--out` of a folder holding finished runs the new plan does not have (fewer seeds, another spec)."""
     spec = tmp_path / "wd.toml"

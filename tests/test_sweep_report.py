@@ -126,6 +126,7 @@ def test_curve_plots_with_frontier_and_fit(results, tmp_path):
     assert_plot_files(plot_curves(results, "train_time_s", "retrieval_i2t", stem, series="mask_ratio"), stem)
 
 
+@pytest.mark.integration  # a python process
 def test_only_plots_module_imports_matplotlib():
     pattern = re.compile(r"^\s*(import|from)\s+matplotlib\b", re.M)
     importers = sorted(str(p.relative_to(ROOT)) for d in ("flip", "flipctl") for p in (ROOT / d).rglob("*.py")
@@ -186,6 +187,7 @@ def _browser_paths():
     return chromium, driver
 
 
+@pytest.mark.integration  # a browser process
 def test_report_in_headless_chromium(results, tmp_path, monkeypatch):
     try:
         from selenium import webdriver

@@ -57,7 +57,7 @@ columns = ["weight_decay", "zeroshot"]
 """
 
 
-def _spec(tmp_path, samples=48, ckpt_every=1):
+def _spec(tmp_path, samples=48, ckpt_every=100):  # one checkpoint, at the end, unless a test is about them
     path = tmp_path / "pair.toml"
     path.write_text(SPEC.format(samples=samples, ckpt_every=ckpt_every))
     return path
@@ -127,6 +127,7 @@ def test_a_claim_is_taken_only_when_free_or_stale(record, age_s, free, tmp_path)
         assert not path.exists()
 
 
+@pytest.mark.integration  # processes
 def test_only_one_of_many_claimants_wins(tmp_path):
     """Processes racing for one free run, and for one stale claim: exactly one gets each."""
     code = ("import sys, time; from pathlib import Path; from flip.sweep import claims\n"
@@ -156,6 +157,7 @@ class _Finished:
         return 0
 
 
+@pytest.mark.integration  # processes
 def test_a_run_another_sweep_holds_is_waited_for_and_not_run_again(tmp_path):
     store = RunStore(tmp_path)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -210,17 +212,20 @@ def _two_sweeps_at_once(ds, tmp_path) -> None:
         assert re.search(rf"done  {rid}  \(wd 0(.2)?, seed 0, in 0:00:\d\d\)", output), output
 
 
+@pytest.mark.integration  # sweeps
 def test_two_sweeps_on_one_store_train_each_run_once(small_dataset, tmp_path):
     _two_sweeps_at_once(small_dataset, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # minutes on 2 cores, twice that under load
 def test_two_sweeps_on_one_store_train_each_run_once_five_times(small_dataset, tmp_path):
     for i in range(5):
         (tmp_path / str(i)).mkdir()
         _two_sweeps_at_once(small_dataset, tmp_path / str(i))
 
 
+@pytest.mark.integration  # sweeps
 def test_ctrl_c_stops_runs_at_a_checkpoint_marks_them_and_names_the_command_that_continues(small_dataset, tmp_path):
     spec, store, out = _spec(tmp_path, samples=192, ckpt_every=3), tmp_path / "store", tmp_path / "out"
     args = _sweep_args(spec, small_dataset, store, out)
@@ -335,6 +340,7 @@ def test_estimates_rank_runs_of_one_model_by_their_flops(tmp_path, monkeypatch):
     assert next(timings) == 0.1  # one probe for the model, not one per mask ratio
 
 
+@pytest.mark.integration  # probes each row's step
 def test_dry_run_plan_follows_flops(tmp_path):
     (tmp_path / "masks.toml").write_text(MASKS_SPEC)
     result = CliRunner().invoke(app, ["sweep", str(tmp_path / "masks.toml"), "--store", str(tmp_path / "store"),

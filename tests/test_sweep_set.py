@@ -73,6 +73,7 @@ def test_bad_set_is_one_line_exit_2_before_anything_runs(setting, needle, tmp_pa
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.integration  # sweeps
 def test_set_is_recorded_and_report_sets_it_again(small_dataset, tmp_path, monkeypatch):
     spec, store, out = tmp_path / "set.toml", tmp_path / "store", tmp_path / "out"
     spec.write_text(SPEC)

@@ -18,6 +18,7 @@ def _scalars(log_dir):
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.integration  # trains
 def test_train_writes_tensorboard_scalars_by_step_and_by_samples(small_dataset, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(app, [
@@ -49,6 +50,7 @@ def test_report_to_in_toml(tmp_path):
     assert cfg.report_to == ["tensorboard"]
 
 
+@pytest.mark.integration  # trains
 def test_resumed_run_logs_every_step_once(small_dataset, tmp_path):
     """A process killed after a checkpoint logged steps past it; the resumed run logs them again. The
     curves hold each step once, with the resumed run's values, and keep the checkpoint's own step.

@@ -24,6 +24,7 @@ def _cfg(ds, out, **kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.integration  # trains twice
 def test_train_writes_run_directory_and_is_repeatable(small_dataset, tmp_path):
     a = train(_cfg(small_dataset, tmp_path / "a"))
     b = train(_cfg(small_dataset, tmp_path / "b"))
@@ -41,6 +42,7 @@ def test_train_writes_run_directory_and_is_repeatable(small_dataset, tmp_path):
     assert a["final_loss"] == b["final_loss"]
 
 
+@pytest.mark.integration  # trains in processes
 def test_sigkill_then_resume_matches_uninterrupted_run(small_dataset, tmp_path):
     args = ["train", "--data", str(small_dataset / "train"), "--eval-data",
             str(small_dataset / "retrieval" / "captions.csv"), "--batch-size", "16", "--samples", str(16 * 60),
@@ -74,6 +76,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(small_dataset, tmp_path):
     assert json.loads((killed / "summary.json").read_text())["samples_seen"] == 16 * 60
 
 
+@pytest.mark.integration  # trains
 def test_tune_unmasked_records_parent_and_uses_mask_zero(small_dataset, tmp_path):
     train(_cfg(small_dataset, tmp_path / "parent", samples=16 * 4, text_mask="padding", text_mask_ratio=0.5))
     summary = tune_unmasked(str(tmp_path / "parent"), samples=16 * 3, out=str(tmp_path / "tuned"))

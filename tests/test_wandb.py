@@ -46,6 +46,7 @@ def _scalars(log_dir):
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.integration  # trains
 @needs_wandb
 def test_wandb_run_is_offline_and_holds_the_tensorboard_scalars(small_dataset, tmp_path, monkeypatch):
     for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_NAME", "WANDB_PROJECT", "WANDB_BASE_URL"):

@@ -84,6 +84,8 @@ def _shipped_files() -> dict[str, str]:
     return files
 
 
+@pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_the_wheel_holds_every_module_spec_and_bench_figure(built):
     names = set(zipfile.ZipFile(built["wheel"]).namelist())
     modules = {str(p.relative_to(ROOT)) for top in ("flip", "flipctl") for p in (ROOT / top).rglob("*.py")}
@@ -96,12 +98,16 @@ def test_the_wheel_holds_every_module_spec_and_bench_figure(built):
     assert not sorted(set(shipped) - sdist_names), "the sdist must carry the top-level sweeps/ and results/bench/"
 
 
+@pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_the_installed_package_is_not_the_checkout(built):
     out = _run([str(built["python"]), "-c", "import flip, flipctl; print(flip.__file__); print(flipctl.__file__)"],
                cwd=built["cwd"], env=built["env"]).stdout.split()
     assert all(Path(p).is_relative_to(built["venv"]) for p in out), out
 
 
+@pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_installed_cli_lists_and_plans_every_shipped_sweep(built):
     from flip.sweep.spec import shipped_specs  # the checkout's, to compare with
 
@@ -113,12 +119,16 @@ def test_installed_cli_lists_and_plans_every_shipped_sweep(built):
     assert "plan: 3 runs" in dry and "estimated training time left" in dry, dry
 
 
+@pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_installed_plan_reads_the_shipped_bench_figure(built):
     out = _flipctl(built, "plan", "--model", "L/16", "--batch-size", "32768", "--gpus", "256")
     assert "fits with" in out
     assert "measured: data-paths-" in out, out  # not the fallback figure: the committed bench result was found
 
 
+@pytest.mark.integration  # builds the wheel
+@pytest.mark.timeout(900)  # the first to run builds the sdist, the wheel and a venv
 def test_installed_version_and_short_help(built):
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert _flipctl(built, "--version").strip() == f"flipctl {version}"
