@@ -120,6 +120,7 @@ def test_templates_and_class_names_become_prompts(lines, names):
 @FUZZ
 @given(names=st.lists(st.text(file_char, max_size=40).filter(lambda s: "\n" not in s and "\r" not in s),
                       min_size=1, max_size=6))
+@example(names=["{}"])  # a class name that looks like a placeholder is not substituted again
 def test_class_names_and_templates_files(names, tmp_path_factory):
     path = tmp_path_factory.mktemp("names") / "classnames.txt"
     path.write_text("\n".join(names), encoding="utf-8")

@@ -25,7 +25,9 @@ def from_strings(lines: Sequence[str], source: str = "templates") -> list[Templa
     for n, line in enumerate(lines, start=1):
         if "{c}" not in line and "{}" not in line:
             raise DataError(f"{source} line {n} has no {{c}} or {{}} placeholder: {line!r}")
-        templates.append(lambda c, t=line: t.replace("{c}", c).replace("{}", c))
+        # One placeholder per line, replaced in one pass: a class name holding "{}" stays as it is.
+        mark = "{c}" if "{c}" in line else "{}"
+        templates.append(lambda c, t=line, mark=mark: t.replace(mark, c))
     return templates
 
 
