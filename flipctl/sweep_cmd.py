@@ -191,17 +191,9 @@ def _check_eval_sets_used(spec, eval_data: str | None, eval_zeroshot: str | None
 
 
 def _check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
-    """Read the evaluation sets given as flags as the runs' evaluations will (their lists of images and
-    captions, no image decoded): a wrong path or format fails now, also in a dry run, not after training."""
-    from flip.eval.datasets import load_classification, load_retrieval
+    from flip.eval.datasets import check_eval_sets  # torch & co.: only once a sweep runs
 
-    for key, path, load in (("eval_data", eval_data, load_retrieval), ("eval_zeroshot", eval_zeroshot,
-                                                                        load_classification)):
-        if path is not None:
-            try:
-                load(path)
-            except DataError as exc:
-                raise ConfigError(f"cannot be used: {exc}", key=key) from None
+    check_eval_sets(eval_data, eval_zeroshot)
 
 
 FIT_HELP = ("the scaling fits' form: saturating (error = a·C^-b + c), power (Cherti et al.'s error = a·C^b) or "

@@ -164,6 +164,10 @@ def train_command(
             from flip.train.wandb_log import check_installed
 
             check_installed()
+        from flip.eval.datasets import check_eval_sets
+
+        # The sets the user named (not the built-in ones resolve() fills in), before the built-in data is made.
+        check_eval_sets(values.get("eval_data"), values.get("eval_zeroshot"))
         if values.get("data") is None:
             ensure_builtin_with_progress(SynthConfig(scenes=cfg.builtin_scenes))
         console.print(f"run directory: [bold]{cfg.out}[/bold]")

@@ -426,3 +426,17 @@ def load_probe_splits(path: str | Path, val_fraction: float = 0.2, test_fraction
         if split.classnames != train.classnames:
             raise DataError(f"{split.source} has other classes than {train.source}")
     return train, val, test
+
+
+def check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
+    """Read the evaluation sets a run or sweep names as its evaluations will (their lists of images and
+    captions, no image decoded): a wrong path or format fails before any training or data generation."""
+    from flip.errors import ConfigError
+
+    for key, path, load in (("eval_data", eval_data, load_retrieval),
+                            ("eval_zeroshot", eval_zeroshot, load_classification)):
+        if path is not None:
+            try:
+                load(path)
+            except DataError as exc:
+                raise ConfigError(f"cannot be used: {exc}", key=key) from None
