@@ -28,7 +28,7 @@ from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.sweep.plan import Job
 from flip.sweep.store import RunStore, read_json
-from flip.train.config import TrainConfig
+from flip.train.config import StepConfig, TrainConfig
 from flip.train.optim import make_optimizer
 from flip.train.step import TrainStep
 
@@ -135,6 +135,10 @@ def _flops_per_sample(model: str, context_length: int, knobs: tuple) -> float:
 
 def flops_per_sample(cfg: TrainConfig) -> float:
     """Training FLOPs per sample (forward + backward) of the run's step, counted at a small batch."""
-    knobs = ("mask_ratio", "text_mask", "text_mask_ratio", "recon_weight", "decoder_depth", "decoder_width",
-             "decoder_heads", "accum_steps", "activation_checkpointing", "image_size", "loss", "loss_chunk")
-    return _flops_per_sample(cfg.model, cfg.context_length, tuple((k, getattr(cfg, k)) for k in knobs))
+    return _flops_per_sample(cfg.model, cfg.context_length, tuple((k, getattr(cfg, k)) for k in _FLOP_KNOBS))
+
+
+# What a step's FLOPs can depend on: every setting of the training step (declared once, `step=True`), the
+# decoder's shape and activation checkpointing; not a hand-kept list that a new step knob could miss.
+_FLOP_KNOBS = tuple(f.name for f in dataclasses.fields(StepConfig)) + (
+    "decoder_depth", "decoder_width", "decoder_heads", "activation_checkpointing")
