@@ -18,14 +18,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from flip.errors import CheckpointError
+from flip.errors import CheckpointError, WriteError
 from flip.files import chmod_as_umask
 from flip.models import FLIP, ModelConfig
+from flip.run_dir import CONFIG, WEIGHTS, RunDir, module_weights
 
-__all__ = ["WEIGHTS", "CONFIG", "LATEST", "CheckpointError", "write_model", "write_atomic",
+__all__ = ["WEIGHTS", "CONFIG", "CheckpointError", "write_model", "write_atomic",
            "resolve_checkpoint", "read_config", "load_weights", "load_model"]
-
-WEIGHTS, CONFIG, LATEST = "model.safetensors", "config.json", "latest"
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -46,10 +45,14 @@ def write_model(ckpt_dir: Path, model: FLIP, config: dict[str, Any],
         state = states[name] if name in states else module.state_dict()
         return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 
-    save_file(tensors("model", model), str(ckpt_dir / WEIGHTS), metadata={"format": "flip", "model": model.cfg.name})
-    for name, module in (extra_modules or {}).items():
-        save_file(tensors(name, module), str(ckpt_dir / f"{name}.safetensors"))
-    for weights in ckpt_dir.glob("*.safetensors"):
+    try:
+        save_file(tensors("model", model), str(ckpt_dir / WEIGHTS),
+                  metadata={"format": "flip", "model": model.cfg.name})
+        for name, module in (extra_modules or {}).items():
+            save_file(tensors(name, module), str(ckpt_dir / module_weights(name)))
+    except SafetensorError as exc:  # how safetensors reports a failed write (its message names the OS's error)
+        raise WriteError.from_error(exc) from exc
+    for weights in ckpt_dir.glob(module_weights("*")):
         chmod_as_umask(weights)  # safetensors writes 0600 through its temporary file; others read weights too
     (ckpt_dir / CONFIG).write_text(json.dumps(config, indent=2))
 
@@ -59,8 +62,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file() and path.name == WEIGHTS:
         path = path.parent
-    if (path / LATEST).is_file():
-        path = path / (path / LATEST).read_text().strip()
+    path = RunDir(path).latest_checkpoint() or path
     missing = [name for name in (WEIGHTS, CONFIG) if not (path / name).is_file()]
     if missing:
         found = f" ({' and '.join(missing)} missing)" if path.is_dir() else ""

@@ -4,6 +4,10 @@ Each is a `FlipError`, whose message is written for the user; the command line p
 it as one line and exits with code 2. Anything else that escapes is a bug and keeps its
 traceback. Each also subclasses `ValueError`, so code written as `except ValueError`
 keeps working.
+
+`WriteError` is not the user's input but the machine's: a write that failed. It is an `OSError`, as
+a failed write is wherever the writer lets one through, so one `except OSError` catches every
+failed write.
 """
 
 from __future__ import annotations
@@ -47,3 +51,20 @@ class DataError(FlipError, ValueError):
 
 class CheckpointError(FlipError, ValueError):
     """A checkpoint cannot be read or does not fit the model asked for."""
+
+
+class WriteError(OSError):
+    """A file could not be written (a full disk, a quota, a vanished mount), reported by a writer that
+    says so in an exception of its own (safetensors' `SafetensorError`): raised where the write fails,
+    from that exception, so callers recognise a failed write by its type. The reason is its `strerror`.
+
+    Writers that report a failed write as an `OSError` raise that; catch `OSError` to catch both.
+    """
+
+    @classmethod
+    def from_error(cls, exc: BaseException) -> "WriteError":
+        lines = str(exc).strip().splitlines()
+        return cls(None, lines[-1] if lines else type(exc).__name__)
+
+    def __str__(self) -> str:
+        return self.strerror

@@ -31,10 +31,10 @@ from typing import Any
 
 import submitit
 
-from flip import checkpoint as ckpt
 from flip.choices import LAUNCHERS  # noqa: F401  (declared there, importable without submitit)
 from flip.distributed import process_rank
 from flip.errors import CheckpointError, ConfigError, DataError, FlipError
+from flip.run_dir import RunDir, SweepFiles
 from flip.train.config import TrainConfig
 from flip.train.reporting import Reporter
 
@@ -80,7 +80,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Preempted or out of time (submitit calls this on rank 0): requeue, resuming the run from its
         last checkpoint (or starting it again if it had written none yet)."""
-        has_checkpoint = (Path(self.out) / ckpt.LATEST).exists()
+        has_checkpoint = RunDir(self.out).has_checkpoint()
         return submitit.helpers.DelayedSubmission(dataclasses.replace(self, resume=self.resume or has_checkpoint))
 
 
@@ -96,9 +96,7 @@ def _stop_then_requeue():
 
 def check_fresh(out: str | Path) -> None:
     """A new run's directory must not hold a run already (the jobs resume whatever they find there)."""
-    from flip.train.trainer import SUMMARY_FILE, has_checkpoint
-
-    if has_checkpoint(out) or (Path(out) / SUMMARY_FILE).exists():
+    if RunDir(out).holds_run():
         raise ConfigError(f"run directory {out} already holds a run; pass --resume to continue it or choose "
                           f"another --out")
 
@@ -229,9 +227,7 @@ def launch_local(job: TrainJob, spec: LocalLaunch) -> dict[str, Any]:
     try:
         results = elastic_launch(config, _run_in_process)(job)
     except SignalException as exc:  # the launcher's agent passed the signal on and waited for the processes
-        latest = Path(job.out) / ckpt.LATEST
-        checkpoint = Path(job.out) / latest.read_text().strip() if latest.exists() else None
-        raise LaunchStopped(exc.sigval, Path(job.out), checkpoint) from None
+        raise LaunchStopped(exc.sigval, Path(job.out), RunDir(job.out).latest_checkpoint()) from None
     except ChildFailedError as exc:
         for failure in sorted(exc.failures.values(), key=lambda f: f.timestamp):
             message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
@@ -333,7 +329,7 @@ def submit(job: TrainJob, spec: SlurmLaunch, name: str = "flipctl-train") -> sub
     if not job.resume:
         check_world(TrainConfig.from_dict(job.config), spec.world_size)
         check_fresh(job.out)
-    folder = spec.folder or Path(job.out) / "slurm"
+    folder = spec.folder or RunDir(job.out).slurm
     executor = spec.executor(folder, name)
     with submitit.helpers.clean_env():  # submitted from inside a job: none of its variables leak in
         return executor.submit(job)
@@ -395,6 +391,6 @@ class SlurmSweepRuns:
 
         self.spec.validate()
         job_path = write_job(job, store)
-        executor = self.spec.executor(job_path.parent / "slurm", name=f"flip-{job.run_id}")
+        executor = self.spec.executor(SweepFiles(job_path.parent).slurm, name=f"flip-{job.run_id}")
         with submitit.helpers.clean_env():
             return SubmittedRun(executor.submit(SweepRunJob(str(job_path))))

@@ -311,7 +311,7 @@ def sweep_command(
     if outcome.failed:
         for rid in outcome.failed:
             console.print(f"[red]{outcome.states[rid]}[/red] {rid}: {(run_store.status(rid) or {}).get('error', '')} "
-                          f"(log: {run_store.sweep_dir(rid) / 'worker.log'})")
+                          f"(log: {run_store.sweep_files(rid).worker_log})")
         raise typer.Exit(1)
 
 
@@ -340,6 +340,8 @@ class _Terminated(Exception):
 
 
 def _print_report(result: dict, out: Path) -> None:
+    from flip.sweep.folder import SweepFolder
+
     display = result["table"].display
     table = Table(title=f"{out}")
     for col in display.columns:
@@ -349,7 +351,7 @@ def _print_report(result: dict, out: Path) -> None:
     console.print(table)
     for note in result["notes"]:
         console.print(f"  {note}")
-    console.print(f"wrote {len(result['paths'])} files to {out} (report: {out / 'report.html'})")
+    console.print(f"wrote {len(result['paths'])} files to {out} (report: {SweepFolder(out).report})")
 
 
 @user_errors

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from flip.data.synth import SynthConfig
 from flip.errors import ConfigError
+from flip.run_dir import RunDir
 from flip.train.config import CKPT, OPTIM, PANELS, RUNTIME, TrainConfig, knob_help, load_toml
 from flip.train.reporting import RichReporter
 from flip.train.faults import StopRequested
@@ -141,7 +142,7 @@ def train_command(
 ) -> None:
     """Train a FLIP model. With no flags: the tiny model on the built-in dataset, in minutes on a CPU."""
     from flip.launch import TrainJob
-    from flip.train.trainer import SUMMARY_FILE, ResumeConflict, has_checkpoint, resolve, train
+    from flip.train.trainer import ResumeConflict, resolve, train
 
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items() if v is not None and v != ()}
     if resume_mode is not None and not (resume and resume_mode == "auto"):
@@ -176,7 +177,7 @@ def train_command(
 
     def cont(stop):
         out = values["out"]
-        finished = (Path(out) / SUMMARY_FILE).exists()
+        finished = RunDir(out).summary.exists()
         summary = run_job(TrainJob(TrainConfig(out=out).to_dict(), resume=True, reporter=RichReporter, settings=values),
                           launch, lambda: train(TrainConfig(out=out), resume=True, settings=values,
                                                 reporter=RichReporter(), stop=stop), echo=console.print)
@@ -190,7 +191,7 @@ def train_command(
                 summary = run_stoppable(start)
             elif values.get("out") is None:
                 raise ConfigError("needs --out RUN_DIR: the run to continue", key="resume")
-            elif resume_mode == "auto" and not has_checkpoint(values["out"]):
+            elif resume_mode == "auto" and not RunDir(values["out"]).has_checkpoint():
                 summary = run_stoppable(start)
             else:
                 summary = run_stoppable(cont)

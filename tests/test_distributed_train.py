@@ -91,8 +91,7 @@ def _patch(trainer):
     if os.environ["FLIP_TEST_FAIL_WRITE"] == "checkpoint":  # after the checkpoint's collectives, as a real one
         trainer.save_checkpoint = fail_second_call(trainer.save_checkpoint, enospc)
     else:
-        trainer.Trainer._log = fail_second_call(trainer.Trainer._log, trainer.WriteFailed(
-            "cannot write the metrics log: No space left on device", "run", 3, None))
+        trainer.Trainer._log = fail_second_call(trainer.Trainer._log, enospc)
 
 sys.meta_path.insert(0, _Hook())
 '''

@@ -27,20 +27,23 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from flip.checkpoint import load_model, resolve_checkpoint
+from flip.checkpoint import load_model, resolve_checkpoint, write_model
 from flip.data.pipeline import AugmentConfig, ShardStream, StreamConfig, train_transform
+from flip.errors import WriteError
 from flip.models import FLIP, get_preset
-from flip.train.checkpoint import PAUSE_ENV, load_state, save_checkpoint
+from flip.train.checkpoint import PAUSE_ENV, load_state, save_checkpoint, save_state
 from flip.train.config import TrainConfig
 from flip.train.faults import StopRequested
 from flip.train.step import TrainStep
-from flip.train.trainer import METRICS_FILE, Trainer, resolve, train
+from flip.train.trainer import Trainer, resolve, train
 from flipctl.main import app
 
 FLIPCTL = [sys.executable, "-m", "flipctl.main"]
+METRICS_FILE = "metrics.jsonl"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 STEPS = 40
 runner = CliRunner()
@@ -341,15 +344,26 @@ def _fail_second_call(monkeypatch, target: str, error: Exception) -> None:
     monkeypatch.setattr(target, write)
 
 
+def _state_on_a_full_disk(monkeypatch, calls: int = 2) -> None:
+    """The resume state (state.pt) of the `calls`-th checkpoint is written to /dev/full, where every write
+    fails with ENOSPC as on a full disk; torch.save reports that as a RuntimeError of its own."""
+    opened = Counter()
+
+    def open_(path, mode="r", *args, **kwargs):
+        opened["n"] += 1
+        return open("/dev/full" if opened["n"] == calls else path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("flip.train.checkpoint.open", open_, raising=False)
+
+
 @pytest.mark.integration  # trains
-@pytest.mark.parametrize("target, error", [
-    ("flip.checkpoint.save_file", OSError(errno.ENOSPC, "No space left on device", "model.safetensors")),
-    ("torch.save", RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 6784 vs 6672: "
-                                "PytorchStreamWriter failed writing file data/2: file write failed")),
-])
-def test_a_failing_checkpoint_write_stops_and_keeps_the_last_checkpoint(small_dataset, tmp_path, monkeypatch,
-                                                                        target, error):
-    _fail_second_call(monkeypatch, target, error)
+@pytest.mark.parametrize("fault", ["weights", "state"])
+def test_a_failing_checkpoint_write_stops_and_keeps_the_last_checkpoint(small_dataset, tmp_path, monkeypatch, fault):
+    if fault == "weights":
+        _fail_second_call(monkeypatch, "flip.checkpoint.save_file",
+                          OSError(errno.ENOSPC, "No space left on device", "model.safetensors"))
+    else:
+        _state_on_a_full_disk(monkeypatch)
     run = tmp_path / "run"
     result = runner.invoke(app, _small_args(small_dataset, run, 8 * 4, "--ckpt-every", "2"))
     _one_line_error(result, 3, f"cannot write checkpoint {run}/ckpt-00000004", "free there",
@@ -373,6 +387,39 @@ def test_a_failing_metrics_write_stops_with_one_line(small_dataset, tmp_path, mo
     result = runner.invoke(app, _small_args(small_dataset, run, 8 * 4, "--ckpt-every", "1", "--log-every", "1"))
     _one_line_error(result, 3, f"cannot write the metrics log {run}/{METRICS_FILE}", "No space left on device",
                     f"{run}/ckpt-00000001, is intact")
+
+
+@pytest.mark.parametrize("size", [1_000, 1_000_000])  # fits torch's writes in the file's buffer, or not
+def test_a_failed_state_write_is_the_oserror_it_is(tmp_path, monkeypatch, size):
+    """torch.save reports a failed write as a RuntimeError that names neither the cause nor the file; the
+    state's writes are watched, so the checkpoint's writer sees the OSError (ENOSPC) itself."""
+    _state_on_a_full_disk(monkeypatch, calls=1)
+    with pytest.raises(OSError) as failed:
+        save_state({"moments": torch.zeros(size)}, tmp_path / "state.pt")
+    assert failed.value.errno == errno.ENOSPC
+
+
+def test_a_runtime_error_in_a_state_write_that_did_not_fail_is_not_a_failed_write(tmp_path, monkeypatch):
+    """A data-loader worker's death is raised in the main process wherever it is, inside torch.save too:
+    it stays what it is (a bug's traceback), not a full disk's one line."""
+    def worker_died(*args, **kwargs):
+        raise RuntimeError("DataLoader worker (pid(s) 4242) exited unexpectedly")
+
+    monkeypatch.setattr(torch, "save", worker_died)
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        save_state({"moments": torch.zeros(10)}, tmp_path / "state.pt")
+
+
+def test_a_failed_weights_write_is_a_write_error(tmp_path, monkeypatch):
+    """safetensors reports a failed write as its own SafetensorError: it is raised as a WriteError, an OSError."""
+    def full_disk(*args, **kwargs):
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                              '"No space left on device" })')
+
+    monkeypatch.setattr("flip.checkpoint.save_file", full_disk)
+    with pytest.raises(WriteError) as failed:
+        write_model(tmp_path, FLIP(get_preset("tiny")), {})
+    assert isinstance(failed.value, OSError) and "No space left on device" in failed.value.strerror
 
 
 @pytest.mark.integration  # trains

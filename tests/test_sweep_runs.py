@@ -19,9 +19,11 @@ from typer.testing import CliRunner
 
 from flip.sweep import claims, execute
 from flip.sweep.plan import Job
-from flip.sweep.store import LOCK, RunStore
+from flip.sweep.store import RunStore
 from flip.train.config import TrainConfig
 from flipctl.main import app
+
+LOCK = "lock.json"  # a run's claim, in its sweep/ folder: the on-disk format the sweeps share
 
 FLIPCTL = [sys.executable, "-m", "flipctl.main"]
 SPEC = """

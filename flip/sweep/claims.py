@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-LOCK = "lock.json"  # in the run's sweep/ folder
+from flip.run_dir import SweepFiles
+
 HEARTBEAT_S = 5.0
 REMOTE_STALE_S = 300.0  # no heartbeat for this long: the claim's processes elsewhere are gone
 WRITING_GRACE_S = 30.0  # an empty or unreadable claim younger than this is being written
@@ -92,7 +93,7 @@ def _read(path: Path) -> tuple[dict | None, float] | None:
 
 def holder(sweep_dir: Path) -> dict | None:
     """The live claim on a run, or None when it is free (no claim, or a stale one)."""
-    found = _read(sweep_dir / LOCK)
+    found = _read(SweepFiles(sweep_dir).lock)
     if found is None or is_stale(*found):
         return None
     return found[0] or {}
@@ -135,7 +136,7 @@ def touch(path: Path) -> None:
 def try_claim(sweep_dir: Path) -> Claim | None:
     """Claim the run whose sweep files are in `sweep_dir`; None when a live process holds it."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    path = sweep_dir / LOCK
+    path = SweepFiles(sweep_dir).lock
     for _ in range(2):  # a second try after breaking a stale claim
         record = {**me(), "claimed": time.time()}
         try:

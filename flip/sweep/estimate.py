@@ -26,6 +26,7 @@ from flip.bench.timing import synchronize, synthetic_batch
 from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
+from flip.run_dir import RunDir
 from flip.sweep.plan import Job
 from flip.sweep.store import RunStore, read_json
 from flip.train.config import StepConfig, TrainConfig
@@ -78,8 +79,9 @@ def plain(cfg: TrainConfig) -> TrainConfig:
 def measured_rates(store: RunStore, device: torch.device) -> dict[str, float]:
     """Model rate key -> median training FLOP/s over the store's finished runs of that model here."""
     seen: dict[str, list[float]] = {}
-    for run_dir in sorted((store.root / "runs").glob("*")):
-        summary, config = read_json(run_dir / "summary.json"), read_json(run_dir / "config.json")
+    for run_dir in sorted(store.runs.glob("*")):
+        run = RunDir(run_dir)
+        summary, config = read_json(run.summary), read_json(run.config)
         if not summary or not config or not summary.get("samples_seen") or not summary.get("train_time_s"):
             continue
         try:

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from flip.sweep import claims
 from flip.sweep.plan import Job
-from flip.sweep.store import COMMAND, JOB, STATUS, RunStore, read_json, write_json_atomic
+from flip.run_dir import SweepFiles
+from flip.sweep.store import RunStore, read_json, write_json_atomic
 from flip.train.config import TrainConfig
 
 TERMINAL = ("done", "failed", "skipped")
@@ -62,25 +63,25 @@ def reproduce_command(job: Job, store: RunStore) -> str:
     if job.kind == "tune":
         return (f"flipctl tune-unmasked --ckpt {store.run_dir(job.parent)} --samples {job.tune_samples} "
                 f"--lr {job.tune_lr:.6g} --out {run_dir}")
-    return f"flipctl train --config {store.sweep_dir(job.run_id) / 'train.toml'} --out {run_dir}"
+    return f"flipctl train --config {store.sweep_files(job.run_id).train_config} --out {run_dir}"
 
 
 def write_job(job: Job, store: RunStore) -> Path:
     """The job file the worker reads, the train config as TOML, and the command that reproduces the run."""
-    sweep_dir = store.sweep_dir(job.run_id)
+    files = store.sweep_files(job.run_id)
     payload = job.to_dict()
     if job.parent:
         payload["parent_dir"] = str(store.run_dir(job.parent))
-    write_json_atomic(sweep_dir / JOB, payload)
+    write_json_atomic(files.job, payload)
     defaults = TrainConfig().to_dict()
     # The sweep evaluates on its eval sets itself; to a run without periodic evaluation they are no-ops.
     unused = {"out"} | (set() if job.config.periodic_eval else {"eval_data", "eval_zeroshot"})
     lines = [f"{k} = {_toml_value(v)}" for k, v in job.config.to_dict().items()
              if k not in unused and v is not None and v != defaults.get(k)]
-    (sweep_dir / "train.toml").write_text("# the training config of this run (see command.txt)\n"
-                                          + "\n".join(lines) + "\n")
-    (sweep_dir / COMMAND).write_text(reproduce_command(job, store) + "\n")
-    return sweep_dir / JOB
+    files.train_config.write_text(f"# the training config of this run (see {files.command.name})\n"
+                                  + "\n".join(lines) + "\n")
+    files.command.write_text(reproduce_command(job, store) + "\n")
+    return files.job
 
 
 @dataclass
@@ -163,7 +164,7 @@ def _start(job: Job, store: RunStore, spawn, outcome: SweepOutcome):
             outcome.done_elsewhere.append(job.run_id)
         elif parent_state != "done":
             outcome.states[job.run_id] = "skipped"
-            write_json_atomic(store.sweep_dir(job.run_id) / STATUS,
+            write_json_atomic(store.sweep_files(job.run_id).status,
                               {"state": "skipped", "error": f"parent run {job.parent} did not finish"})
         else:
             handle = spawn(job, store)
@@ -192,7 +193,7 @@ def _stop(running: dict, store: RunStore) -> None:
         proc.wait()
         status = store.status(rid) or {}
         if status.get("state") == "running":  # a worker that could not say so itself (killed, or on SLURM)
-            write_json_atomic(store.sweep_dir(rid) / STATUS, {**status, "state": "interrupted",
+            write_json_atomic(store.sweep_files(rid).status, {**status, "state": "interrupted",
                                                               "finished": time.time()})
         claim.release()
 
@@ -217,7 +218,7 @@ def _worker_of(handle) -> dict[str, Any]:
 
 def _spawn(job: Job, store: RunStore) -> subprocess.Popen:
     job_path = write_job(job, store)
-    log = (job_path.parent / "worker.log").open("ab")
+    log = SweepFiles(job_path.parent).worker_log.open("ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # Its own session: a Ctrl-C at the terminal reaches the sweep alone, which stops the worker politely once.
     return subprocess.Popen([sys.executable, "-m", "flip.sweep.worker", str(job_path)], stdout=log,
@@ -225,5 +226,5 @@ def _spawn(job: Job, store: RunStore) -> subprocess.Popen:
 
 
 def _steps(store: RunStore, job: Job) -> tuple[int, int, float | None]:
-    progress = read_json(store.sweep_dir(job.run_id) / "progress.json") or {}
+    progress = read_json(store.sweep_files(job.run_id).progress) or {}
     return progress.get("step", 0), progress.get("total", job.steps) or job.steps, progress.get("samples_per_s")

@@ -1,8 +1,17 @@
-"""A sweep folder (`flipctl sweep --out DIR`) holds everything its report is built from.
+"""A sweep folder (`flipctl sweep --out DIR`) holds everything its report is built from, and the report.
 
     DIR/sweep.json     the manifest: the spec as loaded, the command, the commit, every planned job,
                        and where the run store is (relative to DIR)
     DIR/results.csv    one record per run: settings, status, measurements, metrics, machine load
+
+and what `flipctl report DIR` rebuilds from those two (`SweepFolder` names each file):
+
+    DIR/table.md, table.tex, table.csv    the paper-style table
+    DIR/STEM.png, STEM.pdf, STEM.csv      each plot of the spec, with the points it draws
+    DIR/fits.json                         the fitted curves (when the spec fits any)
+    DIR/notes.txt                         what the table and plots say, a line each
+    DIR/report.html                       all of it on one page, with the commands
+    DIR/command.txt                       the command the sweep ran, and the commit it ran at
 
 The run store is where runs train and are evaluated: a cache. `flipctl report DIR` reads the
 folder's records and refreshes them from the store where the store has more (a run finished
@@ -24,12 +33,54 @@ from flip.errors import FlipError
 from flip.sweep.spec import SpecError, SweepSpec
 from flip.sweep.store import read_json, write_json_atomic
 
-MANIFEST, RESULTS = "sweep.json", "results.csv"
 FORMAT = 2  # 1: no spec as loaded; the store relative to the directory the sweep ran in
 
 
 class ReportError(FlipError):
     """A report that cannot be written without losing results, or with nothing to show."""
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """The files of the sweep folder at `path`."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "sweep.json"
+
+    @property
+    def results(self) -> Path:
+        return self.path / "results.csv"
+
+    @property
+    def table(self) -> Path:
+        """The table's stem: it is written as table.md, table.tex and table.csv."""
+        return self.path / "table"
+
+    def plot(self, stem: str) -> Path:
+        """A plot's stem: STEM.png, STEM.pdf and its data, STEM.csv."""
+        return self.path / stem
+
+    @property
+    def fits(self) -> Path:
+        return self.path / "fits.json"
+
+    @property
+    def notes(self) -> Path:
+        return self.path / "notes.txt"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def command(self) -> Path:
+        return self.path / "command.txt"
 
 
 @dataclass
@@ -51,13 +102,14 @@ class Manifest:
         d = dataclasses.asdict(self)
         if Path(self.store).is_absolute():
             d["store"] = os.path.relpath(self.store, out_dir.absolute())
-        write_json_atomic(out_dir / MANIFEST, d)
+        write_json_atomic(SweepFolder(out_dir).manifest, d)
 
     @classmethod
     def read(cls, out_dir: Path) -> "Manifest":
-        raw = read_json(Path(out_dir) / MANIFEST)
+        path = SweepFolder(out_dir).manifest
+        raw = read_json(path)
         if raw is None:
-            raise SpecError(f"{out_dir} holds no sweep ({MANIFEST} missing or unreadable): run "
+            raise SpecError(f"{out_dir} holds no sweep ({path.name} missing or unreadable): run "
                             f"`flipctl sweep ... --out {out_dir}`")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
@@ -92,7 +144,7 @@ _EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precis
 
 def read_results(out_dir: Path) -> pd.DataFrame | None:
     """The folder's per-run records exactly as written (floats round-trip; only empty cells are missing)."""
-    path = Path(out_dir) / RESULTS
+    path = SweepFolder(out_dir).results
     if not path.is_file():
         return None
     try:
@@ -103,8 +155,8 @@ def read_results(out_dir: Path) -> pd.DataFrame | None:
 
 
 def write_results(out_dir: Path, df: pd.DataFrame) -> None:
-    path = Path(out_dir) / RESULTS
-    tmp = path.with_name(f".{RESULTS}.{os.getpid()}.tmp")
+    path = SweepFolder(out_dir).results
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
 

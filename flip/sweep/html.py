@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 
 from flip.files import chmod_as_umask
-
-RUN_FILES = ("config.json", "summary.json", "metrics.jsonl")
+from flip.run_dir import RunDir
+from flip.sweep.folder import SweepFolder
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1200px;
@@ -44,7 +44,7 @@ def write_report(out_dir, *, title: str, description: str,
                  tables: Sequence[tuple[str, pd.DataFrame]], plots: Sequence,
                  commands: Sequence[str], runs: pd.DataFrame | None, notes: Iterable[str] = (),
                  extra_json: dict | None = None) -> Path:
-    """Write OUT_DIR/report.html and return its path.
+    """Write the sweep folder OUT_DIR's report.html and return its path.
 
     `tables`: (caption, DataFrame) or (caption, DataFrame, legend lines) tuples, cells shown as given
     (format numbers before); the legend (what ± and marks mean) goes under the caption.
@@ -85,7 +85,7 @@ def write_report(out_dir, *, title: str, description: str,
                   f'<script type="application/json" id="report-data">{embedded}</script>',
                   f"<details><summary>report data (JSON)</summary><pre>{_e(text)}</pre></details>"]
     parts.append("</body></html>")
-    return _write_atomic(out / "report.html", "\n".join(parts) + "\n")
+    return _write_atomic(SweepFolder(out).report, "\n".join(parts) + "\n")
 
 
 def _e(text) -> str:
@@ -180,11 +180,12 @@ def _error_cell(error) -> str:
 def _links(run_dir, out: Path) -> str:
     if not run_dir:
         return ""
-    run_dir = Path(run_dir)
-    base = _rel(run_dir, out)
+    run = RunDir(run_dir)
+    base = _rel(run.path, out)
     links = [f'<a href="{_e(base)}/">dir</a>']
     # Files a run has not written (yet) get no link rather than a broken one.
-    links += [f'<a href="{_e(base)}/{name}">{name}</a>' for name in RUN_FILES if (run_dir / name).exists()]
+    links += [f'<a href="{_e(base)}/{file.name}">{file.name}</a>' for file in (run.config, run.summary, run.metrics)
+              if file.exists()]
     return " ".join(links)
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from flip.sweep import folder, names, results, tables
-from flip.sweep.folder import MANIFEST, Manifest, ReportError  # noqa: F401  (importable from here)
+from flip.sweep.folder import Manifest, ReportError, SweepFolder  # noqa: F401  (importable from here)
 from flip.sweep.plan import EvalJob, Job
 from flip.sweep.spec import SweepSpec
-from flip.sweep.store import RunStore, write_json_atomic
+from flip.sweep.store import RunStore, StoreLayout, write_json_atomic
 from flip.train.config import TrainConfig
 from flip.train.load import shared
 
@@ -89,7 +89,7 @@ def _plots(spec: SweepSpec, df: pd.DataFrame,
         if p.y not in done or done[p.y].dropna().empty:
             notes.append(f"plot {p.title or p.stem}: no finished run has {names.label(p.y)}")
             continue
-        stem = out_dir / p.stem
+        stem = SweepFolder(out_dir).plot(p.stem)
         if p.kind == "metric_vs_axis":
             points = plots.axis_points(done, p.x, p.y, p.series)
             bars = _errorbars(points, "count")
@@ -209,24 +209,11 @@ def source_commit() -> str | None:
     return sha.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
-class _ShownStore:
-    """The store as the command line named it: the per-run commands the report shows read the same
-    wherever the report is rebuilt."""
-
-    def __init__(self, root: str):
-        self.root = Path(root)
-
-    def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
-
-    def sweep_dir(self, run_id: str) -> Path:
-        return self.run_dir(run_id) / "sweep"
-
-
 def _run_commands(jobs: list[Job], shown_store: str) -> list[str]:
     from flip.sweep.execute import reproduce_command
 
-    store = _ShownStore(shown_store)
+    # The store as the command line named it: the commands read the same wherever the report is rebuilt.
+    store = StoreLayout(shown_store)
     return [f"# {j.run_id}: {reproduce_command(j, store)}" for j in jobs]
 
 
@@ -256,6 +243,7 @@ def write_report(out_dir: Path, spec: SweepSpec, jobs: list[Job], store: RunStor
     from flip.sweep import html
 
     out_dir = Path(out_dir)
+    files = SweepFolder(out_dir)
     before = folder.read_results(out_dir)
     fresh = results.collect(spec, jobs, store or RunStore(out_dir / ".no-store", read_only=True), out_dir)
     merged = folder.merge(before, fresh)
@@ -268,24 +256,24 @@ def write_report(out_dir: Path, spec: SweepSpec, jobs: list[Job], store: RunStor
     df = folder.read_results(out_dir)  # everything below from the records as written: a rebuild matches
     table = tables.build_table(spec, df)
     caption = f"{spec.title} (paper {spec.paper})" if spec.paper else spec.title
-    table_paths = tables.write_table(table, out_dir, "table", caption)
+    table_paths = tables.write_table(table, files.table, caption)
     plot_paths, figures, plot_notes, fits = _plots(spec, df, out_dir)
     notes = table.notes + plot_notes
     if fits:
-        write_json_atomic(out_dir / "fits.json", fits)
-    if shown_store is None and (out_dir / MANIFEST).is_file():  # as a later `flipctl report` will show it
+        write_json_atomic(files.fits, fits)
+    if shown_store is None and files.manifest.is_file():  # as a later `flipctl report` will show it
         shown_store = Manifest.read(out_dir).shown_store()
     commands = [command] + _run_commands(jobs, shown_store or str(store.root if store else ""))
-    store_words = f"Run directories: {shown_store or (store.root if store else '?')}/runs/RUN (the run store, " \
-                  f"not part of this folder)."
+    runs = StoreLayout(shown_store or (store.root if store else "?")).run_dir("RUN")
+    store_words = f"Run directories: {runs} (the run store, not part of this folder)."
     html_path = html.write_report(out_dir, title=f"{spec.name}: {caption}",
                                   description=f"{spec.description}\n\n{store_words}".strip(),
                                   tables=[(caption, table.display, table.legend)], plots=figures,
                                   commands=commands, runs=_runs_table(df), notes=notes)
-    (out_dir / "command.txt").write_text(f"# ran at flipctl commit {commit or 'unknown'}\n{command}\n")
-    (out_dir / "notes.txt").write_text("\n".join(notes) + ("\n" if notes else ""))
+    files.command.write_text(f"# ran at flipctl commit {commit or 'unknown'}\n{command}\n")
+    files.notes.write_text("\n".join(notes) + ("\n" if notes else ""))
     return {"table": table, "results": df, "notes": notes,
-            "paths": [out_dir / folder.RESULTS] + table_paths + plot_paths + [html_path]}
+            "paths": [files.results] + table_paths + plot_paths + [html_path]}
 
 
 def regenerate(out_dir: Path, fit: str | None = None) -> dict:
@@ -302,14 +290,14 @@ def regenerate(out_dir: Path, fit: str | None = None) -> dict:
         spec = with_fit(spec, fit)  # checked before anything is written
     jobs = jobs_from_manifest(manifest)
     store_path = manifest.store_path(out_dir)
-    store = RunStore(store_path, read_only=True) if (store_path / "runs").is_dir() else None
+    store = RunStore(store_path, read_only=True) if StoreLayout(store_path).runs.is_dir() else None
     result = write_report(out_dir, spec, jobs, store, manifest.command, manifest.commit, manifest.shown_store(),
                           require_finished=True)
     if fit is not None and manifest.spec is not None:
         manifest.spec = {**manifest.spec, "plots": spec.to_dict()["plots"]}
         manifest.write(out_dir)
     result["store_note"] = None if store else (
-        f"run store {store_path} not found: rebuilt from {out_dir / folder.RESULTS} alone")
+        f"run store {store_path} not found: rebuilt from {SweepFolder(out_dir).results} alone")
     return result
 
 

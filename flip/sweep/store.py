@@ -3,10 +3,11 @@
 A run's id derives from its training config (only the fields that differ from the defaults, less
 bookkeeping such as the output path or log interval) and seed, so the same run asked for by two
 sweeps - Table 1d and 1e evaluate the checkpoints Table 1a trained - is trained once, a rerun
-finds it finished, and any changed setting makes a new run. Layout:
+finds it finished, and any changed setting makes a new run. Layout (`StoreLayout`):
 
-    STORE/runs/<run_id>/            the trainer's run directory (config, metrics, checkpoints, summary)
-    STORE/runs/<run_id>/sweep/      job.json, status.json, evals/<key>.json, command.txt, train.toml
+    STORE/runs/<run_id>/            the trainer's run directory (flip.run_dir.RunDir)
+    STORE/runs/<run_id>/sweep/      what the sweep keeps about the run: job, status, evaluations, command
+                                    (flip.run_dir.SweepFiles)
     STORE/probes.json               cached measurements (memory-matched batches, step timings)
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flip.errors import ConfigError
-from flip.sweep import claims
+from flip.run_dir import RunDir, SweepFiles
 from flip.train.config import TrainConfig
 
 # Fields that change how a run is watched or where it is written, not what it computes.
@@ -28,8 +29,6 @@ BOOKKEEPING = frozenset({"out", "log_every", "eval_every", "ckpt_every", "device
                          "eval_data", "eval_zeroshot", "eval_zeroshot_images", "eval_templates", "periodic_eval",
                          "compile", "init_from", "parent", "keep_checkpoints", "keep_resume_state",
                          "max_bad_fraction"})
-SWEEP_DIR, JOB, STATUS, EVALS, COMMAND = "sweep", "job.json", "status.json", "evals", "command.txt"
-LOCK = claims.LOCK  # a sweep's claim on the run (flip.sweep.claims)
 
 
 def _digest(payload: Any, n: int = 10) -> str:
@@ -71,38 +70,55 @@ def read_json(path: Path) -> Any | None:
         return None  # absent or half-written by a killed process: treated as not there
 
 
-class RunStore:
+class StoreLayout:
+    """Where a run store's files are, under `root` as given (the commands a report shows keep it as the
+    command line named it)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def runs(self) -> Path:
+        """The folder of the run directories."""
+        return self.root / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs / run_id
+
+    def sweep_files(self, run_id: str) -> SweepFiles:
+        return RunDir(self.run_dir(run_id)).sweep
+
+    def sweep_dir(self, run_id: str) -> Path:
+        return self.sweep_files(run_id).path
+
+    def eval_path(self, run_id: str, key: str) -> Path:
+        return self.sweep_files(run_id).eval(key)
+
+    @property
+    def probes_path(self) -> Path:
+        return self.root / "probes.json"
+
+
+class RunStore(StoreLayout):
     """`read_only`: measurements are kept in memory, nothing is written (a dry run creates nothing)."""
 
     def __init__(self, root: str | Path, read_only: bool = False):
-        self.root = Path(root).expanduser().absolute()  # resolved once: a later chdir cannot move it
+        super().__init__(Path(root).expanduser().absolute())  # resolved once: a later chdir cannot move it
         if self.root.exists() and not self.root.is_dir():  # also in a dry run, which writes nothing there
             raise ConfigError(f"{self.root} is a file, not a run store folder", key="store")
         self.read_only = read_only
         self._unsaved: dict[str, Any] = {}
 
-    def run_dir(self, run_id: str) -> Path:
-        return self.root / "runs" / run_id
-
-    def sweep_dir(self, run_id: str) -> Path:
-        return self.run_dir(run_id) / SWEEP_DIR
-
     def status(self, run_id: str) -> dict | None:
-        return read_json(self.sweep_dir(run_id) / STATUS)
+        return read_json(self.sweep_files(run_id).status)
 
     def summary(self, run_id: str) -> dict | None:
-        return read_json(self.run_dir(run_id) / "summary.json")
-
-    def eval_path(self, run_id: str, key: str) -> Path:
-        return self.sweep_dir(run_id) / EVALS / f"{key}.json"
+        return read_json(RunDir(self.run_dir(run_id)).summary)
 
     def eval_record(self, run_id: str, key: str) -> dict | None:
         return read_json(self.eval_path(run_id, key))
 
     # -- cached measurements ---------------------------------------------------------------------------
-    @property
-    def probes_path(self) -> Path:
-        return self.root / "probes.json"
 
     def probe(self, key: str) -> Any | None:
         if key in self._unsaved:

@@ -308,9 +308,10 @@ def caption_with_legend(caption: str, table: SweepTable) -> str:
     return " ".join([caption + ".", *table.legend])
 
 
-def write_table(table: SweepTable, out_dir: Path, stem: str, caption: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.md", out_dir / f"{stem}.tex", out_dir / f"{stem}.csv"]
+def write_table(table: SweepTable, stem: Path, caption: str) -> list[Path]:
+    """Write the table as Markdown, LaTeX and CSV: `stem` with .md, .tex and .csv."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_name(f"{stem.name}.{suffix}") for suffix in ("md", "tex", "csv")]
     legend = "".join(f"{line}\n" for line in table.legend)
     paths[0].write_text(f"{caption}\n\n{legend}\n" + to_markdown(table.display))
     paths[1].write_text(to_latex(table.display, caption_with_legend(caption, table)))

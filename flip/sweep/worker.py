@@ -16,19 +16,17 @@ import time
 import traceback
 from pathlib import Path
 
-from flip.checkpoint import LATEST
 from flip.data import builtin
 from flip.distributed import resolve_device
 from flip.eval import evaluate_checkpoint
 from flip.eval.features import Masking, Runtime
 from flip.sweep import claims
-from flip.sweep.store import LOCK, STATUS, read_json, write_json_atomic
+from flip.run_dir import RunDir, SweepFiles
+from flip.sweep.store import read_json, write_json_atomic
 from flip.train.config import TrainConfig
 from flip.train.faults import StopRequested
 from flip.train.reporting import PlainReporter, Reporter
-from flip.train.trainer import SUMMARY_FILE, train, tune_unmasked
-
-PROGRESS = "progress.json"
+from flip.train.trainer import train, tune_unmasked
 
 
 class FileReporter(Reporter):
@@ -62,14 +60,15 @@ class Interrupted(Exception):
 
 
 def _train(job: dict, run_dir: Path, reporter: Reporter, stop=None) -> None:
-    if (run_dir / SUMMARY_FILE).exists():
+    run = RunDir(run_dir)
+    if run.summary.exists():
         return
-    if (run_dir / LATEST).exists():
+    if run.has_checkpoint():
         train(TrainConfig(out=str(run_dir)), resume=True, reporter=reporter, stop=stop)
         return
     # No checkpoint: anything a killed attempt left (a metrics log) belongs to no run; start clean.
-    for leftover in ("metrics.jsonl", "config.json"):
-        (run_dir / leftover).unlink(missing_ok=True)
+    for leftover in (run.metrics, run.config):
+        leftover.unlink(missing_ok=True)
     if job["kind"] == "train":
         cfg = TrainConfig.from_dict({**job["config"], "out": str(run_dir)})
         train(cfg, reporter=reporter, stop=stop)
@@ -79,12 +78,12 @@ def _train(job: dict, run_dir: Path, reporter: Reporter, stop=None) -> None:
                       reporter=reporter, stop=stop)
 
 
-def _evaluate(job: dict, run_dir: Path, sweep_dir: Path) -> None:
+def _evaluate(job: dict, run_dir: Path, files: SweepFiles) -> None:
     cfg = job["config"]
     runtime = Runtime(resolve_device(cfg.get("device", "auto")), job.get("eval_batch", 256),
                       cfg.get("precision", "fp32"), cfg.get("workers", 2))
     for ev in job["evals"]:
-        path = sweep_dir / "evals" / f"{ev['key']}.json"
+        path = files.eval(ev["key"])
         if path.exists():
             continue
         masking = Masking(ev["mask_ratio"], ev["views"], seed=0)
@@ -100,19 +99,19 @@ def run_job(job_path: Path, stopper: "Stopper | None" = None) -> int:
     """Train and evaluate the job; 0 when done. A `stopper`'s signal makes training finish its step and
     write a checkpoint (or stops an evaluation), and the run is marked interrupted."""
     job = json.loads(job_path.read_text())
-    sweep_dir = job_path.parent
-    run_dir = sweep_dir.parent
-    status_path = sweep_dir / STATUS
+    files = SweepFiles(job_path.parent)
+    run_dir = files.run_dir
+    status_path = files.status
     previous = read_json(status_path) or {}
     attempts = previous.get("attempts", 0) + 1
     write_json_atomic(status_path, {"state": "running", "attempts": attempts, "started": time.time()})
     print(f"run {run_dir.name}: attempt {attempts}", flush=True)
     try:
-        _train(job, run_dir, FileReporter(sweep_dir / PROGRESS, PlainReporter(sys.stdout)),
+        _train(job, run_dir, FileReporter(files.progress, PlainReporter(sys.stdout)),
                stopper.event if stopper else None)
         if stopper:
             stopper.evaluating()
-        _evaluate(job, run_dir, sweep_dir)
+        _evaluate(job, run_dir, files)
     except (StopRequested, Interrupted) as exc:
         where = f"at step {exc.step}, checkpoint {exc.checkpoint}" if isinstance(exc, StopRequested) else \
             "while evaluating"
@@ -123,7 +122,7 @@ def run_job(job_path: Path, stopper: "Stopper | None" = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - recorded for the sweep's report, then re-raised as exit 1
         lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         error = f"{type(exc).__name__}: {lines[-1] if lines else ''}".strip()
-        (sweep_dir / "error.txt").write_text(traceback.format_exc())
+        files.error.write_text(traceback.format_exc())
         print(f"run {run_dir.name}: failed: {error}", flush=True)
         write_json_atomic(status_path, {"state": "failed", "attempts": attempts, "error": error,
                                         "finished": time.time()})
@@ -163,7 +162,7 @@ def start_heartbeat(job_path: Path) -> None:
     or gone while this worker (a SLURM job) still runs."""
     def beat():
         while True:
-            claims.touch(job_path.parent / LOCK)
+            claims.touch(SweepFiles(job_path.parent).lock)
             time.sleep(claims.HEARTBEAT_S)
 
     threading.Thread(target=beat, daemon=True).start()

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from flip.checkpoint import LATEST, CheckpointError, write_atomic, write_model
+from flip.checkpoint import CheckpointError, write_atomic, write_model
 from flip.models import FLIP
+from flip.run_dir import STATE, RunDir
 
-STATE = "state.pt"
 PAUSE_ENV = "FLIP_FAULT_CKPT_PAUSE_S"  # tests only: see _fault_pause
 
 
@@ -36,34 +36,70 @@ def save_checkpoint(run_dir: Path, step: int, model: FLIP, config: dict[str, Any
 
     `state` must hold only tensors and plain values (dicts, lists, tuples, numbers, strings, None).
     """
-    run_dir = Path(run_dir)
-    final = run_dir / f"ckpt-{step:08d}"
-    tmp = run_dir / f".ckpt-{step:08d}.tmp"
-    for stale in run_dir.glob(".ckpt-*.tmp"):  # left by a process killed while writing
+    run = RunDir(run_dir)
+    final, tmp = run.checkpoint(step), run.partial_checkpoint(step)
+    for stale in run.partial_checkpoints():  # left by a process killed while writing
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         write_model(tmp, model, config, extra_modules, states)
         if state is not None:
-            torch.save(state, tmp / STATE)
+            save_state(state, tmp / STATE)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # give back the space a failed write took
         raise
     _fault_pause()
     shutil.rmtree(final, ignore_errors=True)
     tmp.replace(final)
-    write_atomic(run_dir / LATEST, final.name + "\n")
+    write_atomic(run.latest, final.name + "\n")
     # Older checkpoints go only once the new one is complete and named in `latest`.
-    older = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p != final)
+    older = [p for p in run.checkpoints() if p != final]
     for path in older[: max(0, len(older) - (keep_last - 1))]:
         shutil.rmtree(path, ignore_errors=True)
     return final
 
 
+class _WriteWatch:
+    """The file `torch.save` writes the state to, noting a write that fails: torch reports the failure
+    as a RuntimeError ("unexpected pos ...") that names neither the cause nor the file, and such a
+    RuntimeError may also be something else surfacing there (a data-loader worker's death is raised
+    in the main process wherever it is)."""
+
+    def __init__(self, file):
+        self.file = file
+        self.failure: OSError | None = None
+
+    def write(self, data) -> int:
+        return self._watched(self.file.write, data)
+
+    def flush(self) -> None:
+        self._watched(self.file.flush)
+
+    def _watched(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as exc:
+            self.failure = exc
+            raise
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save `state` to `path`; a failed write raises the OSError it is (see `_WriteWatch`)."""
+    with open(path, "wb") as file:
+        watch = _WriteWatch(file)
+        try:
+            torch.save(state, watch)
+        except RuntimeError:
+            if watch.failure is None:
+                raise  # not a write's failure
+        if watch.failure is not None:
+            raise watch.failure
+
+
 def drop_resume_state(run_dir: Path) -> None:
     """A finished run's checkpoints keep their weights and config; the resume state (3x the weights
     on disk, with the optimizer's moments) is of no further use."""
-    for state in Path(run_dir).glob(f"ckpt-*/{STATE}"):
+    for state in RunDir(run_dir).resume_states():
         state.unlink(missing_ok=True)
 
 

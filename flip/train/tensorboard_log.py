@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 
 from flip.errors import ConfigError
+from flip.run_dir import RunDir
 
-LOG_DIR = "tensorboard"
 BY_SAMPLES = "by_samples"
 EVENT_FILES = "events.out.tfevents.*"
 
@@ -36,7 +36,7 @@ class TensorBoardLog:
         except ImportError:
             raise ConfigError("tensorboard needs the tensorboard package: pip install tensorboard",
                               key="report_to") from None
-        log_dir = Path(run_dir) / LOG_DIR
+        log_dir = RunDir(run_dir).tensorboard
         if not step:
             for old in [*log_dir.glob(EVENT_FILES), *(log_dir / BY_SAMPLES).glob(EVENT_FILES)]:
                 old.unlink()

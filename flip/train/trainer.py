@@ -17,10 +17,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel
 
 from flip.data import builtin
@@ -32,10 +31,11 @@ from flip.distributed import (DistInfo, full_model_state, full_optimizer_state, 
 from flip.compile import compile_module
 from flip.precision import precision_warning
 from flip.flops import train_step_flops
-from flip.models import FLIP, get_preset
+from flip.models import FLIP, ModelConfig, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
 from flip import checkpoint as ckpt
+from flip.run_dir import DECODER, RunDir, module_weights
 from flip.train.checkpoint import checkpoint_bytes, drop_resume_state, load_state, save_checkpoint
 from flip.train.load import LoadMonitor
 from flip.train.config import ConfigError, TrainConfig
@@ -48,8 +48,6 @@ from flip.train.input_stage import InputStage
 from flip.train.step import TrainStep, time_text_tower
 from flip.train.curves import CurveLogs, open_curve_logs
 
-METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
-DECODER_FILE = "decoder.safetensors"
 # The bad-data fraction is judged once this many samples have been read: a few bad samples at the
 # start of a good corpus must not stop a run (at a true rate of 3%, exceeding 5% in 1000 samples
 # is a 3.7-sigma event).
@@ -148,10 +146,6 @@ def resumed_config(run_dir: str | Path, saved: dict[str, Any], settings: dict[st
     return given
 
 
-def has_checkpoint(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / ckpt.LATEST).exists()
-
-
 def fsdp_blocks(pretrainer: Pretrainer) -> list[torch.nn.Module]:
     """The modules FSDP gathers one at a time: every transformer block but the text tower's last, whose
     weights `_block_at_first_token` uses without calling the block (FSDP's hooks would not fire); that
@@ -163,118 +157,137 @@ def fsdp_blocks(pretrainer: Pretrainer) -> list[torch.nn.Module]:
 
 class Trainer:
     """One training run. `stop` (anything with `is_set()`, e.g. a threading.Event), when set, makes
-    `run()` finish the step in flight, write a checkpoint and raise `StopRequested`."""
+    `run()` finish the step in flight, write a checkpoint and raise `StopRequested`.
+
+    Built in the order a run needs its parts: the run directory (resuming: the saved settings), the
+    processes and device, the model, the data and budget, the weights to start from, the optimizer
+    and the resume state, then the step. `run()` is the loop; what it does besides stepping (log,
+    checkpoint, stop, evaluate) is a method each, and every write the main process makes goes
+    through `_writing`, which turns a failed one into `WriteFailed` in every process.
+    """
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, reporter: Reporter | None = None,
                  stop=None, settings: dict[str, Any] | None = None):
         self.reporter = reporter or Reporter()
         self.stop = stop
-        self.run_dir = Path(cfg.out)
+        self.files = RunDir(cfg.out)
+        self.run_dir = self.files.path
         self.resumed, self.created_dir = bool(resume), not self.run_dir.exists()
-        self._prepare_run_dir(resume)
-        self.last_checkpoint: Path | None = self.resume_from if resume else None
+        self.resume_from = self._check_run_dir(resume)
+        self.last_checkpoint: Path | None = self.resume_from
         if resume:
             cfg = resumed_config(self.run_dir, ckpt.read_config(self.resume_from)["train"], settings or {})
         self.cfg = cfg
-        device_type = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-        self.dist: DistInfo = init_distributed(device_type)
-        self.device = resolve_device(cfg.device, self.dist)
-        if cfg.batch_size % self.dist.world_size:
-            raise ConfigError(f"({cfg.batch_size}) must divide by the {self.dist.world_size} processes",
-                              key="batch_size")
-        self.local_batch = cfg.batch_size // self.dist.world_size
-        if self.local_batch % cfg.accum_steps:
-            raise ConfigError(f"({cfg.accum_steps}) must divide each process's share of the batch "
-                              f"({self.local_batch} = {cfg.batch_size} / {self.dist.world_size} processes)",
-                              key="accum_steps")
+        self.dist, self.device, self.local_batch = self._place()
 
         torch.manual_seed(cfg.seed + self.dist.rank)
         random.seed(cfg.seed)
-        self.model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length).with_loss(cfg.loss)
-        self.model = FLIP(self.model_cfg).to(self.device)
-        self.model.set_grad_checkpointing(cfg.activation_checkpointing)
-        self.decoder = None
-        if cfg.recon_weight > 0:
-            decoder_cfg = DecoderConfig(cfg.decoder_depth, cfg.decoder_width, cfg.decoder_heads)
-            # At the training size: its (fixed, unsaved) position embeddings cover the patches the step sees.
-            self.decoder = MAEDecoder(self.model_cfg.vision.at_image_size(cfg.image_size), decoder_cfg).to(self.device)
+        self.model_cfg, self.model, self.decoder = self._build_model()
         self.pretrainer = Pretrainer(self.model, self.decoder)
-        _ensure_builtin_data(cfg)
-        self.urls = check_shards(cfg.data)
-        if cfg.data_fraction < 1:  # a smaller dataset, in whole shards: the first ceil(f * n) of them
-            self.urls = self.urls[:max(1, math.ceil(cfg.data_fraction * len(self.urls)))]
-        self.total_samples = _budget_samples(cfg, self.urls)
-        self.total_steps = max(1, self.total_samples // cfg.batch_size)
+        self.urls = self._build_data()
+        self.total_samples, self.total_steps, self.warmup_steps = self._budget()
         # Loaded before the first step: unusable eval data stops the run before it trains.
         self.periodic_eval = PeriodicEval.load(cfg, self.model_cfg.vision.image_size) \
             if self.dist.is_main and cfg.periodic_eval else PeriodicEval()
-        self.eval_metrics: dict[str, float] = {}
-        self.eval_step: int | None = None
-        self.eval_errors: list[dict[str, Any]] = []
-        warmup = cfg.warmup if cfg.warmup is not None else int(cfg.warmup_fraction * self.total_samples)
-        self.warmup_steps = max(1, warmup // cfg.batch_size)
-        self.progress = Progress()
+        self._eval_sets = cfg.periodic_eval and (cfg.eval_data is not None or cfg.eval_zeroshot is not None)
 
-        if cfg.init_from and not resume:
-            self._load_init_weights(cfg.init_from)
-        if resume:
-            self._load_resume_weights()
-        # FSDP replaces the parameters with shards: after loading whole weights, before the optimizer.
-        self.fsdp = cfg.fsdp and self.dist.world_size > 1
-        if cfg.fsdp and not self.fsdp:
-            self.reporter.message("note: --fsdp shards the model over processes; with one process it stays whole")
-        if self.fsdp:
-            shard_model(self.pretrainer, fsdp_blocks(self.pretrainer), self.device)
+        self._load_weights(resume)
+        self.fsdp = self._shard()  # after loading whole weights, before the optimizer takes the parameters
+        self._evaluates = self._eval_sets and (self.dist.is_main or self.fsdp)  # this process takes part
         self._whole: FLIP | None = None  # under FSDP, the main process's whole copy for evaluation
-        self._evaluates = (self.dist.is_main or self.fsdp) and cfg.periodic_eval and (
-            cfg.eval_data is not None or cfg.eval_zeroshot is not None)
         self.optimizer = make_optimizer(self.pretrainer, cfg.peak_lr, cfg.weight_decay, (cfg.beta1, cfg.beta2),
                                         cfg.eps, self.device)
-        if resume:
-            self._load_resume_state()
-
-        forward_model = self.pretrainer
-        if self.dist.world_size > 1 and not self.fsdp:
-            forward_model = DistributedDataParallel(
-                forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if cfg.compile:  # inductor where it can build kernels here, else a stated fallback
-            forward_model, _ = compile_module(forward_model, self.device, log=self._main_message)
-        if self.dist.is_main:  # e.g. bf16 on a CPU without native bf16: many times slower, said once
-            warning = precision_warning(self.device, cfg.precision)
-            if warning:
-                self.reporter.message(warning)
+        self.progress = self._restore() if resume else Progress()
+        forward_model = self._forward_model()
+        self._warn_precision()
         self.input_stage = InputStage(self.device, self._augment())
         self.step_fn = TrainStep(self.model, self.optimizer, cfg.step_config(), forward_model=forward_model,
                                  guard_nonfinite=True)
+
+        # What the loop keeps: data-stream slots, counts, the last batch (the text tower is timed on it) ...
+        self._slots = max(1, cfg.workers)
+        if not self.progress.positions:
+            self.progress.positions = [SlotPosition() for _ in range(self._slots)]
+        self._skipped_by_slot: list[dict[str, int]] = [{} for _ in range(self._slots)]
+        self._truncated_by_slot = [0] * self._slots
         self.nonfinite = NonFiniteSteps(self.device)
-        self._skipped_by_slot: list[dict[str, int]] = []
+        self._nonfinite_before = self.progress.nonfinite_steps
+        self._last_tokens: torch.Tensor | None = None
+        self._last_word_classes: torch.Tensor | None = None
+        # ... what it has logged and evaluated ...
+        self.interval = _LogInterval()
+        self.last_metrics: dict[str, Any] = {}
+        self.eval_metrics: dict[str, float] = {}
+        self.eval_step: int | None = None
+        self.eval_errors: list[dict[str, Any]] = []
+        # ... and what `run()` opens and starts (the logs on the main process only).
+        self.metrics_log = None
+        self.curves: CurveLogs | None = None
+        self.start_time = 0.0  # perf_counter() at step 0, earlier attempts included
+        self.load_monitor: LoadMonitor | None = None
 
-    # -- run directory and resume -------------------------------------------------------------
-    def _main_message(self, text: str) -> None:
-        if self.dist.is_main:
-            self.reporter.message(text)
-
-    def _prepare_run_dir(self, resume: bool) -> None:
-        has_ckpt = (self.run_dir / ckpt.LATEST).exists()
+    # -- construction ----------------------------------------------------------------------------------
+    def _check_run_dir(self, resume: bool) -> Path | None:
+        """The checkpoint a resumed run continues from (None for a fresh run, which must not start where
+        a run was trained)."""
         if resume:
-            if not has_ckpt:
+            if not self.files.has_checkpoint():
                 raise ckpt.CheckpointError(f"nothing to resume in {self.run_dir}: no checkpoint there yet")
-            self.resume_from = ckpt.resolve_checkpoint(self.run_dir)
-        elif has_ckpt or (self.run_dir / SUMMARY_FILE).exists():
+            return ckpt.resolve_checkpoint(self.run_dir)
+        if self.files.holds_run():
             raise ConfigError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
                               f"or choose another --out")
+        return None
 
-    def discard_failed_start(self) -> None:
-        """A fresh run that failed before its first step leaves nothing behind: no config, no empty log, no
-        run directory it made itself."""
-        if self.resumed or self.progress.step > 0 or not self.dist.is_main or has_checkpoint(self.run_dir):
-            return
-        for name in (CONFIG_FILE, METRICS_FILE):
-            (self.run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
-        if self.created_dir:
-            with contextlib.suppress(OSError):  # anything else in it is not ours to remove
-                self.run_dir.rmdir()
+    def _place(self) -> tuple[DistInfo, torch.device, int]:
+        """The processes, this one's device, and its share of the batch."""
+        cfg = self.cfg
+        device_type = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        dist = init_distributed(device_type)
+        device = resolve_device(cfg.device, dist)
+        if cfg.batch_size % dist.world_size:
+            raise ConfigError(f"({cfg.batch_size}) must divide by the {dist.world_size} processes", key="batch_size")
+        local_batch = cfg.batch_size // dist.world_size
+        if local_batch % cfg.accum_steps:
+            raise ConfigError(f"({cfg.accum_steps}) must divide each process's share of the batch "
+                              f"({local_batch} = {cfg.batch_size} / {dist.world_size} processes)", key="accum_steps")
+        return dist, device, local_batch
+
+    def _build_model(self) -> tuple[ModelConfig, FLIP, MAEDecoder | None]:
+        cfg = self.cfg
+        model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length).with_loss(cfg.loss)
+        model = FLIP(model_cfg).to(self.device)
+        model.set_grad_checkpointing(cfg.activation_checkpointing)
+        decoder = None
+        if cfg.recon_weight > 0:
+            decoder_cfg = DecoderConfig(cfg.decoder_depth, cfg.decoder_width, cfg.decoder_heads)
+            # At the training size: its (fixed, unsaved) position embeddings cover the patches the step sees.
+            decoder = MAEDecoder(model_cfg.vision.at_image_size(cfg.image_size), decoder_cfg).to(self.device)
+        return model_cfg, model, decoder
+
+    def _build_data(self) -> list[str]:
+        """The shards to train on (the built-in data generated first if the run trains on it)."""
+        _ensure_builtin_data(self.cfg)
+        urls = check_shards(self.cfg.data)
+        if self.cfg.data_fraction < 1:  # a smaller dataset, in whole shards: the first ceil(f * n) of them
+            urls = urls[:max(1, math.ceil(self.cfg.data_fraction * len(urls)))]
+        return urls
+
+    def _budget(self) -> tuple[int, int, int]:
+        """Samples and steps to train, and the steps of the lr warm-up."""
+        cfg = self.cfg
+        samples = _budget_samples(cfg, self.urls)
+        warmup = cfg.warmup if cfg.warmup is not None else int(cfg.warmup_fraction * samples)
+        return samples, max(1, samples // cfg.batch_size), max(1, warmup // cfg.batch_size)
+
+    def _load_weights(self, resume: bool) -> None:
+        """The weights a run starts from: the resumed run's, or `--init-from`'s (else the random init)."""
+        if resume:
+            ckpt.load_weights(self.model, self.resume_from)
+            if self.decoder is not None:
+                ckpt.load_weights(self.decoder, self.resume_from, module_weights(DECODER))
+        elif self.cfg.init_from:
+            self._load_init_weights(self.cfg.init_from)
 
     def _load_init_weights(self, path: str) -> None:
         source = ckpt.resolve_checkpoint(path)
@@ -290,12 +303,17 @@ class Trainer:
                                        f"than {self.model_cfg.name}")
         ckpt.load_weights(self.model, source)
 
-    def _load_resume_weights(self) -> None:
-        ckpt.load_weights(self.model, self.resume_from)
-        if self.decoder is not None:
-            ckpt.load_weights(self.decoder, self.resume_from, DECODER_FILE)
+    def _shard(self) -> bool:
+        """Whether the model is sharded over the processes (FSDP replaces its parameters with shards)."""
+        fsdp = self.cfg.fsdp and self.dist.world_size > 1
+        if self.cfg.fsdp and not fsdp:
+            self.reporter.message("note: --fsdp shards the model over processes; with one process it stays whole")
+        if fsdp:
+            shard_model(self.pretrainer, fsdp_blocks(self.pretrainer), self.device)
+        return fsdp
 
-    def _load_resume_state(self) -> None:
+    def _restore(self) -> Progress:
+        """The resumed run's optimizer state, RNG states and progress (data positions, counts, time)."""
         state = load_state(self.resume_from)
         load_optimizer_state(self.pretrainer, self.optimizer, state["optimizer"])
         ranks = state["ranks"]
@@ -306,11 +324,43 @@ class Trainer:
         saved = dict(own["progress"])
         if isinstance(saved.get("skipped_before"), int):  # checkpoints written before counts had kinds
             saved["skipped_before"] = {"unknown": saved["skipped_before"]} if saved["skipped_before"] else {}
-        self.progress = Progress(**{**saved, "positions": [SlotPosition(**p) for p in saved["positions"]]})
         torch.set_rng_state(own["rng"]["torch"])
         if self.device.type == "cuda" and own["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(own["rng"]["cuda"], self.device)
         random.setstate(own["rng"]["python"])
+        return Progress(**{**saved, "positions": [SlotPosition(**p) for p in saved["positions"]]})
+
+    def _forward_model(self) -> torch.nn.Module:
+        """What the step calls forward on: the pretrainer, wrapped by DDP over processes, compiled if asked."""
+        forward_model = self.pretrainer
+        if self.dist.world_size > 1 and not self.fsdp:
+            forward_model = DistributedDataParallel(
+                forward_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.compile:  # inductor where it can build kernels here, else a stated fallback
+            forward_model, _ = compile_module(forward_model, self.device, log=self._main_message)
+        return forward_model
+
+    def _warn_precision(self) -> None:
+        """E.g. bf16 on a CPU without native bf16: many times slower, said once."""
+        warning = precision_warning(self.device, self.cfg.precision) if self.dist.is_main else None
+        if warning:
+            self.reporter.message(warning)
+
+    def _main_message(self, text: str) -> None:
+        if self.dist.is_main:
+            self.reporter.message(text)
+
+    def discard_failed_start(self) -> None:
+        """A fresh run that failed before its first step leaves nothing behind: no config, no empty log, no
+        run directory it made itself."""
+        if self.resumed or self.progress.step > 0 or not self.dist.is_main or self.files.has_checkpoint():
+            return
+        for path in (self.files.config, self.files.metrics):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(self.files.tensorboard, ignore_errors=True)
+        if self.created_dir:
+            with contextlib.suppress(OSError):  # anything else in it is not ours to remove
+                self.run_dir.rmdir()
 
     def _rank_state(self) -> dict[str, Any]:
         """What differs between ranks: data-stream positions and RNG states."""
@@ -324,13 +374,156 @@ class Trainer:
     def _saved_config(self) -> dict[str, Any]:
         return {"model": self.model_cfg.to_dict(), "train": self.cfg.to_dict()}
 
+    # -- the loop --------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to the end of the budget (a resumed run from its checkpoint's step); return the summary."""
+        self._open_logs()
+        title = f"train {self.model_cfg.name} mask {self.cfg.mask_ratio:g}"
+        self.reporter.start(self.total_steps, self.progress.step, title)
+        try:
+            self._loop(iter(self._loader()))
+        finally:
+            self._close_logs()
+        summary = self._summary(time.perf_counter() - self.start_time)
+        if self.dist.is_main and not self.cfg.keep_resume_state:
+            drop_resume_state(self.run_dir)  # finished: only the weights are read from here on
+        return summary
+
+    def _loop(self, loader) -> None:
+        cfg, p = self.cfg, self.progress
+        self.start_time = time.perf_counter() - p.elapsed_s
+        self.load_monitor = LoadMonitor(p.load)
+        self.interval = _LogInterval()
+        while p.step < self.total_steps:
+            lr = self._step(loader)
+            done = p.step == self.total_steps
+            at_log = p.step % cfg.log_every == 0 or done
+            if at_log:
+                self._log_interval(lr)
+            stopping = not done and self._stop_wanted(at_log)
+            # The checkpoint first: whatever happens in the evaluation, the step's work is kept.
+            if p.step % cfg.ckpt_every == 0 or done or stopping:
+                self._checkpoint()
+            if stopping:
+                raise StopRequested(f"stopped at step {p.step} of {self.total_steps} after writing "
+                                    f"{self.last_checkpoint}", self.run_dir, p.step, self.last_checkpoint)
+            if self._eval_sets and (p.step % cfg.eval_every == 0 or done):
+                self._evaluate()
+            self.reporter.step(p.step, self.last_metrics if at_log else None)
+
+    def _step(self, loader) -> float:
+        """One optimizer step on the next batch; returns its learning rate."""
+        p = self.progress
+        wait_start = time.perf_counter()
+        images, tokens, meta = next(loader)
+        self.interval.wait += time.perf_counter() - wait_start
+        self._last_tokens = tokens
+        lr = lr_at(p.step, self.total_steps, self.warmup_steps, self.cfg.peak_lr, self.cfg.min_lr_ratio)
+        images = self.input_stage(images)  # uint8 / encoded / float -> normalised float on the device
+        tokens = tokens.to(self.device, non_blocking=True)
+        word_classes = meta.get("word_classes")  # syntax text masking: the workers tagged the captions
+        if word_classes is not None:
+            self._last_word_classes = word_classes
+            word_classes = word_classes.to(self.device, non_blocking=True)
+        out = self.step_fn(images, tokens, lr, word_classes)
+        nonfinite = out.pop("nonfinite")
+        self.nonfinite.add(p.step + 1, nonfinite)
+        self.interval.add(out, nonfinite)
+        p.step += 1
+        p.samples_seen += self.cfg.batch_size
+        self._advance_stream(meta)
+        self.load_monitor.tick()
+        return lr
+
+    def _advance_stream(self, meta: dict[str, Any]) -> None:
+        """Where the batch's data-loader slot now is in its stream, and what its worker skipped and cut."""
+        slot = meta["slot"]
+        self.progress.positions[slot] = SlotPosition(meta["epoch"], meta["offset"])
+        self.progress.next_slot = (slot + 1) % self._slots
+        self._skipped_by_slot[slot] = meta["skipped"]
+        self._truncated_by_slot[slot] = meta.get("truncated_captions", 0)
+
+    def _log_interval(self, lr: float) -> None:
+        """At a log step: stop on non-finite steps (policy "stop") or too much bad data, log the interval's
+        means and rates, and start the next interval."""
+        p, interval = self.progress, self.interval
+        self._check_nonfinite()
+        elapsed = time.perf_counter() - interval.start
+        self.last_metrics = {
+            "step": p.step, "samples": p.samples_seen, **interval.mean_losses(),
+            "lr": lr, "temperature": 1.0 / self.model.logit_scale.exp().item(),
+            **({"logit_bias": self.model.logit_bias.item()} if self.model.logit_bias is not None else {}),
+            "samples_per_s": interval.steps * self.cfg.batch_size / elapsed,
+            "data_wait_fraction": interval.wait / elapsed,
+            "skipped_samples": sum(self._skipped().values()), "nonfinite_steps": p.nonfinite_steps,
+        }
+        self._record(self.last_metrics)
+        if self.curves:
+            self.curves.log("train", p.step, p.samples_seen,
+                            {k: v for k, v in self.last_metrics.items() if k not in ("step", "samples")})
+        self.interval = _LogInterval()
+        self._check_bad_data()
+
+    # -- logs ------------------------------------------------------------------------------------------
+    def _open_logs(self) -> None:
+        """Write the run's config and open its logs (the main process's)."""
+        main, p = self.dist.is_main, self.progress
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self._writing(str(self.files.config)):
+            if main:
+                self.files.config.write_text(json.dumps(self._saved_config(), indent=2))
+        with self._writing(f"the metrics log {self.files.metrics}"):
+            if main:
+                self.metrics_log = self._open_metrics()
+        if main:
+            self.curves = open_curve_logs(self.cfg, self.run_dir, p.step, p.samples_seen, say=self.reporter.message)
+
+    def _open_metrics(self):
+        """The metrics log, opened to append. A fresh run starts it empty (what a process killed before
+        the first checkpoint logged belongs to no run); a resumed run drops the records after its
+        checkpoint's step, which it is about to log again."""
+        path, step = self.files.metrics, self.progress.step
+        if step == 0 or not path.exists():
+            return path.open("w")
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line + "\n")
+            except json.JSONDecodeError:
+                pass  # a line cut short by a kill
+        ckpt.write_atomic(path, "".join(kept))
+        return path.open("a")
+
+    def _record(self, record: dict[str, Any] | None) -> None:
+        """Append `record` to the metrics log (the main process's; the others pass None)."""
+        with self._writing(f"the metrics log {self.files.metrics}"):
+            if self.metrics_log and record is not None:
+                self._log(record)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.metrics_log.write(json.dumps(record) + "\n")
+        self.metrics_log.flush()
+
+    def _close_logs(self) -> None:
+        self.reporter.close()
+        if self.metrics_log:
+            self.metrics_log.close()
+        if self.curves:
+            self.curves.close()
+
     # -- FSDP ---------------------------------------------------------------------------------------
     def _whole_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         """The model's (and decoder's) weights, whole, as an unwrapped module's state dicts, by checkpoint
         file name. Under FSDP a collective (every process calls it) whose result is on the main process."""
         weights = full_model_state(self.pretrainer)
-        return {name: {key.removeprefix(f"{name}."): value for key, value in weights.items()
-                       if key.startswith(f"{name}.")} for name in ("model", "decoder")}
+
+        def part(module: str) -> dict[str, torch.Tensor]:  # by the pretrainer's attribute name
+            return {key.removeprefix(f"{module}."): value for key, value in weights.items()
+                    if key.startswith(f"{module}.")}
+
+        return {"model": part("model"), DECODER: part("decoder")}
 
     def _whole_model(self) -> FLIP | None:
         """The model with all its weights, for what runs outside the training step (evaluation, timing):
@@ -364,7 +557,7 @@ class Trainer:
             augment=self._augment(), shuffle_buffer=cfg.shuffle_buffer, resampled=cfg.resampled, seed=cfg.seed,
             decode=cfg.decode, word_classes=self._syntax_masking)
         return make_loader(stream, cfg.workers, self.dist.rank, self.dist.world_size,
-                           self.progress.positions or None, self.progress.next_slot,
+                           self.progress.positions, self.progress.next_slot,
                            pin_memory=self.device.type == "cuda")
 
     # -- evaluation and checkpoints --------------------------------------------------------------
@@ -372,8 +565,23 @@ class Trainer:
         """The periodic evaluation's metrics for the model as it is now, or for `model` (main process)."""
         return self.periodic_eval.run(model if model is not None else self.model, self.device, self.cfg.precision)
 
-    def _periodic_eval(self, log, curves: CurveLogs | None, model: FLIP | None = None) -> None:
-        """Evaluate and record; a failure is logged as a warning and training goes on."""
+    def _evaluate(self) -> None:
+        """The periodic evaluation, logged; its time is not training time. The main process evaluates
+        (under FSDP every process helps gather the weights); every process passes the record's write."""
+        record, start = None, time.perf_counter()
+        if self._evaluates:
+            # The evaluation (its data loaders, the whole copy's initialisation) must not draw from the
+            # training RNG, saved before it: a resumed run would draw other masks than this one.
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                model = self._whole_model()  # under FSDP every process takes part in gathering it
+                if self.dist.is_main:
+                    record = self._periodic_eval(model)
+        self._record(record)
+        if self._evaluates:
+            self.progress.eval_time_s += time.perf_counter() - start
+
+    def _periodic_eval(self, model: FLIP | None = None) -> dict[str, Any]:
+        """Evaluate, and return the metrics log's record; a failure is a warning and training goes on."""
         p = self.progress
         try:
             metrics = self.evaluate(model)
@@ -381,16 +589,13 @@ class Trainer:
             error = f"{type(exc).__name__}: {exc}"
             self.eval_errors.append({"step": p.step, "error": error})
             self.reporter.message(f"warning: step {p.step}: periodic evaluation failed ({error}); training goes on")
-            record = {"step": p.step, "samples": p.samples_seen, "eval_error": error}
-        else:
-            self.eval_metrics, self.eval_step = metrics, p.step
-            self.reporter.message(f"step {p.step}: {headline(metrics)}")
-            record = {"step": p.step, "samples": p.samples_seen, "eval": metrics}
-            if curves:
-                curves.log("eval", p.step, p.samples_seen, metrics)
-                curves.flush()
-        if log:
-            self._log(log, record)
+            return {"step": p.step, "samples": p.samples_seen, "eval_error": error}
+        self.eval_metrics, self.eval_step = metrics, p.step
+        self.reporter.message(f"step {p.step}: {headline(metrics)}")
+        if self.curves:
+            self.curves.log("eval", p.step, p.samples_seen, metrics)
+            self.curves.flush()
+        return {"step": p.step, "samples": p.samples_seen, "eval": metrics}
 
     def _eval_summary(self) -> dict[str, Any]:
         """The summary's evaluation entries besides `eval` (the last successful metrics)."""
@@ -401,6 +606,9 @@ class Trainer:
         return {"eval_step": self.eval_step, **({"eval_errors": self.eval_errors} if self.eval_errors else {})}
 
     def _checkpoint(self) -> None:
+        p = self.progress
+        p.elapsed_s = time.perf_counter() - self.start_time
+        p.load = self.load_monitor.record()
         self._check_nonfinite()  # a checkpoint holds only good steps: the check comes first
         ranks = [self._rank_state()]
         if self.dist.world_size > 1:
@@ -409,53 +617,34 @@ class Trainer:
         # Under FSDP, gathering the whole weights and optimizer state is a collective: every process joins.
         states = self._whole_weights() if self.fsdp else None
         optimizer_state = full_optimizer_state(self.pretrainer, self.optimizer)
-        if self.dist.is_main:
-            extra = {DECODER_FILE.removesuffix(".safetensors"): self.decoder} if self.decoder is not None else None
-            state = {"optimizer": optimizer_state, "ranks": ranks}
-            step = self.progress.step
-            try:
-                self.last_checkpoint = save_checkpoint(self.run_dir, step, self.model, self._saved_config(), state,
+        with self._writing(f"checkpoint {self.files.checkpoint(p.step)}", needed=self._checkpoint_size):
+            if self.dist.is_main:
+                extra = {DECODER: self.decoder} if self.decoder is not None else None
+                state = {"optimizer": optimizer_state, "ranks": ranks}
+                self.last_checkpoint = save_checkpoint(self.run_dir, p.step, self.model, self._saved_config(), state,
                                                        keep_last=self.cfg.keep_checkpoints, extra_modules=extra,
                                                        states=states)
-            # torch.save reports a failed write as a RuntimeError, safetensors as a SafetensorError
-            except (OSError, RuntimeError, SafetensorError) as exc:
-                if isinstance(exc, RuntimeError) and "writ" not in str(exc).lower():
-                    raise  # another error that surfaced here (e.g. a data-loader worker's death)
-                raise self._write_failed(f"checkpoint {self.run_dir / f'ckpt-{step:08d}'}", exc,
-                                         self._checkpoint_size()) from exc
 
     # -- faults ------------------------------------------------------------------------------------------
-    def _checkpoint_size(self) -> int:
-        """Bytes a checkpoint takes: the last one's size, else the weights and two AdamW moments."""
-        if self.last_checkpoint is not None and self.last_checkpoint.is_dir():
-            return checkpoint_bytes(self.last_checkpoint)
-        return 3 * sum(p.numel() * p.element_size() for p in self.pretrainer.parameters())
-
-    def _write_failed(self, what: str, exc: BaseException, needed: int | None = None) -> WriteFailed:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[-1]
-        file = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in what \
-            else ""
-        space = f"{_size(shutil.disk_usage(self.run_dir).free)} free there"
-        if needed:
-            space += f", a checkpoint needs about {_size(needed)}"
-        return WriteFailed(f"cannot write {what}{file}: {reason} ({space}); training stopped. "
-                           f"{describe_checkpoint(self.last_checkpoint).capitalize()}: make room, then resume "
-                           f"with --resume", self.run_dir, self.progress.step, self.last_checkpoint)
-
     @contextlib.contextmanager
-    def _stop_together_on_failed_write(self):
-        """Around what process 0 alone writes (config, logs, checkpoints): when a write fails in one
-        process, every process stops here with its `WriteFailed`. A process that went on would wait in
-        its next collective for one that has stopped: under NCCL until the timeout (gloo reports the
-        closed connection as a traceback). One extra all-reduce per log step and checkpoint."""
+    def _writing(self, what: str, needed: Callable[[], int] | None = None):
+        """Around each write of the main process (config, metrics log, checkpoints, summary), which every
+        process passes at the same point: a failed write (an OSError) stops the run with a `WriteFailed`
+        naming `what` (and, with `needed`, the bytes a checkpoint takes), and stops every process here
+        with it. A process that went on would wait in its next collective for one that has stopped: under
+        NCCL until the timeout (gloo reports the closed connection as a traceback). Costs one all-reduce
+        per write in a run of several processes."""
         failure: WriteFailed | None = None
         try:
             yield
-        except WriteFailed as exc:
-            if self.dist.world_size == 1:
-                raise
-            failure = exc
-        if self.dist.world_size == 1 or not self._global_sum(float(failure is not None))[0]:
+        except OSError as exc:
+            failure = self._write_failed(what, exc, needed() if needed else None)
+            failure.__cause__ = exc
+        if self.dist.world_size == 1:
+            if failure is not None:
+                raise failure
+            return
+        if not self._global_sum(float(failure is not None))[0]:
             return
         reports = [None] * self.dist.world_size
         report = None if failure is None else (str(failure), failure.step, failure.checkpoint)
@@ -463,38 +652,21 @@ class Trainer:
         message, step, checkpoint = next(r for r in reports if r is not None)
         raise WriteFailed(message, self.run_dir, step, checkpoint) from failure
 
-    def _log(self, log, record: dict[str, Any]) -> None:
-        try:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        except OSError as exc:
-            raise self._write_failed(f"the metrics log {self.run_dir / METRICS_FILE}", exc) from exc
+    def _write_failed(self, what: str, exc: OSError, needed: int | None = None) -> WriteFailed:
+        reason = exc.strerror or (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        file = f" ({exc.filename})" if exc.filename and str(exc.filename) not in what else ""
+        space = f"{_size(shutil.disk_usage(self.run_dir).free)} free there"
+        if needed:
+            space += f", a checkpoint needs about {_size(needed)}"
+        return WriteFailed(f"cannot write {what}{file}: {reason} ({space}); training stopped. "
+                           f"{describe_checkpoint(self.last_checkpoint).capitalize()}: make room, then resume "
+                           f"with --resume", self.run_dir, self.progress.step, self.last_checkpoint)
 
-    def _write_text(self, path: Path, text: str) -> None:
-        try:
-            path.write_text(text)
-        except OSError as exc:
-            raise self._write_failed(str(path), exc) from exc
-
-    def _open_metrics(self):
-        """The metrics log, opened to append. A fresh run starts it empty (what a process killed before
-        the first checkpoint logged belongs to no run); a resumed run drops the records after its
-        checkpoint's step, which it is about to log again."""
-        path, step = self.run_dir / METRICS_FILE, self.progress.step
-        try:
-            if step == 0 or not path.exists():
-                return path.open("w")
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    if json.loads(line).get("step", 0) <= step:
-                        kept.append(line + "\n")
-                except json.JSONDecodeError:
-                    pass  # a line cut short by a kill
-            ckpt.write_atomic(path, "".join(kept))
-            return path.open("a")
-        except OSError as exc:
-            raise self._write_failed(f"the metrics log {path}", exc) from exc
+    def _checkpoint_size(self) -> int:
+        """Bytes a checkpoint takes: the last one's size, else the weights and two AdamW moments."""
+        if self.last_checkpoint is not None and self.last_checkpoint.is_dir():
+            return checkpoint_bytes(self.last_checkpoint)
+        return 3 * sum(p.numel() * p.element_size() for p in self.pretrainer.parameters())
 
     def _check_nonfinite(self) -> None:
         """Host-side look at the device's count of non-finite steps (a sync: log intervals and checkpoints)."""
@@ -551,115 +723,13 @@ class Trainer:
         # Every process must stop at the same step: they agree at log intervals (one collective).
         return at_log and self._global_sum(float(wanted))[0] > 0
 
-    # -- the loop ------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        cfg, p = self.cfg, self.progress
-        main = self.dist.is_main
-        with self._stop_together_on_failed_write():
-            if main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self._write_text(self.run_dir / CONFIG_FILE, json.dumps(self._saved_config(), indent=2))
-        num_slots = max(1, cfg.workers)
-        if not p.positions:
-            p.positions = [SlotPosition() for _ in range(num_slots)]
-        self._skipped_by_slot = [{} for _ in range(num_slots)]
-        self._truncated_by_slot = [0] * num_slots
-        self._nonfinite_before = p.nonfinite_steps
-        with self._stop_together_on_failed_write():
-            log = self._open_metrics() if main else None
-            curves = open_curve_logs(cfg, self.run_dir, p.step, p.samples_seen, say=self.reporter.message) \
-                if main else None
-        title = f"train {self.model_cfg.name} mask {cfg.mask_ratio:g}"
-        self.reporter.start(self.total_steps, p.step, title)
-        loader = iter(self._loader())
-        start_time = time.perf_counter() - p.elapsed_s
-        self.load_monitor = LoadMonitor(p.load)
-        interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
-        losses = _IntervalLosses()
-        last_metrics: dict[str, Any] = {}
-        try:
-            while p.step < self.total_steps:
-                t0 = time.perf_counter()
-                images, tokens, meta = next(loader)
-                interval_wait += time.perf_counter() - t0
-                self._last_tokens = tokens
-                lr = lr_at(p.step, self.total_steps, self.warmup_steps, cfg.peak_lr, cfg.min_lr_ratio)
-                images = self.input_stage(images)  # uint8 / encoded / float -> normalised float on the device
-                tokens = tokens.to(self.device, non_blocking=True)
-                word_classes = meta.get("word_classes")  # syntax text masking: the workers tagged the captions
-                if word_classes is not None:
-                    self._last_word_classes = word_classes
-                    word_classes = word_classes.to(self.device, non_blocking=True)
-                out = self.step_fn(images, tokens, lr, word_classes)
-                nonfinite = out.pop("nonfinite")
-                self.nonfinite.add(p.step + 1, nonfinite)
-                losses.add(out, nonfinite)
-                p.step += 1
-                p.samples_seen += cfg.batch_size
-                p.positions[meta["slot"]] = SlotPosition(meta["epoch"], meta["offset"])
-                p.next_slot = (meta["slot"] + 1) % num_slots
-                self._skipped_by_slot[meta["slot"]] = meta["skipped"]
-                self._truncated_by_slot[meta["slot"]] = meta.get("truncated_captions", 0)
-                interval_steps += 1
-                self.load_monitor.tick()
-                done = p.step == self.total_steps
-                at_log = p.step % cfg.log_every == 0 or done
-
-                if at_log:
-                    self._check_nonfinite()
-                    elapsed = time.perf_counter() - interval_start
-                    last_metrics = {
-                        "step": p.step, "samples": p.samples_seen, **losses.means(),
-                        "lr": lr, "temperature": 1.0 / self.model.logit_scale.exp().item(),
-                        **({"logit_bias": self.model.logit_bias.item()} if self.model.logit_bias is not None else {}),
-                        "samples_per_s": interval_steps * cfg.batch_size / elapsed,
-                        "data_wait_fraction": interval_wait / elapsed,
-                        "skipped_samples": sum(self._skipped().values()), "nonfinite_steps": p.nonfinite_steps,
-                    }
-                    with self._stop_together_on_failed_write():
-                        if log:
-                            self._log(log, last_metrics)
-                    if curves:
-                        curves.log("train", p.step, p.samples_seen,
-                                        {k: v for k, v in last_metrics.items() if k not in ("step", "samples")})
-                    interval_start, interval_wait, interval_steps = time.perf_counter(), 0.0, 0
-                    self._check_bad_data()
-                stopping = not done and self._stop_wanted(at_log)
-                # The checkpoint first: whatever happens in the evaluation, the step's work is kept.
-                if p.step % cfg.ckpt_every == 0 or done or stopping:
-                    p.elapsed_s = time.perf_counter() - start_time
-                    p.load = self.load_monitor.record()
-                    with self._stop_together_on_failed_write():
-                        self._checkpoint()
-                if stopping:
-                    raise StopRequested(f"stopped at step {p.step} of {self.total_steps} after writing "
-                                        f"{self.last_checkpoint}", self.run_dir, p.step, self.last_checkpoint)
-                if self._evaluates and (p.step % cfg.eval_every == 0 or done):
-                    eval_start = time.perf_counter()
-                    # The evaluation (its data loaders, the whole copy's initialisation) must not draw from the
-                    # training RNG, saved before it: a resumed run would draw other masks than this one.
-                    with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                        model = self._whole_model()  # under FSDP every process takes part in gathering it
-                        if main:
-                            self._periodic_eval(log, curves, model)
-                    p.eval_time_s += time.perf_counter() - eval_start
-                self.reporter.step(p.step, last_metrics if at_log else None)
-        finally:
-            self.reporter.close()
-            if log:
-                log.close()
-            if curves:
-                curves.close()
-        summary = self._summary(time.perf_counter() - start_time, last_metrics, self.eval_metrics)
-        if self.dist.is_main and not cfg.keep_resume_state:
-            drop_resume_state(self.run_dir)  # finished: only the weights are read from here on
-        return summary
-
-    def _summary(self, wall_s: float, last: dict, eval_metrics: dict) -> dict[str, Any]:
+    # -- the end -----------------------------------------------------------------------------------------
+    def _summary(self, wall_s: float) -> dict[str, Any]:
         # The step as it runs (kept patches and text tokens, the decoder, the loss), at the global batch:
         # every process's share together.
         step_flops = train_step_flops(self.model_cfg, self.cfg, self.cfg.batch_size)["total"]
         flops = step_flops / self.cfg.batch_size
+        last = self.last_metrics
         summary = {
             "run_dir": str(self.run_dir), "model": self.model_cfg.name, "mask_ratio": self.cfg.mask_ratio,
             "wall_time_s": wall_s, "train_time_s": wall_s - self.progress.eval_time_s,
@@ -671,7 +741,7 @@ class Trainer:
             "samples_per_s": self.progress.samples_seen / wall_s if wall_s else None,
             "skipped_samples": sum(self._skipped().values()), "skipped_by_kind": self._skipped(),
             "nonfinite_steps": self.progress.nonfinite_steps, "truncated_captions": self._truncated(),
-            "eval": eval_metrics, "parent": self.cfg.parent,
+            "eval": self.eval_metrics, "parent": self.cfg.parent,
             # the batch as it ran: each device's forward chunk x accumulation steps x processes
             "world_size": self.dist.world_size, "fsdp": self.fsdp,
             "per_device_batch": self.local_batch // self.cfg.accum_steps,
@@ -680,22 +750,27 @@ class Trainer:
             "load": self.load_monitor.summary(),  # was the machine shared? (time figures are clean or not)
         }
         summary.update(self._eval_summary())
-        if self.cfg.text_mask != "none" and getattr(self, "_last_tokens", None) is not None:
+        if self.cfg.text_mask != "none" and self._last_tokens is not None:
             model = self._whole_model()  # a collective under FSDP; the main process times it
             if model is not None:
-                classes = getattr(self, "_last_word_classes", None)
+                classes = self._last_word_classes
                 summary["text_masking"] = time_text_tower(
                     model, self._last_tokens.to(self.device), self.cfg.text_mask, self.cfg.text_mask_ratio,
                     word_classes=classes.to(self.device) if classes is not None else None)
-        if self.dist.is_main:
-            self._write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+        with self._writing(str(self.files.summary)):
+            if self.dist.is_main:
+                self.files.summary.write_text(json.dumps(summary, indent=2))
         return summary
 
 
-class _IntervalLosses:
-    """Each loss summed on the device over a log interval, leaving out the steps skipped as non-finite."""
+class _LogInterval:
+    """What the loop gathers over a log interval: each loss summed on the device (leaving out the steps
+    skipped as non-finite), the steps, and the seconds spent waiting for data since `start`."""
 
     def __init__(self):
+        self.start = time.perf_counter()
+        self.wait = 0.0
+        self.steps = 0
         self.sums: dict[str, torch.Tensor] = {}
         self.good: torch.Tensor | None = None
 
@@ -705,13 +780,12 @@ class _IntervalLosses:
             value = torch.where(kept, value, 0.0)
             self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.good = 1 - nonfinite if self.good is None else self.good + (1 - nonfinite)
+        self.steps += 1
 
-    def means(self) -> dict[str, float]:
-        """The interval's mean losses (NaN if every step was skipped), and a new interval."""
+    def mean_losses(self) -> dict[str, float]:
+        """The interval's mean losses (NaN if every step was skipped)."""
         good = self.good.item() if self.good is not None else 0
-        means = {name: (total / good).item() if good else math.nan for name, total in self.sums.items()}
-        self.sums, self.good = {}, None
-        return means
+        return {name: (total / good).item() if good else math.nan for name, total in self.sums.items()}
 
 
 def _size(n: float) -> str:
@@ -735,13 +809,13 @@ def train(cfg: TrainConfig, resume: bool | str = False, reporter: Reporter | Non
     if resume not in (True, False, "auto"):
         raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
     if resume == "auto":
-        resume = cfg.out is not None and has_checkpoint(cfg.out)
+        resume = cfg.out is not None and RunDir(cfg.out).has_checkpoint()
     if not resume:
         return _run_fresh(Trainer(resolve(cfg), reporter=reporter, stop=stop))
-    summary = Path(cfg.out) / SUMMARY_FILE
-    if summary.exists() and has_checkpoint(cfg.out):
+    files = RunDir(cfg.out)
+    if files.summary.exists() and files.has_checkpoint():
         resumed_config(cfg.out, ckpt.read_config(ckpt.resolve_checkpoint(cfg.out))["train"], settings or {})
-        return json.loads(summary.read_text())
+        return json.loads(files.summary.read_text())
     return Trainer(cfg, resume=True, reporter=reporter, stop=stop, settings=settings).run()
 
 

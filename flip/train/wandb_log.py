@@ -22,9 +22,9 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from flip.errors import ConfigError
+from flip.run_dir import RunDir
 from flip.train.tensorboard_log import tag
 
-LOG_DIR = "wandb"
 RUN_ID_FILE = "run-id"
 DEFAULT_PROJECT = "flipctl"
 INSTALL = "pip install 'flipctl[wandb]'"
@@ -59,7 +59,7 @@ class WandbLog:
         check_installed()
         import wandb
 
-        log_dir = Path(run_dir) / LOG_DIR
+        log_dir = RunDir(run_dir).wandb  # where wandb.init(dir=run_dir) writes its own files too
         log_dir.mkdir(parents=True, exist_ok=True)
         id_file = log_dir / RUN_ID_FILE
         run_id = id_file.read_text().strip() if step and id_file.exists() else uuid.uuid4().hex[:12]
