@@ -497,12 +497,14 @@ class Trainer:
         return path.open("a")
 
     def _record(self, record: dict[str, Any] | None) -> None:
-        """Append `record` to the metrics log (the main process's; the others pass None)."""
+        """Append `record` to the metrics log, which the main process alone has open; every process
+        passes here at the same steps (see `_writing`)."""
         with self._writing(f"the metrics log {self.files.metrics}"):
             if self.metrics_log and record is not None:
                 self._log(record)
 
     def _log(self, record: dict[str, Any]) -> None:
+        """One line, flushed: a run killed later keeps what it logged."""
         self.metrics_log.write(json.dumps(record) + "\n")
         self.metrics_log.flush()
 
@@ -606,6 +608,8 @@ class Trainer:
         return {"eval_step": self.eval_step, **({"eval_errors": self.eval_errors} if self.eval_errors else {})}
 
     def _checkpoint(self) -> None:
+        """Every process's progress and RNG states, with the weights and optimizer state (gathered whole
+        under FSDP), saved by the main process; `last_checkpoint` names it."""
         p = self.progress
         p.elapsed_s = time.perf_counter() - self.start_time
         p.load = self.load_monitor.record()
