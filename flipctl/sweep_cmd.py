@@ -1,4 +1,5 @@
-"""`flipctl sweep` and `flipctl report`: parse, print the plan, show progress; the work is in `flip.sweep`."""
+"""`flipctl sweep` and `flipctl report`: parse the flags, show what `flip.sweep.run_sweep` reports, exit;
+the work is in `flip.sweep`."""
 
 from __future__ import annotations
 
