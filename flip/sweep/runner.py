@@ -129,7 +129,7 @@ class SweepInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def run_sweep(spec: str | Path, store: Path = Path("runs/store"), out: Path | None = None,
+def run_sweep(spec: str | Path, store: str | Path = Path("runs/store"), out: str | Path | None = None,
               options: SweepOptions = SweepOptions(), events: SweepEvents | None = None) -> SweepResult:
     """Run the sweep `spec` (a shipped name or a spec file) on the run store `store`, skipping the runs it
     holds already, and write its report to `out` (default runs/sweeps/NAME-PRESET). A user error
@@ -138,7 +138,7 @@ def run_sweep(spec: str | Path, store: Path = Path("runs/store"), out: Path | No
     events = events or SweepEvents()
     loaded, overrides = _load(spec, options)
     run_store = RunStore(store, read_only=options.dry_run)
-    out = out or Path("runs/sweeps") / f"{loaded.name}-{loaded.preset or 'custom'}"
+    out = Path(out or Path("runs/sweeps") / f"{loaded.name}-{loaded.preset or 'custom'}")
     plan = _plan(loaded, run_store, options.dry_run, events)
     events.on_plan(plan)
     if options.dry_run:
@@ -231,7 +231,7 @@ def _generate_builtin_data(spec: SweepSpec, events: SweepEvents) -> None:
             events.on_data_end()
 
 
-def _command_line(spec: str | Path, store: Path, out: Path, options: SweepOptions) -> str:
+def _command_line(spec: str | Path, store: str | Path, out: Path, options: SweepOptions) -> str:
     """The `flipctl sweep` command that runs the same runs into the same folder (not how many at once, nor where)."""
     args = [str(spec), "--store", str(store), "--out", str(out)]
     for flag, value in (("--preset", options.preset), ("--seeds", options.seeds), ("--data", options.data),
