@@ -38,6 +38,31 @@ def _plain(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", text))
 
 
+
+def test_every_knob_says_whether_it_is_part_of_a_runs_identity():
+    """The run store's identity comes from the knobs: each states it, none inherits a default."""
+    from flip.train.config import knob
+
+    for f in dataclasses.fields(TrainConfig):
+        assert isinstance(f.metadata.get("identity"), bool), \
+            f"TrainConfig.{f.name}: say knob(..., identity=True) if it changes what is learned, else identity=False"
+    with pytest.raises(TypeError, match="identity"):
+        knob(1, "a knob that forgot to say")
+
+
+def test_settings_that_do_not_change_what_is_learned_keep_the_run_id():
+    from flip.sweep.store import IDENTITY, run_id
+
+    # a committed run (results/sweeps/mask-ratio): its id must not move when knobs are added or reclassified
+    table_1a = TrainConfig(mask_ratio=0.0, samples=60000, batch_size=64, workers=1)
+    assert run_id(table_1a) == "tiny-m0-b64-s0-8f8d5d76b4"
+    layout = dict(fsdp=True, activation_checkpointing=True, compile=True, device="cpu", ckpt_every=7, log_every=3,
+                  keep_checkpoints=5, periodic_eval=False, report_to=["tensorboard"], out="elsewhere")
+    assert not set(layout) & set(IDENTITY)
+    assert run_id(dataclasses.replace(table_1a, **layout)) == run_id(table_1a)
+    for learned in (dict(seed=1), dict(workers=2), dict(precision="bf16"), dict(on_nonfinite="skip")):
+        assert run_id(dataclasses.replace(table_1a, **learned)) != run_id(table_1a), learned
+
 def test_train_help_shows_each_flags_help_from_the_dataclass():
     # wide enough that the longest choice list (--text-mask's six) fits its column without wrapping into the help
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "160", "TERMINAL_WIDTH": "160"})
