@@ -112,6 +112,41 @@ def test_step_settings_and_unmasked_reset_come_from_the_fields():
     assert "extra" not in TrainConfig.__dataclass_fields__
 
 
+
+def test_computed_defaults_are_described_by_the_rule_that_computes_them():
+    """A knob whose default resolve() or the trainer computes says it in its rule's words, made from the
+    numbers the rule computes with, and nowhere else: the help cannot drift from the value."""
+    from flip.train import config
+
+    rules = {"samples": config.BUDGET_RULE, "lr": config.LR_RULE, "base_lr": config.BASE_LR_RULE,
+             "warmup": config.WARMUP_RULE, "crop_scale_min": config.CROP_SCALE_RULE, "hflip": config.HFLIP_RULE}
+    for f in dataclasses.fields(TrainConfig):
+        rule = f.metadata["default_rule"]
+        assert rule is rules.get(f.name), f"TrainConfig.{f.name}: default_rule"
+        if rule:
+            assert "Default" not in f.metadata["help"], f"TrainConfig.{f.name}: the rule says the default, once"
+            assert knob_help(f).endswith(f"Default: {rule.describe()}."), f.name
+            assert f"Default: {rule.describe()}." in _plain(flag_help(f))
+    assert config.BUDGET_RULE.describe().startswith("60k for tiny, 40k for the other presets")
+    assert config.BASE_LR_RULE.describe() == "4e-6 for the paper's presets (B/16, L/16, L/14, H/14), 1e-3 for the others"
+    # a changed number moves the value and the words together
+    moved = dataclasses.replace(config.BUDGET_RULE, values={"tiny": 30_000, "other": 40_000})
+    assert moved(TrainConfig()) == 30_000 and moved.describe().startswith("30k for tiny")
+
+
+def test_resolve_and_the_trainer_fill_in_what_the_rules_say(tmp_path):
+    from flip.train import config
+    from flip.train.trainer import resolve
+
+    builtin_b16 = resolve(TrainConfig(model="B/16", batch_size=512, out=str(tmp_path / "a")))
+    assert (builtin_b16.samples, builtin_b16.base_lr, builtin_b16.crop_scale_min, builtin_b16.hflip) == \
+        (40_000, 4e-6, 0.9, False)
+    assert builtin_b16.peak_lr == pytest.approx(8e-6)
+    own = resolve(TrainConfig(data=str(tmp_path), epochs=2.0, out=str(tmp_path / "b")))
+    assert (own.samples, own.base_lr, own.crop_scale_min, own.hflip) == (None, 1e-3, 0.5, True)
+    assert resolve(TrainConfig(out=str(tmp_path / "c"))).samples == 60_000
+    assert config.WARMUP_RULE(TrainConfig(warmup_fraction=0.1), 60_000) == 6000
+
 def test_cli_names_the_setting_as_given(tmp_path):
     result = runner.invoke(app, ["train", "--decoder-heads", "3", "--out", str(tmp_path / "a")])
     assert result.exit_code == 2 and "--decoder-width must be a multiple of the decoder heads (3)" in result.output

@@ -6,8 +6,9 @@ metadata, and everything else follows from it - the `flipctl train` flags and th
 config, the training step's settings (`StepConfig`) and what unmasked tuning resets.
 
 Fields left as None are filled in by `resolve()` (flip.train.trainer) from the model and data
-(the lr from the batch size, the built-in dataset's paths, the budget's warm-up), and the
-resolved config is what the run directory records and what `--resume` reads back.
+(the lr from the batch size, the built-in dataset's paths, the budget's warm-up; a knob's
+`DefaultRule` computes its value and says it in its help), and the resolved config is what the run
+directory records and what `--resume` reads back.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
 # Light imports only: the CLI builds its flags from this module without loading torch.
@@ -26,7 +27,7 @@ from flip.choices import DECODE_MODES, LOSSES, MASK_STRATEGIES, TEXT_MASKS, chec
 from flip.data.synth import SCENE_KINDS
 from flip.models.config import get_preset
 
-PAPER_PRESETS = {"B/16", "L/16", "L/14", "H/14"}
+PAPER_PRESETS = ("B/16", "L/16", "L/14", "H/14")
 PRECISIONS = ("fp32", "bf16")
 NONFINITE_POLICIES = ("stop", "skip")
 REPORTERS = ("jsonl", "tensorboard", "wandb")  # where training curves go; metrics.jsonl is always written
@@ -35,10 +36,72 @@ DATA, MODEL, OPTIM, EVAL, CKPT, RUNTIME = PANELS = (
     "Data", "Model and masking", "Optimisation", "Evaluation", "Checkpoints and faults", "Runtime")
 
 
+@dataclass(frozen=True)
+class DefaultRule:
+    """How a knob left at None gets its value (in `resolve()` or the trainer) and the words its help
+    says that in, made from the same numbers, so `--help` cannot describe another default than the
+    one computed. `text` names each of `values` as {name}; the value is `compute(cfg, *context,
+    **values)`, `context` being what the config alone does not say (the budget, whose data it is)."""
+
+    text: str
+    compute: Callable[..., Any]
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, cfg: "TrainConfig", *context: Any) -> Any:
+        return self.compute(cfg, *context, **self.values)
+
+    def describe(self) -> str:
+        return self.text.format(**{name: _said(value) for name, value in self.values.items()})
+
+
+def _said(value: Any) -> str:
+    """A rule's value as its help says it: 60000 -> 60k, 0.001 -> 1e-3, True -> on."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, int) and value >= 1000 and value % 1000 == 0:
+        return f"{value // 1000}k"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(map(str, value))
+    if isinstance(value, float) and 0 < abs(value) < 0.01:  # lrs, as papers write them
+        mantissa, exponent = f"{value:.12e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _builtin_budget(cfg: "TrainConfig", tiny: int, other: int) -> int | None:
+    if cfg.data is not None or cfg.epochs is not None:
+        return None  # no default budget on the user's data: the trainer asks for one
+    return tiny if get_preset(cfg.model).name == "tiny" else other
+
+
+def _paper_or_builtin(cfg: "TrainConfig", builtin_data: bool, paper: Any, builtin: Any) -> Any:
+    return builtin if builtin_data else paper
+
+
+# The defaults resolve() and the trainer compute, each declared with the words its knob's help says it in.
+BUDGET_RULE = DefaultRule(
+    "{tiny} for tiny, {other} for the other presets, on the built-in data; with --data, give it or --epochs",
+    _builtin_budget, {"tiny": 60_000, "other": 40_000})
+BASE_LR_RULE = DefaultRule(
+    "{paper} for the paper's presets ({presets}), {other} for the others",
+    lambda cfg, paper, other, presets: paper if get_preset(cfg.model).name in presets else other,
+    {"paper": 4e-6, "other": 1e-3, "presets": PAPER_PRESETS})
+LR_BATCH = 256  # the batch the base lr is the lr of (the paper's scaling rule)
+LR_RULE = DefaultRule(
+    "base lr x batch/{per}",
+    lambda cfg, per: (cfg.base_lr or BASE_LR_RULE(cfg)) * cfg.batch_size / per, {"per": LR_BATCH})
+WARMUP_RULE = DefaultRule(
+    "--warmup-fraction of the budget", lambda cfg, budget: int(cfg.warmup_fraction * budget))
+CROP_SCALE_RULE = DefaultRule("{paper} (paper); {builtin} on the built-in data",
+                              _paper_or_builtin, {"paper": 0.5, "builtin": 0.9})
+HFLIP_RULE = DefaultRule("{paper} (paper); {builtin} on the built-in data, whose captions say left/right",
+                         _paper_or_builtin, {"paper": True, "builtin": False})
+
+
 def knob(default: Any = None, help: str = "", *, identity: bool, choices: Sequence[Any] | None = None,
          ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
          flag: bool = True, step: bool = False, ablation: bool = False, resume: bool = False,
-         panel: str = "", metavar: str | None = None) -> Any:
+         panel: str = "", metavar: str | None = None, default_rule: DefaultRule | None = None) -> Any:
     """A TrainConfig field with what the CLI, validation and tools need to know about it.
 
     `choices` and the bounds `ge`/`gt`/`le`/`lt` are checked by `TrainConfig.validate`.
@@ -49,6 +112,7 @@ def knob(default: Any = None, help: str = "", *, identity: bool, choices: Sequen
     checkpointing, fault policy); any other setting given to a resume must equal the saved one.
     panel: the group of `flipctl train --help` the flag is listed in (one of PANELS).
     metavar: what the flag's value is, in its help (`--data SHARDS`); by default its choices or its type.
+    default_rule: how a None default is filled in (a `DefaultRule`); the help's "Default: ..." is its text.
     identity (no default: every knob says it): True when the setting changes what is learned, so the
     run store gives a run that changes it an id of its own (flip.sweep.store.identity); False when it
     changes only how a run is laid out, watched or written (compile, FSDP, logging, checkpoints,
@@ -56,7 +120,8 @@ def knob(default: Any = None, help: str = "", *, identity: bool, choices: Sequen
     """
     metadata = {"help": help, "choices": tuple(choices) if choices else None,
                 "ge": ge, "gt": gt, "le": le, "lt": lt, "flag": flag, "step": step, "ablation": ablation,
-                "resume": resume, "panel": panel, "metavar": metavar, "identity": identity}
+                "resume": resume, "panel": panel, "metavar": metavar, "identity": identity,
+                "default_rule": default_rule}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -120,8 +185,8 @@ class TrainConfig:
                               "0: all texts at once (with --loss sigmoid).",
                            ge=0, step=True, panel=MODEL, identity=True)
     # budget: samples, or epochs of the training data
-    samples: int | None = knob(None, "training budget in samples (default on the built-in data: 60k for "
-                                     "tiny, 40k otherwise).", ge=1, panel=OPTIM, identity=True)
+    samples: int | None = knob(None, "training budget in samples.", ge=1, panel=OPTIM, identity=True,
+                               default_rule=BUDGET_RULE)
     epochs: float | None = knob(None, "training budget in epochs of --data (instead of --samples).",
                                 gt=0, panel=OPTIM, identity=True)
     batch_size: int = knob(256, "global batch size (a contrastive batch needs at least 2).",
@@ -131,11 +196,11 @@ class TrainConfig:
                                "first, then each chunk's backward: GradCache, OpenCLIP's --accum-freq); a large "
                                "batch on few devices, exactly.", ge=1, step=True, panel=OPTIM, identity=True)
     # optimisation (the paper's recipe, lr scaled per 256)
-    lr: float | None = knob(None, "peak learning rate. Default: base lr x batch/256.", gt=0, panel=OPTIM, identity=True)
-    base_lr: float | None = knob(None, "lr per 256 samples (not with --lr). Default: 4e-6 for the paper's "
-                                       "presets, 1e-3 for tiny/small.", gt=0, panel=OPTIM, identity=True)
-    warmup: int | None = knob(None, "linear warm-up, in samples. Default: --warmup-fraction of the budget.",
-                              ge=0, panel=OPTIM, identity=True)
+    lr: float | None = knob(None, "peak learning rate.", gt=0, panel=OPTIM, identity=True, default_rule=LR_RULE)
+    base_lr: float | None = knob(None, f"lr per {LR_BATCH} samples (not with --lr).", gt=0, panel=OPTIM,
+                                 identity=True, default_rule=BASE_LR_RULE)
+    warmup: int | None = knob(None, "linear warm-up, in samples.", ge=0, panel=OPTIM, identity=True,
+                              default_rule=WARMUP_RULE)
     warmup_fraction: float = knob(0.05, "warm-up as a fraction of the budget (not with --warmup).",
                                   ge=0, le=1, panel=OPTIM, identity=True)
     min_lr_ratio: float = knob(0.0, "the cosine schedule ends at this fraction of the peak lr.",
@@ -167,10 +232,9 @@ class TrainConfig:
     workers: int = knob(2, "data loader worker processes.", ge=0, panel=DATA, identity=True)
     shuffle_buffer: int = knob(2000, "samples in the streaming shuffle buffer.", ge=1, panel=DATA, identity=True)
     resampled: bool = knob(False, "draw shards with replacement (endless corpora).", panel=DATA, identity=True)
-    crop_scale_min: float | None = knob(None, "smallest random-resized-crop area fraction. Default: 0.5 (paper); "
-                                              "0.9 on the built-in data.", gt=0, le=1, panel=DATA, identity=True)
-    hflip: bool | None = knob(None, "random horizontal flips. Default: on (paper); off on the built-in data, "
-                                    "whose captions say left/right.", panel=DATA, identity=True)
+    crop_scale_min: float | None = knob(None, "smallest random-resized-crop area fraction.", gt=0, le=1, panel=DATA,
+                                        identity=True, default_rule=CROP_SCALE_RULE)
+    hflip: bool | None = knob(None, "random horizontal flips.", panel=DATA, identity=True, default_rule=HFLIP_RULE)
     decode: str = knob("worker", "where images are decoded: worker (data-loader workers decode and crop in uint8; "
                                  "the device converts and normalises), device (workers only read bytes; the step's "
                                  "input stage decodes JPEGs on the device, nvJPEG on CUDA) or legacy (the original "
@@ -305,14 +369,9 @@ class TrainConfig:
             if key in given and when(self):
                 raise ConfigError(f"{_shown(getattr(self, key))} does nothing {why}", key=key, other=other)
 
-    def default_base_lr(self) -> float:
-        return 4e-6 if get_preset(self.model).name in PAPER_PRESETS else 1e-3
-
     @property
     def peak_lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        return (self.base_lr or self.default_base_lr()) * self.batch_size / 256
+        return self.lr if self.lr is not None else LR_RULE(self)
 
     def step_config(self) -> "StepConfig":
         """The settings the training step reads (the `step=True` knobs)."""
@@ -378,6 +437,8 @@ def knob_help(f: dataclasses.Field, *, choices: bool = True) -> str:
         shown = ",".join(default) if isinstance(default, list) else str(default).lower() if isinstance(
             default, bool) else default
         parts.append(f"Default: {shown}.")
+    elif meta["default_rule"]:
+        parts.append(f"Default: {meta['default_rule'].describe()}.")
     return " ".join(parts)
 
 
