@@ -24,9 +24,14 @@ app = typer.Typer(help="Datasets: generate the built-in one, JPEG shards for loa
 console = make_console(stderr=True)  # off a terminal: lines as long as their content, not cut at 80
 
 
+def generating_bar() -> Progress:
+    """The bar shown while the built-in data is generated (here, and by a sweep that needs it)."""
+    return Progress(TextColumn("[bold]generating built-in dataset"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
 def _generate(out: Path, cfg: SynthConfig) -> dict:
-    with Progress(TextColumn("[bold]generating built-in dataset"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
+    with generating_bar() as progress:
         task = progress.add_task("synth", total=total_items(cfg))
         return write_builtin_dataset(out, cfg, progress=lambda n: progress.advance(task, n))
 

@@ -1,28 +1,24 @@
-"""`flipctl sweep` and `flipctl report`: parse, print the plan, show progress; the work is in `flip.sweep`."""
+"""`flipctl sweep` and `flipctl report`: parse the flags, show what `flip.sweep.run_sweep` reports, exit;
+the work is in `flip.sweep`."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import shlex
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flip.errors import ConfigError, DataError
-from flip.sweep.spec import (SpecError, default_preset, load_spec, parse_settings, shipped_specs, with_data,
-                             with_fit)
-from flip.sweep.store import RunStore
+from flip.errors import ConfigError
+from flip.sweep import SweepEvents, SweepInterrupted, SweepOptions, SweepPlan, SweepResult, run_sweep
+from flip.sweep.spec import SpecError, load_spec, shipped_specs
 from flipctl.console import make_console
 from flipctl.errors import user_errors
 from flipctl.launch_opts import LaunchFlags, with_launch_flags
@@ -143,16 +139,14 @@ def _fmt_s(seconds: float | None) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def _print_plan(jobs, store: RunStore, device, est: dict, warnings: list[str]) -> None:
-    from flip.sweep import execute
-
-    table = Table(title=f"plan: {len(jobs)} runs")
+def _print_plan(plan: SweepPlan) -> None:
+    table = Table(title=f"plan: {len(plan.jobs)} runs")
     for col in ("run", "row", "seed", "variant", "batch", "steps", "samples", "est. time", "state"):
         table.add_column(col, justify="right" if col in ("seed", "batch", "steps", "samples", "est. time") else "left")
     left, unknown = 0.0, 0
-    for job in jobs:
-        seconds, how = est.get(job.run_id, (None, "unknown"))
-        state = "done" if execute.is_complete(job, store) else (store.status(job.run_id) or {}).get("state", "to run")
+    for job in plan.jobs:
+        seconds, how = plan.estimates.get(job.run_id, (None, "unknown"))
+        state = plan.states[job.run_id]
         if state != "done":
             left += seconds or 0.0
             unknown += seconds is None
@@ -161,39 +155,56 @@ def _print_plan(jobs, store: RunStore, device, est: dict, warnings: list[str]) -
                       str(job.samples), shown, state)
     console.print(table)
     more = f", plus {unknown} runs of unknown time" if unknown else ""
-    console.print(f"estimated training time left: {_fmt_s(left)}{more} on {device} (evaluations not included; runs "
-                  f"of one model scale with their counted FLOPs)")
-    for line in warnings:
+    console.print(f"estimated training time left: {_fmt_s(left)}{more} on {plan.device} (evaluations not included; "
+                  f"runs of one model scale with their counted FLOPs)")
+    for line in plan.warnings:
         console.print(f"[yellow]warning:[/yellow] {line}")
 
 
-def _check_training_data(spec) -> None:
-    """Each row's settings and shards checked as `flipctl train` checks them, before anything is written:
-    a wrong --data fails now, not in every run after it started."""
-    from flip.data.shards import check_shards
-    from flip.train.trainer import resolve
+class CliSweepEvents(SweepEvents):
+    """The sweep as `flipctl sweep` shows it: news and the plan printed, a bar while the built-in data is
+    generated, the runs' progress drawn by `RichSweepProgress`, a summary line once they end."""
 
-    configs = [spec.config(row, 0) for row in spec.rows]
-    for data in sorted({cfg.data for cfg in configs} - {None}):
-        check_shards(data)
-    for cfg in configs:
-        resolve(cfg)  # e.g. built-in scenes asked of --data
+    def __init__(self, dry_run: bool, progress_every: float):
+        self.dry_run = dry_run
+        self.runs = RichSweepProgress(progress_every)
 
+    def on_message(self, text: str) -> None:
+        console.print(text)
 
-def _check_eval_sets_used(spec, eval_data: str | None, eval_zeroshot: str | None) -> None:
-    """An evaluation set the spec never evaluates on does nothing."""
-    if eval_data is not None and not spec.evals.retrieval:
-        raise ConfigError(f"does nothing: {spec.source} evaluates no retrieval ([eval] retrieval = false)",
-                          key="eval_data")
-    if eval_zeroshot is not None and not (spec.evals.zeroshot or spec.evals.linear_probe):
-        raise ConfigError(f"does nothing: {spec.source} evaluates no zero-shot classification or linear probe "
-                          f"([eval] zeroshot = false)", key="eval_zeroshot")
+    def on_data_start(self, cfg, items: int) -> None:
+        from flipctl.data_cmd import generating_bar
 
+        self.bar = generating_bar()
+        self.bar.start()
+        self.data_task = self.bar.add_task("synth", total=items)
 
-def _check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
-    from flip.eval.datasets import check_eval_sets  # torch & co.: only once a sweep runs
+    def on_data_progress(self, items: int) -> None:
+        self.bar.advance(self.data_task, items)
 
-    check_eval_sets(eval_data, eval_zeroshot)
+    def on_data_end(self) -> None:
+        self.bar.stop()
+
+    def on_plan(self, plan: SweepPlan) -> None:
+        if plan.batches:
+            console.print("memory-matched batches: " + ", ".join(
+                f"{label} -> {b} ({(peak or 0) / 2**20:.0f} MiB)" for label, (b, peak) in plan.batches.items()))
+        if self.dry_run:
+            _print_plan(plan)
+
+    def on_runs_start(self, jobs, todo) -> None:
+        self.runs.start(jobs, todo)
+
+    def on_runs_update(self, running, finished) -> None:
+        self.runs.update(running, finished)
+
+    def on_runs_stop(self) -> None:
+        self.runs.close()
+
+    def on_runs_done(self, result: SweepResult) -> None:
+        elsewhere = f", {len(result.done_elsewhere)} finished by another sweep" if result.done_elsewhere else ""
+        console.print(f"sweep {result.plan.spec.name}: {len(result.ran)} runs executed, {len(result.already_done)} "
+                      f"already done{elsewhere}, {len(result.failed)} failed or skipped, in {_fmt_s(result.seconds)}")
 
 
 FIT_HELP = ("the scaling fits' form: saturating (error = a·C^-b + c), power (Cherti et al.'s error = a·C^b) or "
@@ -236,12 +247,6 @@ def sweep_command(
     if list_specs:
         _list_specs()
         return
-    # Here, not at the top: `flipctl --help` and `sweep --list` need none of torch, pandas, matplotlib.
-    from flip.distributed import resolve_device
-    from flip.launch import SlurmSweepRuns
-    from flip.sweep import estimate, execute, memory, plan, report
-    from flip.sweep.folder import check_plan_keeps_finished
-
     if spec_name is None:
         raise SpecError("give a sweep name or spec file (flipctl sweep --list shows the shipped ones)")
     if progress_every <= 0:
@@ -253,90 +258,24 @@ def sweep_command(
     if jobs is not None and launch.launcher == "slurm":
         raise ConfigError("does nothing with --launcher slurm (runs are SLURM jobs, not processes here): use "
                           "--max-parallel", key="jobs")
-    spawn = SlurmSweepRuns(launch.slurm()) if launch.launcher == "slurm" else None
-    spec = load_spec(spec_name, preset or default_preset(spec_name))
-    if fit is not None:
-        spec = with_fit(spec, fit)
-    if seeds is not None:
-        if seeds < 1:
-            raise SpecError(f"--seeds must be >= 1, got {seeds}")
-        import dataclasses
-        spec = dataclasses.replace(spec, seeds=seeds)
-    overrides = {"data": data, "eval_data": eval_data, "eval_zeroshot": eval_zeroshot}
-    if settings:  # recorded in sweep.json only when given, so `flipctl report` sets them again
-        overrides["settings"] = parse_settings(settings)
-    if data is not None and (spec.evals.zeroshot and eval_zeroshot is None or spec.evals.retrieval and eval_data is None):
-        raise SpecError("with --data, give the evaluation sets too: --eval-zeroshot (class folders) and --eval-data "
-                        "(retrieval), since the built-in ones say nothing about your data")
-    _check_eval_sets_used(spec, eval_data, eval_zeroshot)
-    spec = with_data(spec, **overrides)
-    _check_eval_sets(eval_data, eval_zeroshot)
-    _check_training_data(spec)
-    run_store = RunStore(store, read_only=dry_run)
-    out = out or Path("runs/sweeps") / f"{spec.name}-{spec.preset or 'custom'}"
-    device = resolve_device(spec.base.get("device", "auto"))
-
-    if not dry_run and spec.base.get("data") is None:
-        from flip.data.synth import SynthConfig
-        from flipctl.data_cmd import ensure_builtin_with_progress
-        for scenes in sorted({spec.config(row, seed=0).builtin_scenes for row in spec.rows}):
-            ensure_builtin_with_progress(SynthConfig(scenes=scenes))
-    batches = memory.matched_batches(spec, run_store, device, log=lambda text: console.print(text))
-    jobs_list = plan.build_plan(spec, run_store, batches)
-    if batches:
-        console.print("memory-matched batches: " + ", ".join(
-            f"{label} -> {b} ({(peak or 0) / 2**20:.0f} MiB)" for label, (b, peak) in batches.items()))
     command = "flipctl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    if dry_run:
-        est = estimate.estimate(jobs_list, run_store, device)
-        warnings = memory.memory_warnings([j.config for j in jobs_list if j.kind == "train"], run_store, device)
-        _print_plan(jobs_list, run_store, device, est, warnings)
-        return
-
-    check_plan_keeps_finished(out, jobs_list)  # before sweep.json changes: the folder's finished runs stay
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = report.manifest_for(spec, jobs_list, run_store, overrides, command)
-    manifest.write(out)
-    start = time.perf_counter()
-    # A run that reports to W&B is grouped under its sweep's name (the runs inherit the environment).
-    os.environ.setdefault("WANDB_RUN_GROUP", spec.name)
-    parallel = (max_parallel or len(jobs_list)) if spawn else (jobs or 1)
-    with _interrupts_resumable(command):
-        outcome = execute.run_jobs(jobs_list, run_store, parallel=parallel,
-                                   progress=RichSweepProgress(progress_every), spawn=spawn)
-    elsewhere = f", {len(outcome.done_elsewhere)} finished by another sweep" if outcome.done_elsewhere else ""
-    console.print(f"sweep {spec.name}: {len(outcome.ran)} runs executed, {len(outcome.skipped_done)} already done"
-                  f"{elsewhere}, {len(outcome.failed)} failed or skipped, in {_fmt_s(time.perf_counter() - start)}")
-    _print_report(report.write_report(out, spec, jobs_list, run_store, command, manifest.commit), out)
-    if outcome.failed:
-        for rid in outcome.failed:
-            console.print(f"[red]{outcome.states[rid]}[/red] {rid}: {(run_store.status(rid) or {}).get('error', '')} "
-                          f"(log: {run_store.sweep_files(rid).worker_log})")
-        raise typer.Exit(1)
-
-
-@contextlib.contextmanager
-def _interrupts_resumable(command: str):
-    """Ctrl-C or SIGTERM: the running runs stop at a checkpoint (`run_jobs` does it) and are marked
-    interrupted; one line gives the command that continues the sweep. Exit code 130 / 143."""
-    def on_term(signum, frame):
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() \
-        else None
+    options = SweepOptions(preset=preset, seeds=seeds, jobs=max_parallel if launch.launcher == "slurm" else jobs,
+                           data=data, eval_data=eval_data, eval_zeroshot=eval_zeroshot, settings=tuple(settings),
+                           fit=fit, dry_run=dry_run, command=command,
+                           slurm=launch.slurm() if launch.launcher == "slurm" else None)
     try:
-        yield
-    except (KeyboardInterrupt, _Terminated) as exc:
+        result = run_sweep(spec_name, store, out, options, CliSweepEvents(dry_run, progress_every))
+    except SweepInterrupted as exc:
         typer.echo(f"interrupted: running runs stopped at their last checkpoint; continue the sweep with: "
                    f"cd {shlex.quote(os.getcwd())} && {command}", err=True)
-        raise typer.Exit(143 if isinstance(exc, _Terminated) else 130) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-class _Terminated(Exception):
-    """SIGTERM to the sweep, handled as Ctrl-C is."""
+        raise typer.Exit(128 + exc.signum) from None
+    if dry_run:
+        return
+    _print_report(result.report, result.out)
+    for run in result.failed:
+        console.print(f"[red]{run.state}[/red] {run.run_id}: {run.error} (log: {run.log})")
+    if result.failed:
+        raise typer.Exit(1)
 
 
 def _print_report(result: dict, out: Path) -> None:

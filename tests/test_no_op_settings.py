@@ -110,7 +110,8 @@ samples = 32
     ("periodic_eval = false", "eval_every = [10, 100]", "eval_every 10 does nothing with --no-periodic-eval"),
     ("", "ckpt_every = [10, 20]", "are the same run: ckpt_every does not change what is trained"),
     ("", "compile = [false, true]", "are the same run: compile does not change what is trained"),
-], ids=["text-mask-ratio", "text-mask", "decoder", "eval-every", "ckpt-every", "compile"])
+    ("", "fsdp = [false, true]", "are the same run: fsdp does not change what is trained"),
+], ids=["text-mask-ratio", "text-mask", "decoder", "eval-every", "ckpt-every", "compile", "fsdp"])
 def test_an_axis_over_a_no_op_setting_fails_at_spec_load(base, axes, needle, tmp_path):
     spec = tmp_path / "noop.toml"
     spec.write_text(SPEC.format(base=base, axes=axes))

@@ -38,6 +38,31 @@ def _plain(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", text))
 
 
+
+def test_every_knob_says_whether_it_is_part_of_a_runs_identity():
+    """The run store's identity comes from the knobs: each states it, none inherits a default."""
+    from flip.train.config import knob
+
+    for f in dataclasses.fields(TrainConfig):
+        assert isinstance(f.metadata.get("identity"), bool), \
+            f"TrainConfig.{f.name}: say knob(..., identity=True) if it changes what is learned, else identity=False"
+    with pytest.raises(TypeError, match="identity"):
+        knob(1, "a knob that forgot to say")
+
+
+def test_settings_that_do_not_change_what_is_learned_keep_the_run_id():
+    from flip.sweep.store import IDENTITY, run_id
+
+    # a committed run (results/sweeps/mask-ratio): its id must not move when knobs are added or reclassified
+    table_1a = TrainConfig(mask_ratio=0.0, samples=60000, batch_size=64, workers=1)
+    assert run_id(table_1a) == "tiny-m0-b64-s0-8f8d5d76b4"
+    layout = dict(fsdp=True, activation_checkpointing=True, compile=True, device="cpu", ckpt_every=7, log_every=3,
+                  keep_checkpoints=5, periodic_eval=False, report_to=["tensorboard"], out="elsewhere")
+    assert not set(layout) & set(IDENTITY)
+    assert run_id(dataclasses.replace(table_1a, **layout)) == run_id(table_1a)
+    for learned in (dict(seed=1), dict(workers=2), dict(precision="bf16"), dict(on_nonfinite="skip")):
+        assert run_id(dataclasses.replace(table_1a, **learned)) != run_id(table_1a), learned
+
 def test_train_help_shows_each_flags_help_from_the_dataclass():
     # wide enough that the longest choice list (--text-mask's six) fits its column without wrapping into the help
     result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "160", "TERMINAL_WIDTH": "160"})
@@ -86,6 +111,41 @@ def test_step_settings_and_unmasked_reset_come_from_the_fields():
     assert reset["text_mask"] == "none" and reset["recon_weight"] == 0.0 and "decoder_heads" in reset
     assert "extra" not in TrainConfig.__dataclass_fields__
 
+
+
+def test_computed_defaults_are_described_by_the_rule_that_computes_them():
+    """A knob whose default resolve() or the trainer computes says it in its rule's words, made from the
+    numbers the rule computes with, and nowhere else: the help cannot drift from the value."""
+    from flip.train import config
+
+    rules = {"samples": config.BUDGET_RULE, "lr": config.LR_RULE, "base_lr": config.BASE_LR_RULE,
+             "warmup": config.WARMUP_RULE, "crop_scale_min": config.CROP_SCALE_RULE, "hflip": config.HFLIP_RULE}
+    for f in dataclasses.fields(TrainConfig):
+        rule = f.metadata["default_rule"]
+        assert rule is rules.get(f.name), f"TrainConfig.{f.name}: default_rule"
+        if rule:
+            assert "Default" not in f.metadata["help"], f"TrainConfig.{f.name}: the rule says the default, once"
+            assert knob_help(f).endswith(f"Default: {rule.describe()}."), f.name
+            assert f"Default: {rule.describe()}." in _plain(flag_help(f))
+    assert config.BUDGET_RULE.describe().startswith("60k for tiny, 40k for the other presets")
+    assert config.BASE_LR_RULE.describe() == "4e-6 for the paper's presets (B/16, L/16, L/14, H/14), 1e-3 for the others"
+    # a changed number moves the value and the words together
+    moved = dataclasses.replace(config.BUDGET_RULE, values={"tiny": 30_000, "other": 40_000})
+    assert moved(TrainConfig()) == 30_000 and moved.describe().startswith("30k for tiny")
+
+
+def test_resolve_and_the_trainer_fill_in_what_the_rules_say(tmp_path):
+    from flip.train import config
+    from flip.train.trainer import resolve
+
+    builtin_b16 = resolve(TrainConfig(model="B/16", batch_size=512, out=str(tmp_path / "a")))
+    assert (builtin_b16.samples, builtin_b16.base_lr, builtin_b16.crop_scale_min, builtin_b16.hflip) == \
+        (40_000, 4e-6, 0.9, False)
+    assert builtin_b16.peak_lr == pytest.approx(8e-6)
+    own = resolve(TrainConfig(data=str(tmp_path), epochs=2.0, out=str(tmp_path / "b")))
+    assert (own.samples, own.base_lr, own.crop_scale_min, own.hflip) == (None, 1e-3, 0.5, True)
+    assert resolve(TrainConfig(out=str(tmp_path / "c"))).samples == 60_000
+    assert config.WARMUP_RULE(TrainConfig(warmup_fraction=0.1), 60_000) == 6000
 
 def test_cli_names_the_setting_as_given(tmp_path):
     result = runner.invoke(app, ["train", "--decoder-heads", "3", "--out", str(tmp_path / "a")])

@@ -1,8 +1,11 @@
-"""Every name a sweep can produce - table columns, plot axes, metrics - with its label, unit and digits.
+"""Every name a sweep can produce - table columns, plot axes, metrics - declared once, with its words.
 
-The one vocabulary: the tables, the plots and the HTML report take their words from here, and a
-spec's `[report] columns` and `[[plots]] x` / `y` / `series` are checked against it when the spec
-loads, so a typo fails before anything trains. A name is:
+The one registry: each `Column` is a name's key, its label, unit and digits (and, only where a
+table heads it shorter than a plot labels it, its table header). The tables, the plots, the HTML
+report (whose tables and captions those two write) and the spec checks all take their words from
+here, so a name is said one way everywhere; a spec's `[report] columns` and `[[plots]] x` / `y` /
+`series` are checked against it when the spec loads, so a typo fails before anything trains. A
+name is:
 
 - a training-config field (`mask_ratio`, `text_mask`, `samples`, ...): the run's setting;
 - a result of a run (`train_time_s`, `train_flops`, `samples_seen`, `peak_memory`, `steps`, ...);
@@ -19,70 +22,103 @@ import re
 from dataclasses import dataclass
 
 SETTING, MEASURE, METRIC, CONFIG = "setting", "measure", "metric", "config"
+# Where a spec may name it, besides config fields and metrics (which go anywhere they fit).
+TABLE, RESULT, SERIES_ROLE = "column", "result", "series"
 
 
 @dataclass(frozen=True)
-class Name:
-    label: str  # in words: table header, plot axis and legend
+class Column:
+    key: str  # as in results.csv, a spec and table.csv
+    label: str  # in words: plot axis and legend, notes, and the table header unless `short`
     unit: str = ""  # "%", "min", "MiB", "s", "x" (a multiple of the baseline row's), "" (a count, a setting)
     digits: int = 1
     # setting: the same for every seed of a row (no spread shown); measure: varies by seed; metric: an
     # accuracy in percent; config: a training-config value, shown as text
     kind: str = MEASURE
     per: float = 1.0  # shown value = stored value / per (seconds as minutes, bytes as MiB)
+    short: str | None = None  # the table header's words, only where a table says it shorter ("batch")
+    roles: tuple[str, ...] = ()  # TABLE: a [report] column; RESULT: a run's own record (a plot axis); SERIES_ROLE
+    timed: bool = False  # a time figure: marked when the runs behind it shared their cores
+    record: tuple[str, str] | None = None  # a metric's (task, key) in a run's evaluation record
+    words: str | None = None  # a config value in a row's name ("mask {}": "mask 50%"); default "LABEL {}"
+    unset: str | None = None  # a config column whose runs all leave the field unset shows this ("model's")
 
     @property
     def header(self) -> str:
-        """Table header: the label, and the unit unless the values carry it ("0.52x", "50%")."""
-        return self.label if self.unit in ("", "x") or self.kind == CONFIG else f"{self.label} ({self.unit})"
+        """Table header: the words, and the unit unless the values carry it ("0.52x", "50%")."""
+        words = self.short or self.label
+        return words if self.unit in ("", "x") or self.kind == CONFIG else f"{words} ({self.unit})"
 
     @property
     def axis(self) -> str:
         """Plot axis label, with the unit."""
         return self.label if not self.unit or self.unit == "x" else f"{self.label} ({self.unit})"
 
+    @property
+    def suffix(self) -> str:
+        """What a shown number ends in: "x" for a multiple of the baseline's ("0.52x")."""
+        return "x" if self.unit == "x" else ""
 
-METRICS = {
-    "zeroshot": Name("zero-shot top-1", "%", 1, METRIC),
-    "zeroshot_top5": Name("zero-shot top-5", "%", 1, METRIC),
-    "retrieval_i2t": Name("image→text R@1", "%", 1, METRIC),
-    "retrieval_t2i": Name("text→image R@1", "%", 1, METRIC),
-    "linear_probe": Name("linear-probe top-1", "%", 1, METRIC),
-}
+    def number(self, value: float) -> str:
+        return f"{value:.{self.digits}f}{self.suffix}"
+
+
+def _by_key(*columns: Column) -> dict[str, Column]:
+    return {c.key: c for c in columns}
+
+
+METRICS = _by_key(
+    Column("zeroshot", "zero-shot top-1", "%", 1, METRIC, record=("zeroshot", "top1")),
+    Column("zeroshot_top5", "zero-shot top-5", "%", 1, METRIC, record=("zeroshot", "top5")),
+    Column("retrieval_i2t", "image→text R@1", "%", 1, METRIC, record=("retrieval", "image_to_text_R@1")),
+    Column("retrieval_t2i", "text→image R@1", "%", 1, METRIC, record=("retrieval", "text_to_image_R@1")),
+    Column("linear_probe", "linear-probe top-1", "%", 1, METRIC, record=("linear-probe", "top1")),
+)
 EVAL_TIME = "eval_s"
-# What a run records about itself (results.csv), usable as a plot axis.
-RESULTS = {
-    "batch_size": Name("batch size", "", 0, SETTING),
-    "steps": Name("optimizer steps", "", 0, SETTING),
-    "samples_seen": Name("samples seen", "", 0, SETTING),
-    "train_time_s": Name("training time", "min", 1, MEASURE, 60.0),
-    "train_flops": Name("training FLOPs", "", 2, SETTING),
-    "peak_memory": Name("peak memory", "GiB", 2, SETTING, 2.0**30),
-}
-# Columns a table computes over a row's runs.
-COLUMNS = {
-    "batch_size": Name("batch", "", 0, SETTING),
-    "steps": Name("steps", "", 0, SETTING),
-    "memory": Name("peak memory", "MiB", 0, SETTING, 2.0**20),
-    "flops": Name("training compute", "PFLOP", 2, SETTING, 1e15),
-    "flops_rel": Name("FLOPs (rel.)", "x", 2, SETTING),
-    "time_min": Name("training time", "min", 1, MEASURE, 60.0),
-    "time_rel": Name("time (rel.)", "x", 2, MEASURE),
-    "tuning_cost_rel": Name("tuning time (rel. to training)", "x", 2, MEASURE),
-    "gain@tuned": Name("gain from unmasked tuning", "points", 1, MEASURE),
-}
-# Training-config fields with a label of their own; any other field is named by its words.
-CONFIG_LABELS = {
-    "mask_ratio": "image mask ratio", "text_mask": "text masking", "text_mask_ratio": "text mask ratio",
-    "recon_weight": "reconstruction loss weight", "samples": "training samples", "model": "model",
-    "builtin_scenes": "built-in scenes", "data_fraction": "data fraction", "context_length": "text context",
-    "weight_decay": "weight decay", "image_size": "image size", "mask_strategy": "image masking",
-    "loss": "loss",
-}
-# A config column whose runs all leave the field unset shows this, not a blank (image_size: the model's own).
-UNSET_WORDS = {"image_size": "model's"}
-PERCENT_FIELDS = ("mask_ratio", "text_mask_ratio")  # shown as 50%, not 0.5
-SERIES = {"row": Name("configuration", kind=CONFIG), "variant": Name("variant", kind=CONFIG)}
+_EVAL_TIME = Column(EVAL_TIME, "evaluation time", "s", 1, MEASURE, timed=True)
+_BOTH = (TABLE, RESULT)
+# What a run records about itself (results.csv), and the columns a table computes over a row's runs.
+COLUMNS = _by_key(
+    Column("batch_size", "batch size", "", 0, SETTING, short="batch", roles=_BOTH, words="batch {}"),
+    Column("steps", "steps", "", 0, SETTING, roles=_BOTH),
+    Column("samples_seen", "samples seen", "", 0, SETTING, roles=(RESULT,)),
+    Column("train_time_s", "training time", "min", 1, MEASURE, 60.0, roles=(RESULT,), timed=True),
+    Column("train_flops", "training FLOPs", "", 2, SETTING, roles=(RESULT,)),
+    Column("peak_memory", "peak memory", "GiB", 2, SETTING, 2.0**30, roles=(RESULT,)),
+    Column("memory", "peak memory", "MiB", 0, SETTING, 2.0**20, roles=(TABLE,)),
+    Column("flops", "training compute", "PFLOP", 2, SETTING, 1e15, roles=(TABLE,)),
+    Column("flops_rel", "FLOPs (rel.)", "x", 2, SETTING, roles=(TABLE,)),
+    Column("time_min", "training time", "min", 1, MEASURE, 60.0, roles=(TABLE,), timed=True),
+    Column("time_rel", "time (rel.)", "x", 2, MEASURE, roles=(TABLE,), timed=True),
+    Column("tuning_cost_rel", "tuning time (rel. to training)", "x", 2, MEASURE, roles=(TABLE,), timed=True),
+    Column("gain@tuned", "gain from unmasked tuning", "points", 1, MEASURE, roles=(TABLE,)),
+    # what a plot's series or x can be besides a config field: the spec's rows, base or tuned
+    Column("row", "configuration", kind=CONFIG, roles=(SERIES_ROLE,)),
+    Column("variant", "variant", kind=CONFIG, roles=(SERIES_ROLE,)),
+    Column("inference", "inference mode", kind=CONFIG),  # flip.sweep.stats.by_inference_mode's column
+)
+# Training-config fields with words of their own; any other field is named by its words ("weight_decay").
+CONFIG_COLUMNS = _by_key(
+    Column("mask_ratio", "image mask ratio", "%", 0, CONFIG, words="mask {}"),  # shown as 50%, not 0.5
+    Column("text_mask_ratio", "text mask ratio", "%", 0, CONFIG, words="text mask {}"),
+    Column("text_mask", "text masking", kind=CONFIG, words="text mask {}"),
+    Column("recon_weight", "reconstruction loss weight", kind=CONFIG, words="recon. weight {}"),
+    Column("samples", "training samples", kind=CONFIG, words="{} samples"),
+    Column("model", "model", kind=CONFIG),
+    Column("builtin_scenes", "built-in scenes", kind=CONFIG),
+    Column("data_fraction", "data fraction", kind=CONFIG),
+    Column("context_length", "text context", kind=CONFIG),
+    Column("weight_decay", "weight decay", kind=CONFIG),
+    Column("image_size", "image size", kind=CONFIG, words="{} px", unset="model's"),  # unset: the model's own
+    Column("mask_strategy", "image masking", kind=CONFIG, words="{} masking"),
+    Column("loss", "loss", kind=CONFIG, words="{} loss"),
+)
+PERCENT_FIELDS = tuple(k for k, c in CONFIG_COLUMNS.items() if c.unit == "%")
+# How a plot's legend names a variant of a row (a table names a tuned metric by its mode: mode_label).
+VARIANT_WORDS = {"base": "base", "tuned": "+ unmasked tuning"}
+# The paper's zero-shot numbers: ViT-L/16 on LAION-400M, evaluated on ImageNet-1K.
+PAPER_LABEL = "paper (ViT-L/16, LAION-400M)"
+PAPER_ZEROSHOT = "IN-1K zero-shot top-1 (%)"
 MODE_RE = re.compile(r"full|masked|masked(0|1)?\.[0-9]+|views[2-9][0-9]*|tuned")
 
 
@@ -104,24 +140,15 @@ def mode_label(mode: str) -> str:
     return f"{mode[5:]} complementary views"
 
 
-def lookup(name: str, plot: bool = False) -> Name:
-    """The entry of any name (a column, an axis, a metric@mode); an unknown one is named by its words.
-    `plot`: a run's own result before a table column of the same name ("batch size", not "batch")."""
-    if plot and name in RESULTS:
-        return RESULTS[name]
+def lookup(name: str) -> Column:
+    """The entry of any name (a column, an axis, a metric@mode); an unknown one is named by its words."""
     if name in COLUMNS:
         return COLUMNS[name]
-    if name in RESULTS:
-        return RESULTS[name]
-    if name in SERIES:
-        return SERIES[name]
     metric, _, mode = name.partition("@")
     if metric in METRICS or metric == EVAL_TIME:
-        base = METRICS.get(metric) or Name("evaluation time", "s", 1, MEASURE)
-        return dataclasses.replace(base, label=f"{base.label}, {mode_label(mode)}") if mode else base
-    if name in PERCENT_FIELDS:
-        return Name(CONFIG_LABELS[name], "%", 0, CONFIG)
-    return Name(CONFIG_LABELS.get(name, name.replace("_", " ")), kind=CONFIG)
+        base = METRICS.get(metric) or _EVAL_TIME
+        return dataclasses.replace(base, key=name, label=f"{base.label}, {mode_label(mode)}") if mode else base
+    return CONFIG_COLUMNS.get(name) or Column(name, name.replace("_", " "), kind=CONFIG)
 
 
 def label(name: str) -> str:
@@ -137,6 +164,11 @@ def show_value(field: str, value) -> str:
     return str(value)
 
 
+def value_words(field: str, value) -> str:
+    """A config value as a row's name says it: `mask 50%`, `30000 samples`, `weight decay 0.1`."""
+    return (lookup(field).words or label(field) + " {}").format(show_value(field, value))
+
+
 # -- checking a spec's names -------------------------------------------------------------------------------
 
 def _metric_ok(name: str, with_eval_time: bool = True) -> bool:
@@ -147,14 +179,11 @@ def _metric_ok(name: str, with_eval_time: bool = True) -> bool:
 
 def _candidates(kinds: tuple[str, ...]) -> list[str]:
     names: list[str] = []
-    if "column" in kinds:
-        names += list(COLUMNS)
-    if "result" in kinds:
-        names += list(RESULTS)
+    for role in (TABLE, RESULT, SERIES_ROLE):
+        if role in kinds:
+            names += [k for k, c in COLUMNS.items() if role in c.roles]
     if "config" in kinds:
         names += config_fields()
-    if "series" in kinds:
-        names += list(SERIES)
     if "metric" in kinds:
         names += list(METRICS) + [f"{m}@{mode}" for m in METRICS for mode in ("masked", "views2", "tuned")]
     if "eval_s" in kinds:
@@ -174,7 +203,7 @@ def unknown(name, kinds: tuple[str, ...]) -> str | None:
     return f"unknown name {name!r}{hint}"
 
 
-COLUMN_KINDS = ("column", "config", "metric", "eval_s")
-PLOT_X_KINDS = ("config", "result", "series")  # series: `row`, one point per row, in the spec's order
-PLOT_Y_KINDS = ("metric", "result")
-PLOT_SERIES_KINDS = ("config", "series")
+COLUMN_KINDS = (TABLE, "config", "metric", "eval_s")
+PLOT_X_KINDS = ("config", RESULT, SERIES_ROLE)  # series: `row`, one point per row, in the spec's order
+PLOT_Y_KINDS = ("metric", RESULT)
+PLOT_SERIES_KINDS = ("config", SERIES_ROLE)

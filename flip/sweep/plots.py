@@ -24,25 +24,23 @@ from flip.sweep.stats import config_keys, done, summarise  # noqa: E402
 __all__ = ["plot_metric_vs_axis", "plot_curves", "axis_points", "curve_points", "summarise", "label_for",
            "PAPER_LABEL"]
 
-PAPER_LABEL = "paper (ViT-L/16, LAION-400M)"
+PAPER_LABEL = names.PAPER_LABEL
 PAPER_COLOR = "0.35"
 DPI = 150
 
 
 def label_for(column: str) -> str:
     """A readable axis label with units for a results column (from flip.sweep.names)."""
-    if column == "inference":
-        return "inference mode"
-    return names.lookup(column, plot=True).axis
+    return names.lookup(column).axis
 
 
 def _divisor(column: str) -> float:
     """Displayed value = stored value / divisor (seconds shown in minutes, bytes in GiB)."""
-    return names.lookup(column, plot=True).per
+    return names.lookup(column).per
 
 
 def _is_accuracy(column: str) -> bool:
-    return names.lookup(column, plot=True).unit == "%"
+    return names.lookup(column).unit == "%"
 
 
 def _accuracy_limits(ax, y: str) -> None:
@@ -62,10 +60,11 @@ def _errorbar_entry(handles: list, labels: list, errorbars: str | None) -> None:
 def _series_label(column: str | None, value) -> str:
     if column is None:
         return "ours"
-    if column == "mask_ratio" and isinstance(value, (int, float, np.number)) and not pd.isna(value):
-        return f"mask {value:.0%}"
+    # a ratio reads as a row's words ("mask 50%"): its axis label would say "(%) 50%"
+    if column in names.PERCENT_FIELDS and isinstance(value, (int, float, np.number)) and not pd.isna(value):
+        return names.value_words(column, value)
     if column == "variant":
-        return {"base": "base", "tuned": "+ unmasked tuning"}.get(value, str(value))
+        return names.VARIANT_WORDS.get(value, str(value))
     if column == "row":  # the spec's own row names
         return str(value)
     return f"{label_for(column)} {names.show_value(column, value)}"
@@ -169,17 +168,17 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
     _errorbar_entry(handles, labels, errorbars if len(stats) else None)
     if points:
         target = ax.twinx() if same_axis else pax
-        names = None if _paper_numeric(points) else list(dict.fromkeys(str(p["x"]) for p in points))
+        paper_names = None if _paper_numeric(points) else list(dict.fromkeys(str(p["x"]) for p in points))
         for key, group in _by_series(points).items():
             px = (pos([p["x"] for p in group]) + dodge.get(str(key), 0.0) if same_axis
-                  else _paper_x(group, names))
+                  else _paper_x(group, paper_names))
             order = np.argsort(px, kind="stable")
             color = colors.get(str(key), PAPER_COLOR) if key is not None else PAPER_COLOR
             name = "paper" if key is None else f"paper, {_series_label(series, key)}"
             target.plot(px[order], [group[i]["y"] for i in order], linestyle=":" if numeric else "none",
                         marker="s", mfc="white", color=color, label=name)
         if same_axis:
-            target.set_ylabel(f"{PAPER_LABEL}\nIN-1K zero-shot top-1 (%)", color=PAPER_COLOR)
+            target.set_ylabel(f"{PAPER_LABEL}\n{names.PAPER_ZEROSHOT}", color=PAPER_COLOR)
             target.tick_params(axis="y", colors=PAPER_COLOR)
             _match_span(ax, target)
             _accuracy_limits(ax, y)
@@ -188,9 +187,10 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
         else:
             pax.set_title(PAPER_LABEL, fontsize=10)
             pax.set_xlabel(xlabel or label_for(x))
-            pax.set_ylabel("IN-1K zero-shot top-1 (%)")
-            if names is not None:
-                pax.set_xticks(range(len(names)), names, rotation=20 if max(map(len, names)) > 8 else 0)
+            pax.set_ylabel(names.PAPER_ZEROSHOT)
+            if paper_names is not None:
+                pax.set_xticks(range(len(paper_names)), paper_names,
+                               rotation=20 if max(map(len, paper_names)) > 8 else 0)
             pax.grid(alpha=0.3)
             _legend_below(pax, *pax.get_legend_handles_labels())
     _legend_below(ax, handles, labels)
@@ -206,7 +206,7 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
             if 0 < len(ticks) <= 10:  # label the values actually run, not powers of ten
                 ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        if x == "mask_ratio":
+        if x in names.PERCENT_FIELDS:
             ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=0))
     ax.set_xlabel(xlabel or label_for(x))
     ax.set_ylabel(ylabel or label_for(y))
@@ -228,12 +228,12 @@ def _by_series(points: list[dict]) -> dict:
     return groups
 
 
-def _paper_x(group: list[dict], names: list[str] | None) -> np.ndarray:
-    """The paper's own x positions in its separate panel: values, or indices into `names`."""
+def _paper_x(group: list[dict], paper_names: list[str] | None) -> np.ndarray:
+    """The paper's own x positions in its separate panel: values, or indices into `paper_names`."""
     xs = [p["x"] for p in group]
-    if names is None:
+    if paper_names is None:
         return np.asarray(xs, dtype=float)
-    return np.array([names.index(str(v)) for v in xs], dtype=float)
+    return np.array([paper_names.index(str(v)) for v in xs], dtype=float)
 
 
 def _match_span(ax, twin) -> None:
@@ -343,7 +343,7 @@ def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
                      label=_series_label(series, key) if key is not None else "paper")
         pax.set_title(PAPER_LABEL, fontsize=10)
         pax.set_xlabel(paper_xlabel)
-        pax.set_ylabel("IN-1K zero-shot top-1 (%)")
+        pax.set_ylabel(names.PAPER_ZEROSHOT)
         pax.grid(alpha=0.3)
         _legend_below(pax, *pax.get_legend_handles_labels())
     fig.tight_layout()

@@ -72,8 +72,8 @@ def _time_words(done: pd.DataFrame) -> str:
 
 
 def _plot_caption(spec_title: str | None, x: str, y: str, bars: str, done: pd.DataFrame) -> str:
-    title = spec_title or f"{names.label(y)} vs {names.lookup(x, plot=True).label}"
-    return f"{title}. {bars[0].upper() + bars[1:]}." + (_time_words(done) if x == "train_time_s" else "")
+    title = spec_title or f"{names.label(y)} vs {names.label(x)}"
+    return f"{title}. {bars[0].upper() + bars[1:]}." + (_time_words(done) if names.lookup(x).timed else "")
 
 
 def _plots(spec: SweepSpec, df: pd.DataFrame,

@@ -16,18 +16,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from flip.sweep import names
 from flip.sweep.execute import is_complete
 from flip.sweep.plan import Job
 from flip.sweep.spec import SweepSpec
 from flip.sweep.store import RunStore
 
-METRICS = {  # column name -> (task, key in the evaluation record's metrics)
-    "zeroshot": ("zeroshot", "top1"),
-    "zeroshot_top5": ("zeroshot", "top5"),
-    "retrieval_i2t": ("retrieval", "image_to_text_R@1"),
-    "retrieval_t2i": ("retrieval", "text_to_image_R@1"),
-    "linear_probe": ("linear-probe", "top1"),
-}
+METRICS = {key: m.record for key, m in names.METRICS.items()}  # column -> (task, key in the evaluation record)
 
 
 def _train_time(summary: dict) -> float | None:

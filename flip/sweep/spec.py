@@ -284,23 +284,18 @@ def _check_fields(values: dict, where: str) -> dict:
 
 
 def _label(values: dict[str, Any]) -> str:
-    def show(k, v):
-        if k in ("mask_ratio", "text_mask_ratio") and isinstance(v, float):
-            return f"{v:.0%}"
-        return f"{v:g}" if isinstance(v, float) else str(v)
-    return ", ".join(show(k, v) if len(values) == 1 else f"{k}={show(k, v)}" for k, v in values.items())
+    """An axes row's key (results.csv's `row`): `50%`, or `mask_ratio=50%, samples=30000`."""
+    from flip.sweep import names
 
-
-ROW_WORDS = {"mask_ratio": "mask {}", "samples": "{} samples", "text_mask_ratio": "text mask {}",
-             "batch_size": "batch {}", "recon_weight": "recon. weight {}", "text_mask": "text mask {}",
-             "loss": "{} loss", "image_size": "{} px", "mask_strategy": "{} masking"}
+    shown = {k: names.show_value(k, v) for k, v in values.items()}
+    return ", ".join(v if len(shown) == 1 else f"{k}={v}" for k, v in shown.items())
 
 
 def _words(values: dict[str, Any]) -> str:
     """An axes row's label in words: `mask 50%, 30000 samples`, not `mask_ratio=50%, samples=30000`."""
     from flip.sweep import names
 
-    return ", ".join(ROW_WORDS.get(k, names.label(k) + " {}").format(names.show_value(k, v)) for k, v in values.items())
+    return ", ".join(names.value_words(k, v) for k, v in values.items())
 
 
 def _rows(raw: dict, where: str) -> tuple[Row, ...]:

@@ -10,13 +10,15 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from flip.sweep import names
+
 # Columns that identify or describe one run rather than its configuration.
 RUN_COLUMNS = ("seed", "run_id", "status", "error", "run_dir")
 # What a run measured about itself (varies from seed to seed, so never part of a config key).
 MEASURED_COLUMNS = ("steps", "samples_seen", "train_time_s", "train_flops", "peak_memory",
                     "tune_time_s", "tune_flops", "load_cores", "load_others", "load_avg")
 # Evaluation results; masked-inference variants are named METRIC@MODE and eval times eval_s@MODE.
-METRIC_COLUMNS = ("zeroshot", "zeroshot_top5", "retrieval_i2t", "retrieval_t2i", "linear_probe")
+METRIC_COLUMNS = tuple(names.METRICS)
 
 
 def is_result_column(name: str) -> bool:

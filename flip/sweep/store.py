@@ -1,9 +1,10 @@
 """The run store shared by every sweep: one directory per run, named by what the run is.
 
-A run's id derives from its training config (only the fields that differ from the defaults, less
-bookkeeping such as the output path or log interval) and seed, so the same run asked for by two
-sweeps - Table 1d and 1e evaluate the checkpoints Table 1a trained - is trained once, a rerun
-finds it finished, and any changed setting makes a new run. Layout (`StoreLayout`):
+A run's id derives from its training config (only the fields that differ from the defaults, and of
+those only the ones whose knob says `identity=True`: not bookkeeping such as the output path or log
+interval) and seed, so the same run asked for by two sweeps - Table 1d and 1e evaluate the
+checkpoints Table 1a trained - is trained once, a rerun finds it finished, and any changed setting
+makes a new run. Layout (`StoreLayout`):
 
     STORE/runs/<run_id>/            the trainer's run directory (flip.run_dir.RunDir)
     STORE/runs/<run_id>/sweep/      what the sweep keeps about the run: job, status, evaluations, command
@@ -24,11 +25,8 @@ from flip.errors import ConfigError
 from flip.run_dir import RunDir, SweepFiles
 from flip.train.config import TrainConfig
 
-# Fields that change how a run is watched or where it is written, not what it computes.
-BOOKKEEPING = frozenset({"out", "log_every", "eval_every", "ckpt_every", "device", "report_to", "eval_images",
-                         "eval_data", "eval_zeroshot", "eval_zeroshot_images", "eval_templates", "periodic_eval",
-                         "compile", "init_from", "parent", "keep_checkpoints", "keep_resume_state",
-                         "max_bad_fraction"})
+# The fields that change what a run learns: each knob declares it (`knob(..., identity=...)`).
+IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["identity"])
 
 
 def _digest(payload: Any, n: int = 10) -> str:
@@ -36,10 +34,9 @@ def _digest(payload: Any, n: int = 10) -> str:
 
 
 def identity(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings that define a run: every non-default field that is not bookkeeping."""
+    """The settings that define a run: every identity field that is not at its default."""
     defaults = TrainConfig()
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-            if f.name not in BOOKKEEPING and getattr(cfg, f.name) != getattr(defaults, f.name)}
+    return {name: getattr(cfg, name) for name in IDENTITY if getattr(cfg, name) != getattr(defaults, name)}
 
 
 def run_id(cfg: TrainConfig) -> str:

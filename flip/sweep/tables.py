@@ -36,7 +36,7 @@ def signed(value: float, digits: int = 1) -> str:
 
 
 def is_time(column: str) -> bool:
-    return column in ("time_min", "time_rel", "tuning_cost_rel") or column.startswith(names.EVAL_TIME + "@")
+    return names.lookup(column).timed
 
 
 def load_verdict(runs: pd.DataFrame) -> str:
@@ -114,8 +114,9 @@ def _cell(column: str, base: pd.DataFrame, tuned: pd.DataFrame, ref: pd.DataFram
     is_metric = metric in names.METRICS or metric == names.EVAL_TIME
     if not is_metric and column in base.columns:  # a config value, as text
         values = base[column].dropna().unique()
-        if not len(values) and column in names.UNSET_WORDS and len(base):
-            return Cell(None, text=names.UNSET_WORDS[column])
+        unset = names.lookup(column).unset
+        if not len(values) and unset and len(base):
+            return Cell(None, text=unset)
         return Cell(None, text=", ".join(names.show_value(column, v) for v in values))
     if mode == "tuned":
         t = _done(tuned)
@@ -135,7 +136,7 @@ def _show_paper(column: str, value) -> str:
     if value is None:
         return "–"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:.{names.lookup(column).digits}f}" + ("x" if names.lookup(column).unit == "x" else "")
+        return names.lookup(column).number(value)
     return str(value)
 
 
@@ -149,10 +150,9 @@ class SweepTable:
 
 def _show(column: str, cell: Cell) -> str:
     entry = names.lookup(column)
-    suffix = "x" if entry.unit == "x" else ""
     # A setting (batch, steps, memory, FLOPs) that is the same for every seed has no spread to show.
     spread = entry.kind != names.SETTING or round(cell.std or 0.0, entry.digits) != 0
-    return cell.show(entry.digits, suffix, spread)
+    return cell.show(entry.digits, entry.suffix, spread)
 
 
 def row_title(spec: SweepSpec, label_: str) -> str:
@@ -264,7 +264,7 @@ def noise_notes(spec: SweepSpec, df: pd.DataFrame, columns: list[str], baseline:
 
 def load_notes(spec: SweepSpec, df: pd.DataFrame, columns: list[str]) -> list[str]:
     """Which rows' time figures come from runs that shared their cores, or whose load is unknown."""
-    timed = any(is_time(c) for c in columns) or any(p.x == "train_time_s" for p in spec.plots)
+    timed = any(is_time(c) for c in columns) or any(is_time(p.x) for p in spec.plots)
     done = df[df.status == "done"]
     if not timed or done.empty:
         return []

@@ -38,7 +38,8 @@ from flip import checkpoint as ckpt
 from flip.run_dir import DECODER, RunDir, module_weights
 from flip.train.checkpoint import checkpoint_bytes, drop_resume_state, load_state, save_checkpoint
 from flip.train.load import LoadMonitor
-from flip.train.config import ConfigError, TrainConfig
+from flip.train.config import (BASE_LR_RULE, BUDGET_RULE, CROP_SCALE_RULE, HFLIP_RULE, WARMUP_RULE, ConfigError,
+                               TrainConfig)
 from flip.train.faults import (NonFiniteStop, NonFiniteSteps, StopRequested, TooMuchBadData, WriteFailed,
                                describe_checkpoint)
 from flip.train.optim import lr_at, make_optimizer
@@ -80,11 +81,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if other_data and cfg.builtin_scenes != "mixed":
         raise ConfigError("applies to the built-in dataset only, not to --data", key="builtin_scenes")
     builtin_data = cfg.data is None
+    if cfg.samples is None:
+        cfg.samples = BUDGET_RULE(cfg)  # before data is filled in: the rule reads whether it was given
     if builtin_data:
         root = scenes_root
         cfg.data = builtin.train_spec(root)
-        if cfg.samples is None and cfg.epochs is None:
-            cfg.samples = 60_000 if get_preset(cfg.model).name == "tiny" else 40_000
         # The built-in held-out sets say something only about a model trained on the built-in data:
         # with the user's --data, only the eval sets the user names run.
         if cfg.eval_data is None:
@@ -92,11 +93,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         if cfg.eval_zeroshot is None:
             cfg.eval_zeroshot = str(builtin.zeroshot_dir(root))
     if cfg.crop_scale_min is None:
-        cfg.crop_scale_min = 0.9 if builtin_data else 0.5
+        cfg.crop_scale_min = CROP_SCALE_RULE(cfg, builtin_data)
     if cfg.hflip is None:
-        cfg.hflip = not builtin_data
+        cfg.hflip = HFLIP_RULE(cfg, builtin_data)
     if cfg.base_lr is None and cfg.lr is None:
-        cfg.base_lr = cfg.default_base_lr()
+        cfg.base_lr = BASE_LR_RULE(cfg)
     if cfg.out is None:
         model = get_preset(cfg.model).name.replace("/", "-")
         cfg.out = f"runs/{model}-mask{cfg.mask_ratio:g}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -277,7 +278,7 @@ class Trainer:
         """Samples and steps to train, and the steps of the lr warm-up."""
         cfg = self.cfg
         samples = _budget_samples(cfg, self.urls)
-        warmup = cfg.warmup if cfg.warmup is not None else int(cfg.warmup_fraction * samples)
+        warmup = cfg.warmup if cfg.warmup is not None else WARMUP_RULE(cfg, samples)
         return samples, max(1, samples // cfg.batch_size), max(1, warmup // cfg.batch_size)
 
     def _load_weights(self, resume: bool) -> None:
