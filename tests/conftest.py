@@ -53,9 +53,26 @@ def small_dataset(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def trained_run(small_dataset, tmp_path_factory):
+    """One finished training run, shared by the tests that only read a trained run (tune it, start another
+    run from it): 4 steps of 16, one checkpoint (its last), no periodic evaluation. It trains with masking
+    and a text mask (padding, 0.5), so unmasked tuning has ablation knobs to reset. Read it, never write into
+    it: a test that changes a run copies it to its own tmp_path first."""
+    from flip.train.config import TrainConfig
+    from flip.train.trainer import train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(TrainConfig(data=str(small_dataset / "train"), model="tiny", mask_ratio=0.5, text_mask="padding",
+                      text_mask_ratio=0.5, batch_size=16, samples=16 * 4, workers=0, seed=3, shuffle_buffer=50,
+                      periodic_eval=False, out=str(run)))
+    return run
+
+
+@pytest.fixture(scope="session")
 def ckpt(tmp_path_factory):
-    """A checkpoint of a randomly initialised tiny model (weights only; the eval commands' input)."""
+    """A checkpoint of a randomly initialised tiny model (weights only; the eval commands' input), written
+    once a session: read it, never write into it (a test that damages a checkpoint damages a copy)."""
     from flip.models import FLIP, get_preset
     from flip.train.checkpoint import save_checkpoint
 

@@ -116,12 +116,12 @@ def test_a_step_refuses_images_of_another_size(tiny_cfg):
         step(torch.randn(2, 3, 64, 64), torch.ones(2, 32, dtype=torch.long), 1e-3)
 
 
-@pytest.mark.integration  # trains
-def test_a_contrastive_checkpoint_does_not_start_a_sigmoid_run(small_dataset, tmp_path):
+@pytest.mark.integration  # trains (the shared run, if no test has yet)
+def test_a_contrastive_checkpoint_does_not_start_a_sigmoid_run(small_dataset, trained_run, tmp_path):
+    assert json.loads((resolve_checkpoint(trained_run) / "config.json").read_text())["train"]["loss"] == "contrastive"
     no_eval = dict(samples=8, periodic_eval=False, eval_images=1000)  # eval settings would be no-ops here
-    train(_cfg(small_dataset, tmp_path / "plain", **no_eval))
     with pytest.raises(Exception, match="was trained with the contrastive loss: continue it with the same --loss"):
-        train(_cfg(small_dataset, tmp_path / "sig", loss="sigmoid", init_from=str(tmp_path / "plain"), **no_eval))
+        train(_cfg(small_dataset, tmp_path / "sig", loss="sigmoid", init_from=str(trained_run), **no_eval))
 
 
 def test_the_sweep_estimate_times_the_new_knobs_and_counts_their_flops():

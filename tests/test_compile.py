@@ -44,7 +44,7 @@ def no_inductor(monkeypatch):
 
 def _cfg(ds, out, **kw):
     base = dict(data=str(ds / "train"), model="tiny", mask_ratio=0.5, batch_size=8, samples=8 * 4, workers=0,
-                seed=5, out=str(out), log_every=1, ckpt_every=2, shuffle_buffer=20, periodic_eval=False)
+                seed=5, out=str(out), log_every=1, shuffle_buffer=20, periodic_eval=False)  # one checkpoint, the last
     return TrainConfig(**{**base, **kw})
 
 
@@ -121,9 +121,8 @@ def test_resume_with_compile_continues_the_same_run(small_dataset, tmp_path, no_
 
 
 @pytest.mark.integration  # trains
-def test_tune_unmasked_compile_from_the_cli(small_dataset, tmp_path, no_inductor):
-    train(_cfg(small_dataset, tmp_path / "parent"))
-    result = runner.invoke(app, ["tune-unmasked", "--ckpt", str(tmp_path / "parent"), "--samples", "16",
+def test_tune_unmasked_compile_from_the_cli(trained_run, tmp_path, no_inductor):
+    result = runner.invoke(app, ["tune-unmasked", "--ckpt", str(trained_run), "--samples", "16",
                                  "--out", str(tmp_path / "tuned"), "--compile"])
     assert result.exit_code == 0, result.output
     assert NO_COMPILER in result.output

@@ -220,8 +220,8 @@ class _StopAfter:
 def test_training_resumes_bit_identical(jpeg_shards, tmp_path, decode):
     def cfg(out):
         return TrainConfig(data=str(jpeg_shards), model="tiny", batch_size=8, samples=8 * 8, workers=2, seed=5,
-                           out=str(tmp_path / out), log_every=2, ckpt_every=4, shuffle_buffer=30, decode=decode,
-                           periodic_eval=False)
+                           out=str(tmp_path / out), log_every=2, shuffle_buffer=30, decode=decode,
+                           periodic_eval=False)  # checkpoints: the stop's (resumed from) and the last
 
     summary = train(cfg("full"))
     assert summary["steps"] == 8 and summary["final_loss"] == summary["final_loss"]  # finite

@@ -20,7 +20,7 @@ def _cmd(dataset, out, *extra):
     return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "flipctl.main",
             "train", "--data", str(dataset / "train"), "--eval-data", str(dataset / "retrieval" / "captions.csv"),
             "--batch-size", "16", "--samples", str(16 * STEPS), "--workers", "1", "--eval-every", "1000",
-            "--ckpt-every", "3", "--keep-resume-state", "--out", str(out), *extra]  # its resume state is inspected
+            "--out", str(out), *extra]
 
 
 def _latest_step(run):
@@ -33,14 +33,17 @@ def test_torchrun_two_processes_killed_and_resumed_match_an_uninterrupted_run(sm
     and the weights equal those of an uninterrupted run; each rank's data and RNG state is saved."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full = tmp_path / "full"
-    subprocess.run(_cmd(small_dataset, full), env=env, check=True, capture_output=True, timeout=300)
+    # the uninterrupted run checkpoints once, at its end, keeping its resume state to be read; the killed run
+    # checkpoints every 3 steps, to be resumed
+    subprocess.run(_cmd(small_dataset, full, "--keep-resume-state"), env=env, check=True, capture_output=True,
+                   timeout=300)
     summary = json.loads((full / "summary.json").read_text())
     assert summary["samples_seen"] == 16 * STEPS
     state = torch.load(resolve_checkpoint(full) / "state.pt", weights_only=True)
     assert len(state["ranks"]) == 2
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(small_dataset, killed), env=env, start_new_session=True,
+    proc = subprocess.Popen(_cmd(small_dataset, killed, "--ckpt-every", "3"), env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and _latest_step(killed) < 3 and proc.poll() is None:

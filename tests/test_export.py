@@ -19,7 +19,6 @@ from flip.eval.templates import TEMPLATE_SETS, from_strings
 from flip.eval.zeroshot import evaluate_zeroshot, zeroshot_classifier
 from flip.export.open_clip import convert_state_dict, export_open_clip, load_exported
 from flip.models import FLIP, get_preset
-from flip.train.checkpoint import save_checkpoint
 from flipctl.main import app
 
 CAPTIONS = ["a red circle", "a big blue square at the top left and a small green star.", "x",
@@ -115,9 +114,8 @@ def test_zeroshot_matches_open_clip_build_zero_shot_classifier(model, loaded, sm
     assert len(TEMPLATE_SETS["simple"][1]) == 7 and len(TEMPLATE_SETS["openai"][1]) == 80
 
 
-def test_export_command(model, tmp_path):
-    save_checkpoint(tmp_path / "run", 1, model, {"model": model.cfg.to_dict()}, None)
-    result = CliRunner().invoke(app, ["export", "--ckpt", str(tmp_path / "run"), "--format", "open_clip",
+def test_export_command(ckpt, tmp_path):
+    result = CliRunner().invoke(app, ["export", "--ckpt", str(ckpt), "--format", "open_clip",
                                       str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"flip-tiny.json", "open_clip_config.json",
@@ -127,7 +125,7 @@ def test_export_command(model, tmp_path):
     lines = result.output.splitlines()
     assert f"open_clip.add_model_config({str(tmp_path / 'out')!r})" in lines
     assert f"    'flip-tiny', pretrained={str(tmp_path / 'out' / 'open_clip_model.safetensors')!r})" in lines
-    bad = CliRunner().invoke(app, ["export", "--ckpt", str(tmp_path / "run"), "--format", "onnx", str(tmp_path / "x")])
+    bad = CliRunner().invoke(app, ["export", "--ckpt", str(ckpt), "--format", "onnx", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "open_clip" in bad.output
 
 

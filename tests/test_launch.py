@@ -21,7 +21,7 @@ from flip.train.trainer import resolve
 
 def _config(ds, out, **kw):
     base = dict(data=str(ds / "train"), model="tiny", batch_size=16, samples=16 * 3, workers=0,
-                periodic_eval=False, shuffle_buffer=20, ckpt_every=2, keep_resume_state=True, out=str(out))
+                periodic_eval=False, shuffle_buffer=20, out=str(out))  # one checkpoint, the last
     base.update(kw)
     return resolve(TrainConfig(**base)).to_dict()
 
@@ -43,7 +43,7 @@ def test_submitit_local_executor_trains_as_one_job_of_two_tasks(small_dataset, t
     """Two tasks of one submitit job form one process group (ranks from submitit's JobEnvironment),
     not two single-process runs."""
     run = tmp_path / "run"
-    job = submit(TrainJob(_config(small_dataset, run)),
+    job = submit(TrainJob(_config(small_dataset, run, keep_resume_state=True)),  # its ranks' state is read
                  SlurmLaunch(cluster="local", gpus_per_node=0, tasks_per_node=2, time="10"))
     summaries = job.results()
     assert [s["world_size"] for s in summaries] == [2, 2]

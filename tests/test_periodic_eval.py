@@ -20,7 +20,7 @@ def _records(run):
 
 def _cfg(ds, out, **kw):
     base = dict(data=str(ds / "train"), model="tiny", batch_size=16, samples=16 * 4, workers=0, seed=1,
-                out=str(out), log_every=2, eval_every=2, ckpt_every=2, shuffle_buffer=50)
+                out=str(out), log_every=2, eval_every=2, shuffle_buffer=50)  # one checkpoint, the last
     return TrainConfig(**{**base, **kw})
 
 
@@ -85,7 +85,8 @@ def test_an_evaluation_error_never_costs_the_run(small_dataset, tmp_path, monkey
         raise RuntimeError("out of memory in the evaluation")
 
     monkeypatch.setattr(PeriodicEval, "run", broken)
-    summary = train(_cfg(small_dataset, run, eval_data=str(small_dataset / "retrieval" / "captions.csv")))
+    summary = train(_cfg(small_dataset, run, eval_data=str(small_dataset / "retrieval" / "captions.csv"),
+                         ckpt_every=2))  # a checkpoint at each evaluation, written before it
     assert summary["steps"] == 4 and (run / "summary.json").exists()
     assert latest_at_call == ["ckpt-00000002", "ckpt-00000004"]  # each step's checkpoint came first
     assert [e["step"] for e in summary["eval_errors"]] == [2, 4] and summary["eval"] == {}

@@ -19,7 +19,7 @@ FLIPCTL = [sys.executable, "-m", "flipctl.main"]
 def _cfg(ds, out, **kw):
     base = dict(data=str(ds / "train"), eval_data=str(ds / "retrieval" / "captions.csv"), model="tiny",
                 mask_ratio=0.5, batch_size=16, samples=16 * 12, workers=2, seed=3, out=str(out),
-                log_every=2, eval_every=6, ckpt_every=3, shuffle_buffer=50)
+                log_every=2, eval_every=6, shuffle_buffer=50)  # one checkpoint, the last: none of these is about them
     base.update(kw)
     return TrainConfig(**base)
 
@@ -46,13 +46,14 @@ def test_train_writes_run_directory_and_is_repeatable(small_dataset, tmp_path):
 def test_sigkill_then_resume_matches_uninterrupted_run(small_dataset, tmp_path):
     args = ["train", "--data", str(small_dataset / "train"), "--eval-data",
             str(small_dataset / "retrieval" / "captions.csv"), "--batch-size", "16", "--samples", str(16 * 60),
-            "--ckpt-every", "5", "--eval-every", "1000", "--seed", "11", "--workers", "2"]
+            "--eval-every", "1000", "--seed", "11", "--workers", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # the uninterrupted reference checkpoints once, at its end; the killed run every 5 steps, to resume from
     subprocess.run(FLIPCTL + args + ["--out", str(tmp_path / "full")], check=True, env=env,
                    capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(FLIPCTL + args + ["--out", str(killed)], env=env,
+    proc = subprocess.Popen(FLIPCTL + args + ["--ckpt-every", "5", "--out", str(killed)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -77,14 +78,15 @@ def test_sigkill_then_resume_matches_uninterrupted_run(small_dataset, tmp_path):
 
 
 @pytest.mark.integration  # trains
-def test_tune_unmasked_records_parent_and_uses_mask_zero(small_dataset, tmp_path):
-    train(_cfg(small_dataset, tmp_path / "parent", samples=16 * 4, text_mask="padding", text_mask_ratio=0.5))
-    summary = tune_unmasked(str(tmp_path / "parent"), samples=16 * 3, out=str(tmp_path / "tuned"))
+def test_tune_unmasked_records_parent_and_uses_mask_zero(trained_run, tmp_path):
+    parent = json.loads((resolve_checkpoint(trained_run) / "config.json").read_text())["train"]
+    assert parent["mask_ratio"] > 0 and parent["text_mask"] != "none"  # knobs for the tuning to reset
+    summary = tune_unmasked(str(trained_run), samples=16 * 3, out=str(tmp_path / "tuned"))
     assert summary["mask_ratio"] == 0.0
-    assert summary["parent"] == str(resolve_checkpoint(tmp_path / "parent"))
+    assert summary["parent"] == str(resolve_checkpoint(trained_run))
     saved = json.loads((tmp_path / "tuned" / "config.json").read_text())["train"]
     assert saved["mask_ratio"] == 0.0 and saved["parent"]
     assert saved["text_mask"] == "none" and saved["text_mask_ratio"] == 0.0  # ablation knobs back to plain CLIP
-    assert saved["lr"] == pytest.approx(1e-3 * 16 / 256 / 100)
+    assert saved["lr"] == pytest.approx(1e-3 * parent["batch_size"] / 256 / 100)  # 1/100 of its peak
     model, _ = load_model(tmp_path / "tuned")
     assert model.cfg.name == "tiny"
