@@ -31,7 +31,7 @@ def make_config(model: str, batch_size: int, mask_ratios: str, device: str, prec
                 peak_tflops: Optional[float], seed: int, ablations: bool = False,
                 variants: Optional[bool] = None):
     """CLI values -> a validated BenchConfig; bad input raises ConfigError naming the setting."""
-    from flip.bench.memory import parse_size
+    from flip.bench.peak_memory import parse_size
     from flip.bench.runner import BenchConfig
 
     cfg = BenchConfig(
@@ -88,7 +88,7 @@ def bench_command(
     """Time training steps per mask ratio: throughput, FLOPs, ideal vs measured speed-up, memory, time split."""
     import torch
 
-    from flip.bench.report import render
+    from flip.bench.summary import render
     from flip.bench.runner import run_bench
 
     if data_spec is not None:
@@ -115,7 +115,7 @@ def _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak
                 seed, json_out) -> None:
     """`--data SHARDS|synthetic-jpeg:SIZE`: the decode paths side by side (flip.bench.data)."""
     from flip.bench.data import DataBenchConfig, run_data_bench
-    from flip.bench.data_report import render_data_paths
+    from flip.bench.data_summary import render_data_paths
 
     cfg = DataBenchConfig(data=data, model=model, batch_size=batch_size, workers=workers,
                           paths=tuple(p.strip() for p in decode.split(",") if p.strip()),

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from flip.flops import step_flops
-from flip.bench.memory import find_max_batch, measure_peak, parse_size, step_peak_memory
+from flip.bench.peak_memory import find_max_batch, measure_peak, parse_size, step_peak_memory
 from flip.bench.timing import synthetic_batch
 from flip.errors import ConfigError
 from flip.masking import gather_tokens, num_kept, random_keep_indices

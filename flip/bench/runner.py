@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from flip.bench.memory import MaxBatch, find_max_batch, step_peak_memory
+from flip.bench.peak_memory import MaxBatch, find_max_batch, step_peak_memory
 from flip.bench.peaks import PeakChoice, choose_peak, matmul_dtype
 from flip.bench.timing import part_functions, synthetic_batch, time_interleaved
 from flip.compile import Backend, choose_backend

@@ -26,7 +26,7 @@ from flip.bench.timing import synchronize, synthetic_batch
 from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
-from flip.sweep.plan import Job
+from flip.sweep.jobs import Job
 from flip.sweep.store import RunStore, read_json
 from flip.train.config import StepConfig, TrainConfig
 from flip.train.optim import make_optimizer

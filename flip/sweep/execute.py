@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flip.sweep import claims
-from flip.sweep.plan import Job
+from flip.sweep.jobs import Job
 from flip.sweep.store import COMMAND, JOB, STATUS, RunStore, read_json, write_json_atomic
 from flip.train.config import TrainConfig
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from flip.bench.memory import format_size
+from flip.bench.peak_memory import format_size
 
 
 def _x(value: float | None, digits: int = 2) -> str:
