@@ -32,7 +32,6 @@ from typing import Any
 import submitit
 
 from flip import checkpoint as ckpt
-from flip.choices import LAUNCHERS  # noqa: F401  (declared there, importable without submitit)
 from flip.distributed import process_rank
 from flip.errors import CheckpointError, ConfigError, DataError, FlipError
 from flip.train.config import TrainConfig

@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from flip.errors import ConfigError
-from flip.capacity import (DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, HEADROOM, LEGACY_LOADER_SAMPLES_PER_CORE, launch_flags,
-                       plan_run)
+from flip.bench.defaults import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
+from flip.capacity import HEADROOM, LEGACY_LOADER_SAMPLES_PER_CORE, launch_flags, plan_run
 from flipctl.console import make_console
 from flipctl.errors import user_errors
 

@@ -11,7 +11,8 @@ from flip.bench.timing import synthetic_batch
 from flip.models import FLIP, get_preset
 from flip.capacity import activation_bytes, step_bytes
 from flip.train.optim import make_optimizer
-from flip.train.step import StepConfig, TrainStep
+from flip.train.config import StepConfig
+from flip.train.step import TrainStep
 from flipctl.main import app
 
 

@@ -33,7 +33,8 @@ from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
 from flip.train.optim import make_optimizer
-from flip.train.step import StepConfig, TrainStep
+from flip.train.config import StepConfig
+from flip.train.step import TrainStep
 
 COMPARE_CHOICES = ("open_clip",)
 PRECISIONS = ("fp32", "bf16")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from flip.sweep import folder, names, results, tables
-from flip.sweep.folder import MANIFEST, Manifest, ReportError  # noqa: F401  (importable from here)
+from flip.sweep.folder import MANIFEST, Manifest, ReportError
 from flip.sweep.jobs import EvalJob, Job
 from flip.sweep.spec import SweepSpec
 from flip.sweep.store import RunStore, write_json_atomic
