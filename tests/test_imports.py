@@ -20,3 +20,23 @@ def test_the_packages_are_walked():
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports(name):
     assert importlib.import_module(name).__name__ == name
+
+
+# Printing belongs to the CLI: the library returns data (rows, records, strings) and flipctl draws it.
+# flip/train/reporting.py's rich reporter is the one exception left, to move out with the trainer's rewrite.
+RICH_IN_LIBRARY = {"flip/train/reporting.py"}
+
+
+def test_the_library_does_not_import_rich():
+    import ast
+    from pathlib import Path
+
+    root = Path(flip.__file__).parent
+    found = set()
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name == "rich" or name.startswith("rich.") for name in names):
+                found.add(path.relative_to(root.parent).as_posix())
+    assert found == RICH_IN_LIBRARY, f"rich imported under flip/ outside the known exception: {found - RICH_IN_LIBRARY}"
