@@ -40,3 +40,17 @@ def test_the_library_does_not_import_rich():
             if any(name == "rich" or name.startswith("rich.") for name in names):
                 found.add(path.relative_to(root.parent).as_posix())
     assert found == RICH_IN_LIBRARY, f"rich imported under flip/ outside the known exception: {found - RICH_IN_LIBRARY}"
+
+
+PACKAGES = ["flip", "flip.bench", "flip.data", "flip.eval", "flip.export", "flip.models", "flip.sweep", "flip.train"]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_each_package_states_its_public_names(name):
+    """A docstring saying what the package is for, and an `__all__` whose every name resolves."""
+    package = importlib.import_module(name)
+    assert package.__doc__ and package.__all__
+    assert sorted(package.__all__) == sorted(set(package.__all__))
+    assert package.__getattr__.names <= set(package.__all__)
+    for attr in package.__all__:
+        assert getattr(package, attr) is not None and attr in dir(package)
