@@ -1,8 +1,8 @@
 """The names a setting chooses between, and checks of setting values, importable without torch.
 
 The command line offers these as choices and a config is validated against them (`flipctl train
---help`, `flipctl sweep --list`) without loading the model and data code that acts on them, which
-re-exports them from where they are used (`flip.masking`, `flip.data.decode`, `flip.distributed`).
+--help`, `flipctl sweep --list`) without loading the model and data code that acts on them
+(`flip.masking`, `flip.loss`, `flip.data.decode`, `flip.launch`); import them from here.
 """
 
 from __future__ import annotations

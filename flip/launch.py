@@ -31,7 +31,6 @@ from typing import Any
 
 import submitit
 
-from flip.choices import LAUNCHERS  # noqa: F401  (declared there, importable without submitit)
 from flip.distributed import process_rank
 from flip.errors import CheckpointError, ConfigError, DataError, FlipError
 from flip.run_dir import RunDir, SweepFiles

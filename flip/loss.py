@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from flip.choices import LOSSES  # noqa: E402,F401  (declared there, importable without torch)
+from flip.choices import LOSSES
 
 
 def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:

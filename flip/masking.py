@@ -14,7 +14,7 @@ import random
 
 import torch
 
-from flip.choices import MASK_STRATEGIES, TEXT_MASKS, grid_strides  # noqa: F401  (declared there, importable without torch)
+from flip.choices import MASK_STRATEGIES, TEXT_MASKS, grid_strides
 from flip.errors import ConfigError
 
 

@@ -31,7 +31,7 @@ def make_config(model: str, batch_size: int, mask_ratios: str, device: str, prec
                 peak_tflops: Optional[float], seed: int, ablations: bool = False,
                 variants: Optional[bool] = None):
     """CLI values -> a validated BenchConfig; bad input raises ConfigError naming the setting."""
-    from flip.bench.memory import parse_size
+    from flip.bench.peak_memory import parse_size
     from flip.bench.runner import BenchConfig
 
     cfg = BenchConfig(
@@ -88,7 +88,6 @@ def bench_command(
     """Time training steps per mask ratio: throughput, FLOPs, ideal vs measured speed-up, memory, time split."""
     import torch
 
-    from flip.bench.report import render
     from flip.bench.runner import run_bench
 
     if data_spec is not None:
@@ -108,14 +107,13 @@ def bench_command(
     status_console = Console(stderr=True)
     with status_console.status("bench") as status:
         report = run_bench(cfg, progress=lambda message: status.update(f"bench: {message}"))
-    _finish(ctx, report, render, json_out)
+    _finish(ctx, report, render_step_summary, json_out)
 
 
 def _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu, host_cores, device,
                 seed, json_out) -> None:
     """`--data SHARDS|synthetic-jpeg:SIZE`: the decode paths side by side (flip.bench.data)."""
     from flip.bench.data import DataBenchConfig, run_data_bench
-    from flip.bench.data_report import render_data_paths
 
     cfg = DataBenchConfig(data=data, model=model, batch_size=batch_size, workers=workers,
                           paths=tuple(p.strip() for p in decode.split(",") if p.strip()),
@@ -123,7 +121,7 @@ def _data_paths(ctx, data, model, batch_size, workers, decode, mask_ratios, peak
                           host_cores=host_cores, device=device, seed=seed).validate()
     with Console(stderr=True).status("bench --data") as status:
         report = run_data_bench(cfg, progress=lambda message: status.update(f"bench --data: {message}"))
-    _finish(ctx, report, render_data_paths, json_out)
+    _finish(ctx, report, render_data_summary, json_out)
 
 
 def _finish(ctx: typer.Context, report: dict, render_report, json_out: Optional[Path]) -> None:
@@ -134,6 +132,42 @@ def _finish(ctx: typer.Context, report: dict, render_report, json_out: Optional[
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2) + "\n")
         console.print(f"report written to [bold]{json_out}[/bold]")
+
+
+def render_step_summary(report: dict, console: Console) -> None:
+    """Print a `run_bench` report: the tables and lines of `flip.bench.summary`."""
+    from flip.bench.summary import step_summary
+
+    print_blocks(step_summary(report), console)
+
+
+def render_data_summary(report: dict, console: Console) -> None:
+    """Print a `run_data_bench` report: the tables and lines of `flip.bench.data_summary`."""
+    from flip.bench.data_summary import data_paths_summary
+
+    print_blocks(data_paths_summary(report), console)
+
+
+def print_blocks(blocks: list, console: Console) -> None:
+    """Draw a bench summary's blocks with rich: a check mark green (pass) or red (MISS), a footnote dimmed."""
+    from rich.table import Table as RichTable
+
+    from flip.bench.summary import Mark, Table
+
+    def markup(cell) -> str:
+        return f"[{'green' if cell.passed else 'red'}]{cell.text}[/]" if isinstance(cell, Mark) else cell
+
+    for block in blocks:
+        if isinstance(block, Table):
+            table = RichTable(title=block.title)
+            for column in block.columns:
+                table.add_column(column.name, justify=column.justify)
+            for row in block.rows:
+                table.add_row(*map(markup, row))
+            console.print(table)
+        else:
+            text = "".join(map(markup, block.parts))
+            console.print(f"[dim]{text}[/dim]" if block.footnote else text)
 
 
 def _command_line(ctx: typer.Context) -> str:

@@ -1,4 +1,4 @@
-"""`flipctl plan`: will a run fit its GPUs, and with which settings (the estimate is `flip.plan`'s)."""
+"""`flipctl plan`: will a run fit its GPUs, and with which settings (the estimate is `flip.capacity`'s)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from flip.errors import ConfigError
-from flip.plan import (DEFAULT_MFU, DEFAULT_PEAK_TFLOPS, HEADROOM, LEGACY_LOADER_SAMPLES_PER_CORE, launch_flags,
-                       plan_run)
+from flip.bench.defaults import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
+from flip.capacity import HEADROOM, LEGACY_LOADER_SAMPLES_PER_CORE, launch_flags, plan_run
 from flipctl.console import make_console
 from flipctl.errors import user_errors
 
@@ -41,7 +41,7 @@ def plan_command(
     Memory per GPU from the preset's shapes, with and without activation checkpointing, gradient
     accumulation and parameter sharding (FSDP).
     """
-    from flip.bench.memory import format_size, parse_size
+    from flip.bench.peak_memory import format_size, parse_size
 
     try:
         memory = parse_size(gpu_memory)

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from flip.masking import (MASK_STRATEGIES, block_keep_indices, grid_keep_indices, image_keep_indices, num_kept,
+from flip.choices import MASK_STRATEGIES
+from flip.masking import (block_keep_indices, grid_keep_indices, image_keep_indices, num_kept,
                           text_keep_indices)
 from flip.models import FLIP
 from flip.models.decoder import DecoderConfig, MAEDecoder, masked_mse, normalized_pixel_target, patchify

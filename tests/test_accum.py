@@ -10,11 +10,12 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from flip.bench.timing import synthetic_batch
+from flip.errors import ConfigError
 from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
-from flip.train.config import ConfigError, StepConfig, TrainConfig
+from flip.train.config import StepConfig, TrainConfig
 from flip.train.step import TrainStep
 
 BATCH = 16

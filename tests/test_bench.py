@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from flip.flops import step_flops
-from flip.bench.memory import find_max_batch, measure_peak, parse_size, step_peak_memory
+from flip.bench.peak_memory import find_max_batch, measure_peak, parse_size, step_peak_memory
 from flip.bench.timing import synthetic_batch
 from flip.errors import ConfigError
 from flip.masking import gather_tokens, num_kept, random_keep_indices
@@ -337,7 +337,8 @@ def test_training_step_reads_nothing_back_to_the_host(tiny_cfg, ratio, monkeypat
     """Masking noise, gather, loss, backward and the fused AdamW all stay on the device: the step
     never converts a tensor to a Python value (on a GPU each such read is a sync)."""
     from flip.train.optim import make_optimizer
-    from flip.train.step import StepConfig, TrainStep
+    from flip.train.config import StepConfig
+    from flip.train.step import TrainStep
 
     model = FLIP(tiny_cfg)
     optimizer = make_optimizer(model, 1e-3, 0.2, (0.9, 0.95), 1e-6, CPU)

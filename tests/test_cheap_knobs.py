@@ -11,10 +11,11 @@ from timm.layers import resample_abs_pos_embed
 from typer.testing import CliRunner
 
 from flip.checkpoint import load_model, resolve_checkpoint
+from flip.errors import ConfigError
 from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.pretrainer import Pretrainer
-from flip.train.config import ConfigError, StepConfig, TrainConfig
+from flip.train.config import StepConfig, TrainConfig
 from flip.train.optim import make_optimizer
 from flip.train.step import TrainStep
 from flip.train.trainer import train, tune_unmasked

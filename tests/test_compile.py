@@ -24,10 +24,10 @@ from flip.compile import FALLBACK_BACKEND, INDUCTOR, choose_backend, inductor_er
 from flip.models import FLIP, get_preset
 from flip.models.pretrainer import Pretrainer
 from flip.precision import SLOWDOWN_LIMIT, precision_warning, probe_seconds, slowdown_warning
-from flip.train.config import TrainConfig
+from flip.train.config import StepConfig, TrainConfig
 from flip.train.faults import StopRequested
 from flip.train.optim import make_optimizer
-from flip.train.step import StepConfig, TrainStep
+from flip.train.step import TrainStep
 from flip.train.trainer import train
 from flipctl.main import app
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_loader
-from flip.data.shards import DataError, count_samples, expand_urls
+from flip.data.augment import AugmentConfig
+from flip.data.pipeline import SlotPosition, StreamConfig, make_loader
+from flip.data.shards import count_samples, expand_urls
+from flip.errors import DataError
 
 
 def _stream(urls, batch=8, seed=0, **kw):

@@ -273,7 +273,7 @@ def test_a_sweeps_runs_go_through_submitit(small_dataset, tmp_path):
     sweep worker, which trains, evaluates and records the run as done."""
     from flip.launch import SlurmSweepRuns
     from flip.sweep.execute import run_jobs
-    from flip.sweep.plan import build_plan
+    from flip.sweep.jobs import build_plan
     from flip.sweep.spec import load_spec, with_data
     from flip.sweep.store import RunStore
 

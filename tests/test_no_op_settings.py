@@ -5,8 +5,9 @@ config, and in a sweep spec (an axis over such a setting fails at spec load)."""
 import pytest
 from typer.testing import CliRunner
 
+from flip.errors import ConfigError
 from flip.sweep.spec import SpecError, load_spec
-from flip.train.config import ConfigError, TrainConfig
+from flip.train.config import TrainConfig
 from flipctl.main import app
 
 runner = CliRunner()

@@ -6,12 +6,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flip.bench.memory import measure_peak
+from flip.bench.peak_memory import measure_peak
 from flip.bench.timing import synthetic_batch
 from flip.models import FLIP, get_preset
-from flip.plan import activation_bytes, step_bytes
+from flip.capacity import activation_bytes, step_bytes
 from flip.train.optim import make_optimizer
-from flip.train.step import StepConfig, TrainStep
+from flip.train.config import StepConfig
+from flip.train.step import TrainStep
 from flipctl.main import app
 
 
@@ -84,7 +85,7 @@ def test_plan_says_when_fsdp_is_needed(tmp_path):
 def test_plan_prints_the_loader_cores_each_gpu_needs(tmp_path):
     """Samples/s a GPU's step consumes = peak x MFU / counted FLOPs per sample; cores = that / per-core rate."""
     from flip.bench.data import step_needs
-    from flip.plan import LEGACY_LOADER_SAMPLES_PER_CORE, measured_loader_rate
+    from flip.capacity import LEGACY_LOADER_SAMPLES_PER_CORE, measured_loader_rate
 
     args = ("--model", "B/16", "--batch-size", "4096", "--gpus", "8", "--mask-ratio", "0.5")
     text, plan = _plan(tmp_path, *args, "--loader-samples-per-core", "146")

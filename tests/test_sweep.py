@@ -180,7 +180,7 @@ def test_loss_batch_crosses_loss_mask_and_batch_at_one_sample_budget(preset):
 def test_new_studies_reuse_the_runs_they_share():
     """token-reduction's full / random rows are mask-ratio-equal-batch's, text-reduction's none / random /
     padding rows text-mask's, loss-batch's softmax 50% rows batch-size's: the same run ids."""
-    from flip.sweep.plan import build_plan
+    from flip.sweep.jobs import build_plan
     from flip.sweep.store import RunStore
 
     def ids(name, batch=None):
@@ -414,7 +414,7 @@ def test_data_fraction_trains_on_the_leading_shards(small_dataset, tmp_path):
 def test_sweeps_reuse_each_others_runs():
     """Tables 1c, 1d, 1e, 1f and Figures 1/3 train at Table 1a's budget (60,000 samples) with its configs,
     so the rows they share with it are Table 1a's runs (same run ids): each is trained once."""
-    from flip.sweep.plan import build_plan
+    from flip.sweep.jobs import build_plan
     from flip.sweep.store import RunStore
 
     batches = {"0%": (64, None), "50%": (112, None), "75%": (200, None)}
@@ -440,7 +440,7 @@ def test_committed_results_match_specs_that_still_load():
     """Every committed sweep result names a shipped spec and preset that load, and plans the same runs."""
     import shlex
 
-    from flip.sweep.plan import build_plan
+    from flip.sweep.jobs import build_plan
     from flip.sweep.store import RunStore
 
     root = Path(__file__).parent.parent / "results" / "sweeps"
@@ -466,7 +466,7 @@ def test_estimate_prefers_the_stores_finished_runs_over_a_probe(tmp_path):
     import torch
 
     from flip.sweep import estimate
-    from flip.sweep.plan import Job
+    from flip.sweep.jobs import Job
 
     store = run_store.RunStore(tmp_path)
     cfg = TrainConfig(model="tiny", mask_ratio=0.5, batch_size=64, samples=6400)
@@ -486,15 +486,15 @@ def test_memory_match_of_a_recon_row_probes_the_step_with_its_decoder(tmp_path, 
     """Table 1f: a row with recon_weight > 0 gets the batch whose step *with the decoder* fits the memory."""
     import torch
 
-    from flip.sweep import memory
+    from flip.sweep import memory_match
 
     def fake_peak(cfg, mask_ratio, batch, device, precision="fp32", decoder=None):
         per_sample = (1.0 - mask_ratio) + (0.5 if decoder is not None else 0.0)  # the decoder's activations
         return int(1000 + 100 * per_sample * batch)
 
-    monkeypatch.setattr(memory, "step_peak_memory", fake_peak)
+    monkeypatch.setattr(memory_match, "step_peak_memory", fake_peak)
     spec = load_spec("recon-loss", "smoke")  # rows 50%, 50% + recon, 75%, 75% + recon; reference mask 0, batch 16
-    batches = memory.matched_batches(spec, run_store.RunStore(tmp_path), torch.device("cpu"))
+    batches = memory_match.matched_batches(spec, run_store.RunStore(tmp_path), torch.device("cpu"))
     limit = fake_peak(None, 0.0, 16, None)
     for row in ("50%", "75%"):
         (plain, _), (recon, recon_peak) = batches[row], batches[f"{row} + recon"]

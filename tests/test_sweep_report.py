@@ -14,7 +14,8 @@ from PIL import Image
 
 from flip.sweep.fit import fit_frontier
 from flip.sweep.html import write_report
-from flip.sweep.plots import plot_curves, plot_metric_vs_axis, summarise
+from flip.sweep.plots import plot_curves, plot_metric_vs_axis
+from flip.sweep.stats import summarise
 from flip.sweep.stats import by_inference_mode
 
 ROOT = Path(__file__).resolve().parents[1]

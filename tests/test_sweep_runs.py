@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flip.sweep import claims, execute
-from flip.sweep.plan import Job
+from flip.sweep.jobs import Job
 from flip.sweep.store import RunStore
 from flip.train.config import TrainConfig
 from flipctl.main import app
@@ -325,7 +325,7 @@ def test_estimates_rank_runs_of_one_model_by_their_flops(tmp_path, monkeypatch):
     import torch
 
     from flip.sweep import estimate
-    from flip.sweep.plan import build_plan
+    from flip.sweep.jobs import build_plan
     from flip.sweep.spec import load_spec
 
     (tmp_path / "masks.toml").write_text(MASKS_SPEC)

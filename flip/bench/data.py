@@ -36,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from flip.bench.defaults import DEFAULT_HOST_CORES, DEFAULT_MFU  # noqa: F401  (also importable from here)
+from flip.bench.defaults import DEFAULT_HOST_CORES, DEFAULT_MFU
+from flip.choices import DECODE_MODES
 from flip.data.augment import AugmentConfig
-from flip.data.decode import DECODE_MODES
 from flip.data.pipeline import StreamConfig, make_loader
 from flip.data.shards import expand_urls
 from flip.data.synth_jpeg import JpegShardConfig, write_jpeg_shards

@@ -76,8 +76,8 @@ class OpenClipStep:
 
 def open_clip_step_peak_memory(cfg: ModelConfig, mask_ratio: float, batch: int, device: torch.device,
                                precision: str = "fp32") -> int | None:
-    """Peak bytes of one steady-state open_clip training step, measured as `memory.step_peak_memory`."""
-    from flip.bench.memory import measure_peak
+    """Peak bytes of one steady-state open_clip training step, measured as `peak_memory.step_peak_memory`."""
+    from flip.bench.peak_memory import measure_peak
     from flip.bench.timing import synthetic_batch
 
     def run() -> None:

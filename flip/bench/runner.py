@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from flip.bench.memory import MaxBatch, find_max_batch, step_peak_memory
+from flip.bench.peak_memory import MaxBatch, find_max_batch, step_peak_memory
 from flip.bench.peaks import PeakChoice, choose_peak, matmul_dtype
 from flip.bench.timing import part_functions, synthetic_batch, time_interleaved
 from flip.compile import Backend, choose_backend
@@ -33,7 +33,8 @@ from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
 from flip.train.optim import make_optimizer
-from flip.train.step import StepConfig, TrainStep
+from flip.train.config import StepConfig
+from flip.train.step import TrainStep
 
 COMPARE_CHOICES = ("open_clip",)
 PRECISIONS = ("fp32", "bf16")

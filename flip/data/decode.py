@@ -22,12 +22,12 @@ import numpy as np
 import simplejpeg
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torch.utils.data import get_worker_info
 from torchvision import transforms as T
 
-from flip.choices import DECODE_MODES  # noqa: F401  (declared there, importable without torch)
-from flip.data.augment import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig, CropBox
+from flip.data.augment import AugmentConfig, CropBox
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_EOI = b"\xff\xd9"

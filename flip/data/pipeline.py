@@ -40,15 +40,17 @@ from typing import Iterator
 
 import torch
 import webdataset as wds
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision import transforms as T
 
-from flip.data.augment import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, AugmentConfig, crop_box
-from flip.data.decode import (DECODE_MODES, Undecodable, decode_crop, jpeg_header, legacy_decode,
-                              legacy_transform, stack_channels_last)
+from flip.choices import DECODE_MODES
+from flip.data.augment import AugmentConfig, crop_box
+from flip.data.decode import (Undecodable, decode_crop, jpeg_header, legacy_decode, legacy_transform,
+                              stack_channels_last)
 from flip.data.device_decode import EncodedBatch
-from flip.data.shards import DataError
 from flip.data.tokenizer import Tokenizer
+from flip.errors import DataError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TEXT_EXTENSIONS = ("txt",)
@@ -63,7 +65,7 @@ class StreamConfig:
     shuffle_buffer: int = 2000
     resampled: bool = False  # draw shards with replacement (infinite corpora, OpenCLIP's --dataset-resampled)
     seed: int = 0
-    decode: str = "worker"  # one of flip.data.decode.DECODE_MODES
+    decode: str = "worker"  # one of flip.choices.DECODE_MODES
     # Tag each caption's words for syntax text masking: meta["word_classes"] [B, T] beside the tokens
     word_classes: bool = False
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from braceexpand import braceexpand
 
-from flip.errors import DataError  # noqa: F401  (its home was here; kept importable)
+from flip.errors import DataError
 
 
 def expand_urls(spec: str) -> list[str]:

@@ -6,8 +6,16 @@ task (`zeroshot`, `retrieval`, `linear_probe`), each a function of a model and a
 and `api`: `evaluate_checkpoint`, from a checkpoint to the full record of one task.
 """
 
-from flip.eval.api import TASKS, evaluate_checkpoint
-from flip.eval.features import Masking, Runtime
-from flip.eval.linear_probe import ProbeConfig
+from flip._lazy import lazy_exports
 
-__all__ = ["TASKS", "Masking", "ProbeConfig", "Runtime", "evaluate_checkpoint"]
+__all__ = ["TASKS", "Masking", "ProbeConfig", "Runtime", "check_eval_sets", "evaluate_checkpoint",
+           "evaluate_retrieval", "evaluate_zeroshot"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "api": ("TASKS", "evaluate_checkpoint"),
+    "features": ("Masking", "Runtime"),
+    "linear_probe": ("ProbeConfig",),
+    "datasets": ("check_eval_sets",),
+    "retrieval": ("evaluate_retrieval",),
+    "zeroshot": ("evaluate_zeroshot",),
+})

@@ -33,7 +33,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from flip.data.pipeline import eval_transform
-from flip.data.shards import DataError, expand_urls
+from flip.data.shards import expand_urls
+from flip.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 CLASSNAMES_FILE = "classnames.txt"

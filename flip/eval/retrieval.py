@@ -10,7 +10,7 @@ from flip.eval.datasets import ImageDataset, RetrievalSet, load_caption_table
 from flip.eval.features import Masking, Progress, Runtime, encode_images, encode_texts
 from flip.eval.metrics import retrieval_recall
 
-__all__ = ["RetrievalSet", "evaluate_retrieval", "load_csv_retrieval_set", "retrieval_recall"]
+__all__ = ["evaluate_retrieval", "load_csv_retrieval_set"]
 
 
 def load_csv_retrieval_set(csv_path: str | Path, image_size: int, images_root: str | Path | None = None,

@@ -27,7 +27,7 @@ from flip.flops import train_step_flops
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.run_dir import RunDir
-from flip.sweep.plan import Job
+from flip.sweep.jobs import Job
 from flip.sweep.store import RunStore, read_json
 from flip.train.config import StepConfig, TrainConfig
 from flip.train.optim import make_optimizer

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from flip.run_dir import SweepFiles
 from flip.sweep import claims
-from flip.sweep.plan import Job
+from flip.sweep.jobs import Job
 from flip.sweep.store import RunStore, read_json, write_json_atomic
 from flip.train.config import TrainConfig
 

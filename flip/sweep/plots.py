@@ -21,10 +21,8 @@ import pandas as pd  # noqa: E402
 from flip.sweep import names  # noqa: E402
 from flip.sweep.stats import config_keys, done, summarise  # noqa: E402
 
-__all__ = ["plot_metric_vs_axis", "plot_curves", "axis_points", "curve_points", "summarise", "label_for",
-           "PAPER_LABEL"]
+__all__ = ["plot_metric_vs_axis", "plot_curves", "axis_points", "curve_points", "label_for"]
 
-PAPER_LABEL = names.PAPER_LABEL
 PAPER_COLOR = "0.35"
 DPI = 150
 
@@ -178,14 +176,14 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
             target.plot(px[order], [group[i]["y"] for i in order], linestyle=":" if numeric else "none",
                         marker="s", mfc="white", color=color, label=name)
         if same_axis:
-            target.set_ylabel(f"{PAPER_LABEL}\n{names.PAPER_ZEROSHOT}", color=PAPER_COLOR)
+            target.set_ylabel(f"{names.PAPER_LABEL}\n{names.PAPER_ZEROSHOT}", color=PAPER_COLOR)
             target.tick_params(axis="y", colors=PAPER_COLOR)
             _match_span(ax, target)
             _accuracy_limits(ax, y)
             th, tl = target.get_legend_handles_labels()
-            handles, labels = handles + th, labels + [t.replace("paper", f"{PAPER_LABEL}, right axis", 1) for t in tl]
+            handles, labels = handles + th, labels + [t.replace("paper", f"{names.PAPER_LABEL}, right axis", 1) for t in tl]
         else:
-            pax.set_title(PAPER_LABEL, fontsize=10)
+            pax.set_title(names.PAPER_LABEL, fontsize=10)
             pax.set_xlabel(xlabel or label_for(x))
             pax.set_ylabel(names.PAPER_ZEROSHOT)
             if paper_names is not None:
@@ -341,7 +339,7 @@ def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
             pax.plot([p["x"] for p in group], [p["y"] for p in group], linestyle=":", marker="s",
                      mfc="white", color=color,
                      label=_series_label(series, key) if key is not None else "paper")
-        pax.set_title(PAPER_LABEL, fontsize=10)
+        pax.set_title(names.PAPER_LABEL, fontsize=10)
         pax.set_xlabel(paper_xlabel)
         pax.set_ylabel(names.PAPER_ZEROSHOT)
         pax.grid(alpha=0.3)

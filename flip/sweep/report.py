@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from flip.sweep import folder, names, results, tables
-from flip.sweep.folder import Manifest, ReportError, SweepFolder  # noqa: F401  (importable from here)
-from flip.sweep.plan import EvalJob, Job
+from flip.sweep.folder import Manifest, ReportError, SweepFolder
+from flip.sweep.jobs import EvalJob, Job
 from flip.sweep.spec import SweepSpec
 from flip.sweep.store import RunStore, StoreLayout, write_json_atomic
 from flip.train.config import TrainConfig

@@ -18,7 +18,7 @@ import pandas as pd
 
 from flip.sweep import names
 from flip.sweep.execute import is_complete
-from flip.sweep.plan import Job
+from flip.sweep.jobs import Job
 from flip.sweep.spec import SweepSpec
 from flip.sweep.store import RunStore
 

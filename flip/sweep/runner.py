@@ -24,7 +24,7 @@ from flip.data.builtin import builtin_dir
 from flip.data.synth import SynthConfig, is_complete, total_items, write_builtin_dataset
 from flip.errors import ConfigError
 from flip.sweep import execute
-from flip.sweep.plan import Job
+from flip.sweep.jobs import Job
 from flip.sweep.spec import SpecError, SweepSpec, default_preset, load_spec, parse_settings, with_data, with_fit
 from flip.sweep.store import RunStore
 
@@ -202,19 +202,21 @@ def _plan(spec: SweepSpec, store: RunStore, dry_run: bool, events: SweepEvents) 
     """The built-in data generated (unless a dry run), memory-matched batches probed, the jobs planned;
     a dry run also estimates their time and checks they fit in memory."""
     from flip.distributed import resolve_device
-    from flip.sweep import estimate, memory, plan
+    from flip.sweep import estimate
+    from flip.sweep.jobs import build_plan
+    from flip.sweep.memory_match import matched_batches, memory_warnings
 
     device = resolve_device(spec.base.get("device", "auto"))
     if not dry_run and spec.base.get("data") is None:
         _generate_builtin_data(spec, events)
-    batches = memory.matched_batches(spec, store, device, log=events.on_message)
-    jobs = plan.build_plan(spec, store, batches)
+    batches = matched_batches(spec, store, device, log=events.on_message)
+    jobs = build_plan(spec, store, batches)
     states = {job.run_id: "done" if execute.is_complete(job, store)
               else (store.status(job.run_id) or {}).get("state", "to run") for job in jobs}
     result = SweepPlan(spec, jobs, device, batches, states)
     if dry_run:
         result.estimates = estimate.estimate(jobs, store, device)
-        result.warnings = memory.memory_warnings([j.config for j in jobs if j.kind == "train"], store, device)
+        result.warnings = memory_warnings([j.config for j in jobs if j.kind == "train"], store, device)
     return result
 
 

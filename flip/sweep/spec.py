@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flip.errors import ConfigError
 from flip.resources import sweep_specs
-from flip.train.config import ConfigError, TrainConfig
+from flip.train.config import TrainConfig
 
 TOP_LEVEL = {"sweep", "base", "rows", "axes", "memory_match", "tuning", "eval", "report", "plots", "presets"}
 SWEEP_KEYS = {"name", "title", "paper", "description", "baseline", "seeds"}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from flip.errors import ConfigError  # noqa: F401  (its home was here; kept importable)
+from flip.errors import ConfigError
 # Light imports only: the CLI builds its flags from this module without loading torch.
 from flip.choices import DECODE_MODES, LOSSES, MASK_STRATEGIES, TEXT_MASKS, check_device_name, grid_strides
 from flip.data.synth import SCENE_KINDS

@@ -88,7 +88,7 @@ def eval_jobs(spec: SweepSpec, cfg: TrainConfig, modes: tuple[EvalMode, ...]) ->
 
 def build_plan(spec: SweepSpec, store: run_store.RunStore, batches: dict[str, tuple[int, int | None]]) -> list[Job]:
     """Jobs in run order (each tuning job after its parent). `batches` maps row label to (batch, peak
-    memory) for memory-matched rows (see `flip.sweep.memory`)."""
+    memory) for memory-matched rows (see `flip.sweep.memory_match`)."""
     jobs: list[Job] = []
     for row in spec.rows:
         for seed in range(spec.seeds):

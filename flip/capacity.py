@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flip.bench.defaults import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS  # noqa: F401  (flipctl plan's defaults)
+from flip.bench.defaults import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
 from flip.errors import ConfigError
 from flip.models import ModelConfig, get_preset
 

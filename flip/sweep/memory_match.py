@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from flip.bench.memory import find_max_batch, step_peak_memory
+from flip.bench.peak_memory import find_max_batch, step_peak_memory
 from flip.models import get_preset
 from flip.models.decoder import DecoderConfig
 from flip.sweep.estimate import flops_per_sample
