@@ -32,7 +32,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from flip.checkpoint import load_model, resolve_checkpoint, write_model
-from flip.data.pipeline import AugmentConfig, ShardStream, StreamConfig, train_transform
+from flip.data.augment import AugmentConfig
+from flip.data.pipeline import ShardStream, StreamConfig, train_transform
 from flip.errors import WriteError
 from flip.models import FLIP, get_preset
 from flip.train.checkpoint import PAUSE_ENV, load_state, save_checkpoint, save_state

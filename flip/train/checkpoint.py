@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from flip.checkpoint import CheckpointError, write_atomic, write_model
+from flip.checkpoint import write_atomic, write_model
+from flip.errors import CheckpointError
 from flip.models import FLIP
 from flip.run_dir import STATE, RunDir
 

@@ -23,11 +23,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from flip.data import builtin
-from flip.data.pipeline import AugmentConfig, SlotPosition, StreamConfig, make_loader
+from flip.data.augment import AugmentConfig
+from flip.data.pipeline import SlotPosition, StreamConfig, make_loader
 from flip.data.shards import check_shards, count_samples
 from flip.data.synth import SynthConfig
 from flip.distributed import (DistInfo, full_model_state, full_optimizer_state, init_distributed,
                               load_optimizer_state, resolve_device, shard_model)
+from flip.errors import ConfigError
 from flip.compile import compile_module
 from flip.precision import precision_warning
 from flip.flops import train_step_flops
@@ -38,7 +40,7 @@ from flip import checkpoint as ckpt
 from flip.run_dir import DECODER, RunDir, module_weights
 from flip.train.checkpoint import checkpoint_bytes, drop_resume_state, load_state, save_checkpoint
 from flip.train.load import LoadMonitor
-from flip.train.config import (BASE_LR_RULE, BUDGET_RULE, CROP_SCALE_RULE, HFLIP_RULE, WARMUP_RULE, ConfigError,
+from flip.train.config import (BASE_LR_RULE, BUDGET_RULE, CROP_SCALE_RULE, HFLIP_RULE, WARMUP_RULE,
                                TrainConfig)
 from flip.train.faults import (NonFiniteStop, NonFiniteSteps, StopRequested, TooMuchBadData, WriteFailed,
                                describe_checkpoint)
