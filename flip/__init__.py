@@ -12,7 +12,7 @@ show (the CLI prints it). Subpackages, each stating its own public names:
 - `flip.sweep`: a study's runs planned, trained once on a shared store, and reported.
 
 Modules at the top serve several of them: `masking`, `loss`, `flops`, `distributed`, `precision`
-and `compile` (parts of a training step and its set-up), `checkpoint` (a model on disk), `capacity`
+and `compile` (parts of a training step and its set-up), `saved_model` (a model on disk), `capacity`
 (`flipctl plan`: does a run fit its GPUs), `launch` (torchrun and SLURM), `choices` and `errors`
 (names and errors the CLI shares without importing torch), `resources` and `files`.
 """

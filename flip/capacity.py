@@ -14,7 +14,7 @@ fits. The estimate is built from the preset's shapes, on the meta device (no mem
 
 The activation trace is fp32 and counts attention as its plain math; flash attention (GPU) keeps
 less, so the estimate errs on the large side. Checked against the measured peak of the `tiny`
-and `small` presets' steps on CPU (tests/test_plan.py; README "Clusters").
+and `small` presets' steps on CPU (tests/test_capacity.py; README "Clusters").
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-# A checkpoint directory's files (flip.checkpoint writes and reads them; flip.train.checkpoint adds STATE).
+# A checkpoint directory's files (flip.saved_model writes and reads them; flip.train.checkpoint adds STATE).
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 STATE = "state.pt"  # optimizer moments, RNG states and data positions: what only a resume reads

@@ -11,8 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flip.data import builtin
 from flip.data.emoji import EmojiConfig, build_emoji_corpus
-from flip.data.synth import (SCENE_KINDS, SynthConfig, check_scene_kind, is_complete, total_items,
-                             write_builtin_dataset)
+from flip.data.synth import SCENE_KINDS, SynthConfig, check_scene_kind, is_complete, total_items, write_builtin_dataset
 from flip.errors import ConfigError
 from flipctl.console import make_console
 from flipctl.errors import user_errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from flip.errors import ConfigError
 from flipctl.console import make_console
 from flipctl.errors import user_errors
@@ -25,8 +26,8 @@ def export_command(
                                 help="weights file: safetensors, or bin (torch.save)."),
 ) -> None:
     """Export a checkpoint so that open_clip (and CLIP_benchmark) build the same model."""
-    from flip.checkpoint import load_model, resolve_checkpoint
     from flip.export.open_clip import check_name, export_open_clip
+    from flip.saved_model import load_model, resolve_checkpoint
 
     if format not in FORMATS:
         raise ConfigError(f"must be one of {', '.join(FORMATS)}, got {format!r}", key="format")

@@ -10,9 +10,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from flip.errors import ConfigError
 from flip.bench.defaults import DEFAULT_MFU, DEFAULT_PEAK_TFLOPS
 from flip.capacity import HEADROOM, LEGACY_LOADER_SAMPLES_PER_CORE, launch_flags, plan_run
+from flip.errors import ConfigError
 from flipctl.console import make_console
 from flipctl.errors import user_errors
 

@@ -23,12 +23,12 @@ from flip.data.synth import SynthConfig
 from flip.errors import ConfigError
 from flip.run_dir import RunDir
 from flip.train.config import CKPT, OPTIM, PANELS, RUNTIME, TrainConfig, knob_help, load_toml
-from flip.train.reporting import RichReporter
 from flip.train.faults import StopRequested
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
 from flipctl.errors import flag, setting_name, settings_from_file, user_errors
 from flipctl.launch_opts import LaunchFlags, needs_shared_out, run_job, with_launch_flags
+from flipctl.progress import RichReporter
 from flipctl.stopping import StopOnSignals
 
 console = make_console()

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from flip.choices import MASK_STRATEGIES
-from flip.masking import (block_keep_indices, grid_keep_indices, image_keep_indices, num_kept,
-                          text_keep_indices)
+from flip.masking import block_keep_indices, grid_keep_indices, image_keep_indices, num_kept, text_keep_indices
 from flip.models import FLIP
 from flip.models.decoder import DecoderConfig, MAEDecoder, masked_mse, normalized_pixel_target, patchify
 from flip.models.pretrainer import Pretrainer
@@ -251,7 +250,7 @@ def test_knobs_work_from_cli_and_config_and_are_recorded(small_dataset, tmp_path
     # a decoder checkpoint sits beside the model weights, which stay a plain FLIP model
     ckpt = out / (out / "latest").read_text().strip()
     assert (ckpt / "decoder.safetensors").exists()
-    from flip.checkpoint import load_model
+    from flip.saved_model import load_model
 
     model, _ = load_model(out)
     assert isinstance(model, FLIP)
@@ -264,9 +263,9 @@ def test_the_cheaper_clip_knobs_train_together_from_the_cli(small_dataset, tmp_p
     model whose periodic evaluation ran at 64 px; the FLOPs are those of 16 patches and 16 text tokens."""
     from typer.testing import CliRunner
 
-    from flip.checkpoint import load_model
     from flip.flops import train_step_flops
     from flip.models import get_preset
+    from flip.saved_model import load_model
     from flip.train.config import TrainConfig
     from flipctl.main import app
 

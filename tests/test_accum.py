@@ -175,7 +175,7 @@ def test_activation_checkpointing_keeps_less_for_backward():
 
 @pytest.mark.integration  # trains
 def test_a_run_with_activation_checkpointing_saves_a_plain_checkpoint(small_dataset, tmp_path):
-    from flip.checkpoint import load_model
+    from flip.saved_model import load_model
     from flip.train.trainer import train
 
     summary = train(TrainConfig(data=str(small_dataset / "train"), model="tiny", batch_size=16, samples=32,

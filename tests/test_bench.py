@@ -12,10 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flip.flops import step_flops
 from flip.bench.peak_memory import find_max_batch, measure_peak, parse_size, step_peak_memory
 from flip.bench.timing import synthetic_batch
 from flip.errors import ConfigError
+from flip.flops import step_flops
 from flip.masking import gather_tokens, num_kept, random_keep_indices
 from flip.models import FLIP
 from flipctl.main import app
@@ -336,8 +336,8 @@ def test_gpu_script_rejects_bad_arguments(args, needle):
 def test_training_step_reads_nothing_back_to_the_host(tiny_cfg, ratio, monkeypatch):
     """Masking noise, gather, loss, backward and the fused AdamW all stay on the device: the step
     never converts a tensor to a Python value (on a GPU each such read is a sync)."""
-    from flip.train.optim import make_optimizer
     from flip.train.config import StepConfig
+    from flip.train.optim import make_optimizer
     from flip.train.step import TrainStep
 
     model = FLIP(tiny_cfg)

@@ -10,11 +10,11 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from typer.testing import CliRunner
 
-from flip.checkpoint import load_model, resolve_checkpoint
 from flip.errors import ConfigError
 from flip.flops import train_step_flops
-from flip.models import FLIP, get_preset
+from flip.models import FLIP
 from flip.models.pretrainer import Pretrainer
+from flip.saved_model import load_model, resolve_checkpoint
 from flip.train.config import StepConfig, TrainConfig
 from flip.train.optim import make_optimizer
 from flip.train.step import TrainStep

@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import flip.compile
-from flip.checkpoint import resolve_checkpoint
 from flip.compile import FALLBACK_BACKEND, INDUCTOR, choose_backend, inductor_error
 from flip.models import FLIP, get_preset
 from flip.models.pretrainer import Pretrainer
 from flip.precision import SLOWDOWN_LIMIT, precision_warning, probe_seconds, slowdown_warning
+from flip.saved_model import resolve_checkpoint
 from flip.train.config import StepConfig, TrainConfig
 from flip.train.faults import StopRequested
 from flip.train.optim import make_optimizer

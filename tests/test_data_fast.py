@@ -13,12 +13,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms import functional as TF
 
-from flip.checkpoint import resolve_checkpoint
-from flip.data.augment import AugmentConfig, Normalise, crop_box
+from flip.data.augment import AugmentConfig, crop_box
 from flip.data.decode import Undecodable, decode_crop, draft_factor, jpeg_header, jpeg_size
 from flip.data.device_decode import EncodedBatch, crop_boxes, decode_batch, decode_images
 from flip.data.pipeline import SlotPosition, StreamConfig, make_loader
 from flip.data.synth_jpeg import JpegShardConfig, write_jpeg_shards
+from flip.saved_model import resolve_checkpoint
 from flip.train.config import TrainConfig
 from flip.train.faults import StopRequested
 from flip.train.input_stage import InputStage

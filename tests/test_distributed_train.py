@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flip.checkpoint import resolve_checkpoint
+from flip.saved_model import resolve_checkpoint
 
 pytestmark = pytest.mark.integration  # torchrun: two training processes
 

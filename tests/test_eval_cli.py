@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from flip.checkpoint import load_model
 from flip.eval.datasets import load_classification, load_probe_splits, load_retrieval
 from flip.eval.features import Runtime
 from flip.eval.retrieval import evaluate_retrieval, load_csv_retrieval_set
 from flip.eval.templates import resolve_templates
 from flip.eval.zeroshot import evaluate_zeroshot
+from flip.saved_model import load_model
 from flipctl.main import app
 
 runner = CliRunner()

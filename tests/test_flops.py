@@ -13,7 +13,7 @@ from flip.flops import step_flops, text_kept, train_step_flops
 from flip.models import FLIP
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
-from flip.train.config import StepConfig, TrainConfig
+from flip.train.config import TrainConfig
 from flip.train.optim import make_optimizer
 from flip.train.step import TrainStep
 from flip.train.trainer import train

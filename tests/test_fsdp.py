@@ -20,14 +20,14 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from flip.bench.timing import synthetic_batch
-from flip.checkpoint import resolve_checkpoint
 from flip.distributed import full_model_state, full_optimizer_state, load_optimizer_state, shard_model
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
+from flip.saved_model import resolve_checkpoint
+from flip.train.checkpoint import save_checkpoint
 from flip.train.config import StepConfig
 from flip.train.optim import make_optimizer
-from flip.train.checkpoint import save_checkpoint
 from flip.train.step import TrainStep
 from flip.train.trainer import fsdp_blocks
 

@@ -13,7 +13,7 @@ import string
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flip.data.tokenizer import Tokenizer, _bpe

@@ -3,18 +3,18 @@ executor here, on CPU with gloo)."""
 
 import json
 import os
-from pathlib import Path
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from flip.checkpoint import resolve_checkpoint
 from flip.errors import ConfigError, DataError
 from flip.launch import LocalLaunch, SlurmLaunch, TrainJob, launch_local, parse_time, submit
+from flip.saved_model import resolve_checkpoint
 from flip.train.config import TrainConfig
 from flip.train.trainer import resolve
 

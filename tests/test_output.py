@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from flip.train.reporting import PlainReporter, RichReporter
+from flip.train.reporting import PlainReporter
+from flipctl.progress import RichReporter
 
 FLIPCTL = [sys.executable, "-m", "flipctl.main"]
 # A narrow COLUMNS as a terminal's shell may export: off a terminal it must not squeeze the tables.

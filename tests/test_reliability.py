@@ -31,11 +31,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from flip.checkpoint import load_model, resolve_checkpoint, write_model
 from flip.data.augment import AugmentConfig
 from flip.data.pipeline import ShardStream, StreamConfig, train_transform
 from flip.errors import WriteError
 from flip.models import FLIP, get_preset
+from flip.saved_model import load_model, resolve_checkpoint, write_model
 from flip.train.checkpoint import PAUSE_ENV, load_state, save_checkpoint, save_state
 from flip.train.config import TrainConfig
 from flip.train.faults import StopRequested
@@ -361,7 +361,7 @@ def _state_on_a_full_disk(monkeypatch, calls: int = 2) -> None:
 @pytest.mark.parametrize("fault", ["weights", "state"])
 def test_a_failing_checkpoint_write_stops_and_keeps_the_last_checkpoint(small_dataset, tmp_path, monkeypatch, fault):
     if fault == "weights":
-        _fail_second_call(monkeypatch, "flip.checkpoint.save_file",
+        _fail_second_call(monkeypatch, "flip.saved_model.save_file",
                           OSError(errno.ENOSPC, "No space left on device", "model.safetensors"))
     else:
         _state_on_a_full_disk(monkeypatch)
@@ -417,7 +417,7 @@ def test_a_failed_weights_write_is_a_write_error(tmp_path, monkeypatch):
         raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
                               '"No space left on device" })')
 
-    monkeypatch.setattr("flip.checkpoint.save_file", full_disk)
+    monkeypatch.setattr("flip.saved_model.save_file", full_disk)
     with pytest.raises(WriteError) as failed:
         write_model(tmp_path, FLIP(get_preset("tiny")), {})
     assert isinstance(failed.value, OSError) and "No space left on device" in failed.value.strerror

@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flip.checkpoint import resolve_checkpoint
 from flip.export.open_clip import export_open_clip
 from flip.models import FLIP, get_preset
+from flip.saved_model import resolve_checkpoint
 from flip.train.checkpoint import save_checkpoint
 from flip.train.config import TrainConfig
 from flip.train.trainer import train

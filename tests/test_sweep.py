@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flip.sweep import store as run_store
-from flip.sweep.spec import SpecError, load_spec, shipped_specs
+from flip.sweep.spec import load_spec, shipped_specs
 from flip.sweep.tables import build_table
 from flip.train.config import TrainConfig
 from flipctl.main import app

@@ -15,8 +15,7 @@ from PIL import Image
 from flip.sweep.fit import fit_frontier
 from flip.sweep.html import write_report
 from flip.sweep.plots import plot_curves, plot_metric_vs_axis
-from flip.sweep.stats import summarise
-from flip.sweep.stats import by_inference_mode
+from flip.sweep.stats import by_inference_mode, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_1A = [{"x": 0.0, "y": 68.6}, {"x": 0.5, "y": 69.6}, {"x": 0.75, "y": 68.2}]

@@ -1,8 +1,9 @@
 """The test tiers (README, "Tests"): every test is in exactly one of quick, integration and slow, quick
 tests have a short time limit, and the default run, the one CI runs, is every tier but slow."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flip.checkpoint import load_model, resolve_checkpoint
+from flip.saved_model import load_model, resolve_checkpoint
 from flip.train.config import TrainConfig
 from flip.train.trainer import train, tune_unmasked
 

@@ -35,8 +35,8 @@ from flip.errors import ConfigError
 from flip.models import FLIP, ModelConfig
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
-from flip.train.optim import make_optimizer
 from flip.train.config import StepConfig
+from flip.train.optim import make_optimizer
 from flip.train.step import TrainStep
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,

@@ -32,8 +32,8 @@ from flip.masking import num_kept
 from flip.models import FLIP, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
-from flip.train.optim import make_optimizer
 from flip.train.config import StepConfig
+from flip.train.optim import make_optimizer
 from flip.train.step import TrainStep
 
 COMPARE_CHOICES = ("open_clip",)

@@ -39,8 +39,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from flip.data.emoji_sources import (IMAGE_SIZE, TONES, VENDORS, Emoji, Package, check_renderer, find_package,
-                                     load_catalog, load_image)
+from flip.data.emoji_sources import (
+    IMAGE_SIZE,
+    TONES,
+    VENDORS,
+    Emoji,
+    Package,
+    check_renderer,
+    find_package,
+    load_catalog,
+    load_image,
+)
 from flip.data.synth import _add_member
 from flip.errors import ConfigError, DataError
 

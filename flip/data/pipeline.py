@@ -46,8 +46,7 @@ from torchvision import transforms as T
 
 from flip.choices import DECODE_MODES
 from flip.data.augment import AugmentConfig, crop_box
-from flip.data.decode import (Undecodable, decode_crop, jpeg_header, legacy_decode, legacy_transform,
-                              stack_channels_last)
+from flip.data.decode import Undecodable, decode_crop, jpeg_header, legacy_decode, legacy_transform, stack_channels_last
 from flip.data.device_decode import EncodedBatch
 from flip.data.tokenizer import Tokenizer
 from flip.errors import DataError

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from flip.checkpoint import load_model, resolve_checkpoint
 from flip.compile import compile_methods
 from flip.data import builtin
 from flip.data.synth import SynthConfig, is_complete, total_items
@@ -26,6 +25,7 @@ from flip.eval.retrieval import evaluate_retrieval
 from flip.eval.templates import as_text, resolve_classnames, resolve_templates
 from flip.eval.zeroshot import evaluate_zeroshot
 from flip.precision import precision_warning
+from flip.saved_model import load_model, resolve_checkpoint
 
 TASKS = ("zeroshot", "retrieval", "linear-probe")
 

@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-from flip.errors import DataError
 from flip.data.synth import ZEROSHOT_TEMPLATES
+from flip.errors import DataError
 from flip.eval.datasets import read_lines
 
 Template = Callable[[str], str]

@@ -23,10 +23,10 @@ import math
 import torch
 import torch.nn.functional as F
 from timm.layers import PatchEmbed, resample_abs_pos_embed
-from torch.utils.checkpoint import checkpoint
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from flip.masking import gather_tokens
 from flip.models.config import ModelConfig, TextConfig, VisionConfig

@@ -24,10 +24,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from flip.errors import ConfigError
 from flip.resources import sweep_specs

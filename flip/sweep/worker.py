@@ -20,8 +20,8 @@ from flip.data import builtin
 from flip.distributed import resolve_device
 from flip.eval import evaluate_checkpoint
 from flip.eval.features import Masking, Runtime
-from flip.sweep import claims
 from flip.run_dir import RunDir, SweepFiles
+from flip.sweep import claims
 from flip.sweep.store import read_json, write_json_atomic
 from flip.train.config import TrainConfig
 from flip.train.faults import StopRequested

@@ -1,4 +1,4 @@
-"""Run checkpoints: the model (see `flip.checkpoint`) plus the state a resumed run needs.
+"""Run checkpoints: the model (see `flip.saved_model`) plus the state a resumed run needs.
 
 A checkpoint is a directory `ckpt-00001200/` written under a temporary name and renamed
 into place, and `latest` (a one-line file, itself replaced atomically) names the newest
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from flip.checkpoint import write_atomic, write_model
 from flip.errors import CheckpointError
 from flip.models import FLIP
 from flip.run_dir import STATE, RunDir
+from flip.saved_model import write_atomic, write_model
 
 PAUSE_ENV = "FLIP_FAULT_CKPT_PAUSE_S"  # tests only: see _fault_pause
 
@@ -33,7 +33,7 @@ def save_checkpoint(run_dir: Path, step: int, model: FLIP, config: dict[str, Any
                     extra_modules: dict[str, torch.nn.Module] | None = None,
                     states: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write a checkpoint; `extra_modules` (e.g. a training-only decoder) go to `<name>.safetensors`,
-    `states` replaces modules' own state dicts (see `flip.checkpoint.write_model`).
+    `states` replaces modules' own state dicts (see `flip.saved_model.write_model`).
 
     `state` must hold only tensors and plain values (dicts, lists, tuples, numbers, strings, None).
     """

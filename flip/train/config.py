@@ -14,17 +14,18 @@ directory records and what `--resume` reads back.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from flip.errors import ConfigError
+import tomllib
+
 # Light imports only: the CLI builds its flags from this module without loading torch.
 from flip.choices import DECODE_MODES, LOSSES, MASK_STRATEGIES, TEXT_MASKS, check_device_name, grid_strides
 from flip.data.synth import SCENE_KINDS
+from flip.errors import ConfigError
 from flip.models.config import get_preset
 
 PAPER_PRESETS = ("B/16", "L/16", "L/14", "H/14")

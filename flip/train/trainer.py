@@ -22,34 +22,46 @@ from typing import Any, Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from flip.compile import compile_module
 from flip.data import builtin
 from flip.data.augment import AugmentConfig
 from flip.data.pipeline import SlotPosition, StreamConfig, make_loader
 from flip.data.shards import check_shards, count_samples
 from flip.data.synth import SynthConfig
-from flip.distributed import (DistInfo, full_model_state, full_optimizer_state, init_distributed,
-                              load_optimizer_state, resolve_device, shard_model)
-from flip.errors import ConfigError
-from flip.compile import compile_module
-from flip.precision import precision_warning
+from flip.distributed import (
+    DistInfo,
+    full_model_state,
+    full_optimizer_state,
+    init_distributed,
+    load_optimizer_state,
+    resolve_device,
+    shard_model,
+)
+from flip.errors import CheckpointError, ConfigError
 from flip.flops import train_step_flops
 from flip.models import FLIP, ModelConfig, get_preset
 from flip.models.decoder import DecoderConfig, MAEDecoder
 from flip.models.pretrainer import Pretrainer
-from flip import checkpoint as ckpt
+from flip.precision import precision_warning
 from flip.run_dir import DECODER, RunDir, module_weights
+from flip.saved_model import load_weights, read_config, resolve_checkpoint, write_atomic
 from flip.train.checkpoint import checkpoint_bytes, drop_resume_state, load_state, save_checkpoint
+from flip.train.config import BASE_LR_RULE, BUDGET_RULE, CROP_SCALE_RULE, HFLIP_RULE, WARMUP_RULE, TrainConfig
+from flip.train.curves import CurveLogs, open_curve_logs
+from flip.train.faults import (
+    NonFiniteSteps,
+    NonFiniteStop,
+    StopRequested,
+    TooMuchBadData,
+    WriteFailed,
+    describe_checkpoint,
+)
+from flip.train.input_stage import InputStage
 from flip.train.load import LoadMonitor
-from flip.train.config import (BASE_LR_RULE, BUDGET_RULE, CROP_SCALE_RULE, HFLIP_RULE, WARMUP_RULE,
-                               TrainConfig)
-from flip.train.faults import (NonFiniteStop, NonFiniteSteps, StopRequested, TooMuchBadData, WriteFailed,
-                               describe_checkpoint)
 from flip.train.optim import lr_at, make_optimizer
 from flip.train.periodic_eval import PeriodicEval, headline
 from flip.train.reporting import Reporter
-from flip.train.input_stage import InputStage
 from flip.train.step import TrainStep, time_text_tower
-from flip.train.curves import CurveLogs, open_curve_logs
 
 # The bad-data fraction is judged once this many samples have been read: a few bad samples at the
 # start of a good corpus must not stop a run (at a true rate of 3%, exceeding 5% in 1000 samples
@@ -179,7 +191,7 @@ class Trainer:
         self.resume_from = self._check_run_dir(resume)
         self.last_checkpoint: Path | None = self.resume_from
         if resume:
-            cfg = resumed_config(self.run_dir, ckpt.read_config(self.resume_from)["train"], settings or {})
+            cfg = resumed_config(self.run_dir, read_config(self.resume_from)["train"], settings or {})
         self.cfg = cfg
         self.dist, self.device, self.local_batch = self._place()
 
@@ -235,8 +247,8 @@ class Trainer:
         a run was trained)."""
         if resume:
             if not self.files.has_checkpoint():
-                raise ckpt.CheckpointError(f"nothing to resume in {self.run_dir}: no checkpoint there yet")
-            return ckpt.resolve_checkpoint(self.run_dir)
+                raise CheckpointError(f"nothing to resume in {self.run_dir}: no checkpoint there yet")
+            return resolve_checkpoint(self.run_dir)
         if self.files.holds_run():
             raise ConfigError(f"run directory {self.run_dir} already holds a run; pass --resume to continue it "
                               f"or choose another --out")
@@ -286,25 +298,25 @@ class Trainer:
     def _load_weights(self, resume: bool) -> None:
         """The weights a run starts from: the resumed run's, or `--init-from`'s (else the random init)."""
         if resume:
-            ckpt.load_weights(self.model, self.resume_from)
+            load_weights(self.model, self.resume_from)
             if self.decoder is not None:
-                ckpt.load_weights(self.decoder, self.resume_from, module_weights(DECODER))
+                load_weights(self.decoder, self.resume_from, module_weights(DECODER))
         elif self.cfg.init_from:
             self._load_init_weights(self.cfg.init_from)
 
     def _load_init_weights(self, path: str) -> None:
-        source = ckpt.resolve_checkpoint(path)
-        saved_model = ckpt.read_config(source).get("model")
+        source = resolve_checkpoint(path)
+        saved_model = read_config(source).get("model")
         if saved_model != self.model_cfg.to_dict():
             name = (saved_model or {}).get("name", "unknown")
             biased = self.model_cfg.init_logit_bias is not None
             if saved_model and ("init_logit_bias" in saved_model) != biased:
-                raise ckpt.CheckpointError(f"checkpoint {source} was trained with the "
+                raise CheckpointError(f"checkpoint {source} was trained with the "
                                            f"{'sigmoid' if 'init_logit_bias' in saved_model else 'contrastive'} loss: "
                                            f"continue it with the same --loss")
-            raise ckpt.CheckpointError(f"checkpoint {source} is for another model ({name}, with other dimensions) "
+            raise CheckpointError(f"checkpoint {source} is for another model ({name}, with other dimensions) "
                                        f"than {self.model_cfg.name}")
-        ckpt.load_weights(self.model, source)
+        load_weights(self.model, source)
 
     def _shard(self) -> bool:
         """Whether the model is sharded over the processes (FSDP replaces its parameters with shards)."""
@@ -321,7 +333,7 @@ class Trainer:
         load_optimizer_state(self.pretrainer, self.optimizer, state["optimizer"])
         ranks = state["ranks"]
         if len(ranks) != self.dist.world_size:
-            raise ckpt.CheckpointError(f"{self.resume_from} was written by {len(ranks)} processes; resume it "
+            raise CheckpointError(f"{self.resume_from} was written by {len(ranks)} processes; resume it "
                                        f"with the same number (now {self.dist.world_size})")
         own = ranks[self.dist.rank]
         saved = dict(own["progress"])
@@ -496,7 +508,7 @@ class Trainer:
                     kept.append(line + "\n")
             except json.JSONDecodeError:
                 pass  # a line cut short by a kill
-        ckpt.write_atomic(path, "".join(kept))
+        write_atomic(path, "".join(kept))
         return path.open("a")
 
     def _record(self, record: dict[str, Any] | None) -> None:
@@ -821,7 +833,7 @@ def train(cfg: TrainConfig, resume: bool | str = False, reporter: Reporter | Non
         return _run_fresh(Trainer(resolve(cfg), reporter=reporter, stop=stop))
     files = RunDir(cfg.out)
     if files.summary.exists() and files.has_checkpoint():
-        resumed_config(cfg.out, ckpt.read_config(ckpt.resolve_checkpoint(cfg.out))["train"], settings or {})
+        resumed_config(cfg.out, read_config(resolve_checkpoint(cfg.out))["train"], settings or {})
         return json.loads(files.summary.read_text())
     return Trainer(cfg, resume=True, reporter=reporter, stop=stop, settings=settings).run()
 
@@ -852,8 +864,8 @@ def unmasked_tuning_config(ckpt_path: str, samples: int | None = None, epochs: f
                            lr: float | None = None, warmup: int | None = None, out: str | None = None,
                            **overrides) -> TrainConfig:
     """The run `tune_unmasked` trains (a run on other processes trains it with `train`)."""
-    ckpt_dir = ckpt.resolve_checkpoint(ckpt_path)
-    parent = TrainConfig.from_dict(ckpt.read_config(ckpt_dir)["train"])
+    ckpt_dir = resolve_checkpoint(ckpt_path)
+    parent = TrainConfig.from_dict(read_config(ckpt_dir)["train"])
     if samples is None and epochs is None:
         samples = max(parent.batch_size, (parent.samples or 0) // 10) if parent.samples else None
         epochs = None if samples else 0.32

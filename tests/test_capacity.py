@@ -8,10 +8,10 @@ from typer.testing import CliRunner
 
 from flip.bench.peak_memory import measure_peak
 from flip.bench.timing import synthetic_batch
-from flip.models import FLIP, get_preset
 from flip.capacity import activation_bytes, step_bytes
-from flip.train.optim import make_optimizer
+from flip.models import FLIP, get_preset
 from flip.train.config import StepConfig
+from flip.train.optim import make_optimizer
 from flip.train.step import TrainStep
 from flipctl.main import app
 
