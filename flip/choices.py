@@ -10,7 +10,8 @@ from __future__ import annotations
 from flip.errors import ConfigError
 
 MASK_STRATEGIES = ("random", "block", "grid")  # image masking, flip.masking.image_keep_indices
-TEXT_MASKS = ("none", "random", "padding", "truncate", "block", "syntax")  # text token dropping, flip.masking.text_keep_indices
+# text token dropping, flip.masking.text_keep_indices
+TEXT_MASKS = ("none", "random", "padding", "truncate", "block", "syntax")
 LOSSES = ("contrastive", "sigmoid")  # the image-text loss, flip.loss
 DECODE_MODES = ("worker", "device", "legacy")  # where images are decoded, flip.data.decode
 LAUNCHERS = ("local", "slurm")  # where training processes run, flip.launch

@@ -101,7 +101,8 @@ def _block_mask(rng, grid_size: int, num_masked: int, min_block: int = 4,
             failures += 1
             continue
         top, left = rng.randint(0, grid_size - h), rng.randint(0, grid_size - w)
-        new = [(top + i) * grid_size + left + j for i in range(h) for j in range(w) if not mask[(top + i) * grid_size + left + j]]
+        new = [(top + i) * grid_size + left + j for i in range(h) for j in range(w)
+               if not mask[(top + i) * grid_size + left + j]]
         if not new:
             failures += 1
             continue

@@ -90,7 +90,8 @@ def load_weights(model: torch.nn.Module, ckpt_dir: Path, file: str = WEIGHTS) ->
     wrong = [k for k in own if k in weights and weights[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} with other shapes"
-                  + (f" (e.g. {wrong[0]}: {tuple(weights[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)})" if wrong else ""))
+                  + (f" (e.g. {wrong[0]}: {tuple(weights[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)})"
+                     if wrong else ""))
         raise CheckpointError(f"checkpoint {ckpt_dir} is for another model ({detail})")
     model.load_state_dict(weights)
 

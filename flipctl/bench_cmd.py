@@ -26,8 +26,8 @@ def parse_ratios(text: str) -> tuple[float, ...]:
 
 
 def make_config(model: str, batch_size: int, mask_ratios: str, device: str, precision: str, compile: bool,
-                compile_backend: Optional[str], steps: int, warmup: int, compare: Optional[str], split: bool, data: bool,
-                data_path: Optional[str], workers: int, max_batch: bool, memory_limit: Optional[str],
+                compile_backend: Optional[str], steps: int, warmup: int, compare: Optional[str], split: bool,
+                data: bool, data_path: Optional[str], workers: int, max_batch: bool, memory_limit: Optional[str],
                 peak_tflops: Optional[float], seed: int, ablations: bool = False,
                 variants: Optional[bool] = None):
     """CLI values -> a validated BenchConfig; bad input raises ConfigError naming the setting."""
@@ -53,13 +53,21 @@ def bench_command(
                                     help="image mask ratios, comma-separated; 0 is always timed."),
     device: str = typer.Option("auto", metavar="auto|cpu|cuda[:N]", help="the device to time on."),
     precision: str = typer.Option("fp32", metavar="fp32|bf16", help="fp32, or bf16 autocast."),
-    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile the forward (both implementations)."),
-    compile_backend: Optional[str] = typer.Option(None, metavar="NAME", help="torch.compile backend. Default: inductor where it builds kernels here, else aot_eager (a note says why); aot_eager checks tracing quickly."),
-    variants: Optional[bool] = typer.Option(None, "--variants/--no-variants", show_default=False, help="also time our step in bf16 and compiled (bf16 eager, bf16 compiled, --precision compiled) against the configured one. Default: on a CUDA device."),
+    compile: bool = typer.Option(False, "--compile/--no-compile",
+                                 help="torch.compile the forward (both implementations)."),
+    compile_backend: Optional[str] = typer.Option(None, metavar="NAME", help="torch.compile backend. Default: inductor "
+                                                  "where it builds kernels here, else aot_eager (a note says why); "
+                                                  "aot_eager checks tracing quickly."),
+    variants: Optional[bool] = typer.Option(None, "--variants/--no-variants", show_default=False,
+                                            help="also time our step in bf16 and compiled (bf16 eager, bf16 compiled, "
+                                                 "--precision compiled) against the configured one. Default: on a "
+                                                 "CUDA device."),
     steps: int = typer.Option(7, help="timed steps per configuration; the median is reported."),
     warmup: int = typer.Option(2, help="untimed steps per configuration first."),
-    compare: Optional[str] = typer.Option(None, metavar="open_clip", help="also time open_clip's model of the same network with patch_dropout, interleaved with ours."),
-    split: bool = typer.Option(True, "--split/--no-split", help="time image tower, text tower, loss and optimizer separately."),
+    compare: Optional[str] = typer.Option(None, metavar="open_clip", help="also time open_clip's model of the same "
+                                          "network with patch_dropout, interleaved with ours."),
+    split: bool = typer.Option(True, "--split/--no-split",
+                               help="time image tower, text tower, loss and optimizer separately."),
     data: bool = typer.Option(False, "--data", help="also time the data loader alone (decode, augment, tokenise); "
                                                     "with SHARDS or synthetic-jpeg:SIZE, the decode paths instead."),
     data_spec: Optional[str] = typer.Argument(
@@ -77,13 +85,20 @@ def bench_command(
     data_path: Optional[str] = typer.Option(None, metavar="SHARDS", help="shards for --data. Default: the built-in "
                                             "dataset."),
     workers: int = typer.Option(2, help="data loader workers for --data (as the trainer's)."),
-    max_batch: bool = typer.Option(False, "--max-batch", help="find the largest batch per mask ratio that fits --memory-limit."),
-    memory_limit: Optional[str] = typer.Option(None, metavar="SIZE", help="memory for --max-batch, e.g. 4GiB or 1500MB. Default: the peak of the mask-0 step at --batch-size."),
-    peak_tflops: Optional[float] = typer.Option(None, help="the device's peak TFLOP/s for MFU. Default: looked up from the CUDA device's name (flip/bench/peaks.py: H100/H200 SXM, PCIe, NVL, A100; dense bf16, tf32 or fp32 as the step runs); no MFU for an unknown device."),
+    max_batch: bool = typer.Option(False, "--max-batch",
+                                   help="find the largest batch per mask ratio that fits --memory-limit."),
+    memory_limit: Optional[str] = typer.Option(None, metavar="SIZE", help="memory for --max-batch, e.g. 4GiB or "
+                                               "1500MB. Default: the peak of the mask-0 step at --batch-size."),
+    peak_tflops: Optional[float] = typer.Option(None, help="the device's peak TFLOP/s for MFU. Default: looked up "
+                                                "from the CUDA device's name (flip/bench/peaks.py: H100/H200 SXM, "
+                                                "PCIe, NVL, A100; dense bf16, tf32 or fp32 as the step runs); no MFU "
+                                                "for an unknown device."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads. Default: torch's (one per core)."),
-    ablations: bool = typer.Option(False, "--ablations", help="also time the paper's knobs against the plain step: 50% padding-first text masking, and --recon-weight 1 (MAE decoder)."),
+    ablations: bool = typer.Option(False, "--ablations", help="also time the paper's knobs against the plain step: 50% "
+                                   "padding-first text masking, and --recon-weight 1 (MAE decoder)."),
     seed: int = typer.Option(0, help="seed of the models and the synthetic batch."),
-    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="write the full report (every figure) to this JSON file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE",
+                                            help="write the full report (every figure) to this JSON file."),
 ) -> None:
     """Time training steps per mask ratio: throughput, FLOPs, ideal vs measured speed-up, memory, time split."""
     import torch
@@ -93,8 +108,8 @@ def bench_command(
     if data_spec is not None:
         if not data:
             raise ConfigError(f"{data_spec!r}: a data spec is timed with --data (flipctl bench --data {data_spec})")
-        return _data_paths(ctx, data_spec, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu, host_cores,
-                           device, seed, json_out)
+        return _data_paths(ctx, data_spec, model, batch_size, workers, decode, mask_ratios, peak_tflops, mfu,
+                           host_cores, device, seed, json_out)
     cfg = make_config(model, batch_size, mask_ratios, device, precision, compile, compile_backend, steps, warmup,
                       compare, split, data, data_path, workers, max_batch, memory_limit, peak_tflops, seed,
                       ablations, variants)
@@ -150,18 +165,20 @@ def render_data_summary(report: dict, console: Console) -> None:
 
 def print_blocks(blocks: list, console: Console) -> None:
     """Draw a bench summary's blocks with rich: a check mark green (pass) or red (MISS), a footnote dimmed."""
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
     from flip.bench.summary import Mark, Table
 
-    def markup(cell) -> str:
-        return f"[{'green' if cell.passed else 'red'}]{cell.text}[/]" if isinstance(cell, Mark) else cell
+    def markup(cell) -> str:  # the library's text is text: a "[...]" in it is not a rich tag
+        return (f"[{'green' if cell.passed else 'red'}]{escape(cell.text)}[/]" if isinstance(cell, Mark)
+                else escape(cell))
 
     for block in blocks:
         if isinstance(block, Table):
-            table = RichTable(title=block.title)
+            table = RichTable(title=escape(block.title))
             for column in block.columns:
-                table.add_column(column.name, justify=column.justify)
+                table.add_column(escape(column.name), justify=column.justify)
             for row in block.rows:
                 table.add_row(*map(markup, row))
             console.print(table)

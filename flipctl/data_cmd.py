@@ -59,8 +59,9 @@ def synth(
     retrieval_images: int = typer.Option(SynthConfig.retrieval_images, help="held-out retrieval images"),
     captions_per_image: int = typer.Option(SynthConfig.captions_per_image, help="captions per retrieval image"),
     seed: int = typer.Option(SynthConfig.seed, help="everything is generated from this seed"),
-    scenes: str = typer.Option(SynthConfig.scenes, metavar="|".join(SCENE_KINDS), help="object sizes of the training and retrieval scenes: "
-                                                        f"{' or '.join(SCENE_KINDS)} (see `flipctl train --help`)"),
+    scenes: str = typer.Option(SynthConfig.scenes, metavar="|".join(SCENE_KINDS),
+                               help="object sizes of the training and retrieval scenes: "
+                                    f"{' or '.join(SCENE_KINDS)} (see `flipctl train --help`)"),
     workers: int = typer.Option(SynthConfig.workers, help="generator processes"),
 ) -> None:
     """Generate the built-in procedural dataset: webdataset train shards plus zero-shot and retrieval sets."""
@@ -119,7 +120,8 @@ def mask_coverage(
     image_size: int = typer.Option(SynthConfig.image_size, help="training resolution in pixels"),
     patch_size: int = typer.Option(8, help="ViT patch size in pixels (tiny: 8)"),
     seed: int = typer.Option(0, help="seed of the drawn scenes"),
-    json_out: Path | None = typer.Option(None, "--json", metavar="FILE", help="also write the figures to this JSON file"),
+    json_out: Path | None = typer.Option(None, "--json", metavar="FILE",
+                                         help="also write the figures to this JSON file"),
 ) -> None:
     """How often FLIP's random mask hides every patch of a built-in scene's object (one a caption names)."""
     import dataclasses
@@ -182,4 +184,5 @@ def emoji(
     console.print(f"{out}: {sets['train']['samples']} training samples, {stats['bytes'] / 2**20:.1f} MiB; "
                   f"train with: flipctl train --data {out}/train --eval-zeroshot {out}/zeroshot/category "
                   f"--eval-data {out}/retrieval/style/captions.csv")
-    Console().print_json(data={name: {k: v for k, v in s.items() if not isinstance(v, dict)} for name, s in sets.items()})
+    Console().print_json(data={name: {k: v for k, v in s.items() if not isinstance(v, dict)}
+                               for name, s in sets.items()})

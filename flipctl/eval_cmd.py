@@ -41,7 +41,8 @@ BATCH_SIZE = typer.Option(256, help="images (and texts) per forward pass.")
 PRECISION = typer.Option("fp32", metavar="fp32|bf16", help="fp32, or bf16 autocast.")
 DEVICE = typer.Option("auto", metavar="auto|cpu|cuda[:N]", help="the device to evaluate on.")
 WORKERS = typer.Option(2, help="image-decoding worker processes (0: decode in the main process).")
-JSON_OUT = typer.Option(None, "--json", metavar="FILE", help="write every metric, with the checkpoint, data and settings, here.")
+JSON_OUT = typer.Option(None, "--json", metavar="FILE",
+                        help="write every metric, with the checkpoint, data and settings, here.")
 COMPILE = typer.Option(False, "--compile/--no-compile", help="torch.compile the encoders: inductor where it can "
                        "build kernels here, else aot_eager (a note says why). Pays off on large sets.")
 
@@ -118,16 +119,16 @@ def _runtime(device: str, batch_size: int, precision: str, workers: int):
 @user_errors
 def zeroshot(
     ckpt: str = CKPT,
-    data: Optional[Path] = typer.Option(None, metavar="DIR", help="class-folder set (one sub-folder per class, optional "
-                                        "classnames.txt) or CLIP_benchmark webdataset folder. "
+    data: Optional[Path] = typer.Option(None, metavar="DIR", help="class-folder set (one sub-folder per class, "
+                                        "optional classnames.txt) or CLIP_benchmark webdataset folder. "
                                         "Default: the built-in zero-shot set."),
     split: str = typer.Option("test", metavar="NAME", help="split sub-folder to use when --data holds several."),
-    templates: Optional[str] = typer.Option(None, metavar="NAME|FILE", help="prompt templates: 'simple' (the 7 the FLIP paper "
-                                            "used), 'openai' (CLIP's 80), 'builtin', 'dataset' (the data's own "
-                                            "templates file) or a file with one {c} template a line. "
+    templates: Optional[str] = typer.Option(None, metavar="NAME|FILE", help="prompt templates: 'simple' (the 7 the "
+                                            "FLIP paper used), 'openai' (CLIP's 80), 'builtin', 'dataset' (the data's "
+                                            "own templates file) or a file with one {c} template a line. "
                                             "Default: the data's own, else 'simple'."),
-    classnames: Optional[str] = typer.Option(None, metavar="imagenet|FILE", help="class names: 'imagenet' (for an ImageNet val folder "
-                                             "of WordNet-id folders) or a file, one name a line."),
+    classnames: Optional[str] = typer.Option(None, metavar="imagenet|FILE", help="class names: 'imagenet' (for an "
+                                             "ImageNet val folder of WordNet-id folders) or a file, one name a line."),
     mask_ratio: float = MASK_RATIO, views: int = VIEWS, seed: int = SEED, batch_size: int = BATCH_SIZE,
     precision: str = PRECISION, device: str = DEVICE, workers: int = WORKERS, json_out: Optional[Path] = JSON_OUT,
     compile: bool = COMPILE,
@@ -150,8 +151,8 @@ def retrieval(
                                        "filepath,caption (repeated paths = several captions) or webdataset "
                                        "shards (dir, brace pattern) whose .txt has one caption a line. "
                                        "Default: the built-in retrieval set."),
-    images_root: Optional[Path] = typer.Option(None, metavar="DIR", help="folder the JSON/CSV image paths are relative to. "
-                                               "Default: the folder of the JSON/CSV."),
+    images_root: Optional[Path] = typer.Option(None, metavar="DIR", help="folder the JSON/CSV image paths are "
+                                               "relative to. Default: the folder of the JSON/CSV."),
     split: str = typer.Option("test", metavar="NAME", help="Karpathy split to evaluate (test, val, ...)."),
     mask_ratio: float = MASK_RATIO, views: int = VIEWS, seed: int = SEED, batch_size: int = BATCH_SIZE,
     precision: str = PRECISION, device: str = DEVICE, workers: int = WORKERS, json_out: Optional[Path] = JSON_OUT,
@@ -174,8 +175,8 @@ def retrieval(
 @user_errors
 def linear_probe(
     ckpt: str = CKPT,
-    data: Path = typer.Option(..., metavar="DIR", help="class-folder set with train/ and test/ (and optionally val/) split "
-                              "folders (or CLIP_benchmark webdataset splits), or one class-folder set to split."),
+    data: Path = typer.Option(..., metavar="DIR", help="class-folder set with train/ and test/ (and optionally val/) "
+                              "split folders (or CLIP_benchmark webdataset splits), or one class-folder set to split."),
     val_fraction: float = typer.Option(0.2, help="share of the training images held out to choose the "
                                        "regularisation, when there is no val/ split."),
     test_fraction: float = typer.Option(0.3, help="share of the images used as the test split, when --data "

@@ -217,9 +217,9 @@ FIT_HELP = ("the scaling fits' form: saturating (error = a·C^-b + c), power (Ch
 def sweep_command(
     spec_name: Optional[str] = typer.Argument(None, metavar="NAME|SPEC.toml",
                                               help="a shipped sweep (see --list) or a spec file."),
-    preset: Optional[str] = typer.Option(None, metavar="smoke|tiny|paper", help="smoke (minutes, for tests), tiny (about an hour on a CPU) "
-                                         "or paper (the paper's settings, for a GPU cluster). Default: tiny when "
-                                         "the spec has presets."),
+    preset: Optional[str] = typer.Option(None, metavar="smoke|tiny|paper", help="smoke (minutes, for tests), tiny "
+                                         "(about an hour on a CPU) or paper (the paper's settings, for a GPU cluster). "
+                                         "Default: tiny when the spec has presets."),
     out: Optional[Path] = typer.Option(None, metavar="DIR", help="report folder. Default: runs/sweeps/NAME-PRESET."),
     store: Path = typer.Option(Path("runs/store"), metavar="DIR", help="run store shared by all sweeps."),
     seeds: Optional[int] = typer.Option(None, help="seeds per row (overrides the spec)."),
@@ -298,7 +298,7 @@ def report_command(out: Path = typer.Argument(..., metavar="OUT",
                                               help="a sweep's report folder (holding sweep.json)."),
                    fit: Optional[str] = typer.Option(None, metavar="saturating|power|both",
                                                      help=FIT_HELP + " Recorded in sweep.json.")) -> None:
-    """Rebuild a sweep's tables, plots and report.html from its folder, refreshed from the run store (trains nothing)."""
+    """Rebuild a sweep's tables, plots and report.html from its folder, refreshed from the run store (trains nothing)."""  # noqa: E501
     from flip.sweep import report
 
     result = report.regenerate(out, fit=fit)

@@ -65,7 +65,8 @@ def test_chunked_gradient_equals_the_whole_batch_gradient(knobs):
         _assert_same(whole, chunked)
         assert losses == pytest.approx(whole_losses, rel=1e-5)
     # every parameter got a gradient (the temperature and, with --recon-weight, the decoder too)
-    assert "model.logit_scale" in whole and any(name.startswith("decoder.") for name in whole) == ("recon_weight" in knobs)
+    assert ("model.logit_scale" in whole
+            and any(name.startswith("decoder.") for name in whole) == ("recon_weight" in knobs))
     assert ("model.logit_bias" in whole) == (knobs.get("loss") == "sigmoid")  # the sigmoid loss's bias learns too
 
 
@@ -201,4 +202,5 @@ def test_bench_reports_its_batches(tmp_path):
                                       "0.5", "--no-split", "--threads", "1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["batch"] == {"per_device": 4, "accum_steps": 1, "world_size": 1, "global": 4}
-    assert "batch 4 per device x 1 accumulation step(s) x 1 process(es) = global batch 4" in " ".join(result.output.split())
+    assert ("batch 4 per device x 1 accumulation step(s) x 1 process(es) = global batch 4"
+            in " ".join(result.output.split()))

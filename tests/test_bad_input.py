@@ -82,7 +82,8 @@ E = "--ckpt"
 # (command line with {placeholders} for `files`, text the message must hold (case-insensitive))
 CASES = [
     # train: flags
-    ("train --batch-size abc", USAGE), ("train --batch-size 1", "--batch-size"), ("train --mask-ratio 1", "--mask-ratio"),
+    ("train --batch-size abc", USAGE), ("train --batch-size 1", "--batch-size"),
+    ("train --mask-ratio 1", "--mask-ratio"),
     ("train --mask-ratio -0.5", "--mask-ratio"), ("train --mask-ratio nan", "--mask-ratio"),
     ("train --samples 0", "--samples"), ("train --epochs -1", "--epochs"), ("train --epochs 0", "--epochs"),
     ("train --context-length 2", "context"), ("train --lr 0", "--lr"), ("train --lr -1", "--lr"),
@@ -105,7 +106,8 @@ CASES = [
     ("train --seed x", USAGE), ("train --nproc 0", "nproc"), ("train --launcher mars", "launcher"),
     ("train --launcher slurm --time soon", "time"), ("train --nnodes 2 --node-rank 5", "node-rank"),
     # train: files
-    ("train --data {missing}", "not found"), ("train --data {file} --samples 512 --workers 0", "{file}"), ("train --data {dir}", "{dir}"),
+    ("train --data {missing}", "not found"), ("train --data {file} --samples 512 --workers 0", "{file}"),
+    ("train --data {dir}", "{dir}"),
     ("train --data ''", "empty"), ("train --eval-data {missing}.csv", "not found"),
     ("train --eval-data {no-columns.csv}", "columns"), ("train --eval-zeroshot {missing}", "not found"),
     ("train --eval-templates {templates-no-placeholder.txt}", "placeholder"),
@@ -124,14 +126,18 @@ CASES = [
     # models, plan, bench
     ("models --json {dir}", "{dir}"), ("models --json {missing}/x/y.json", "{missing}"),
     ("plan --model tiny --batch-size 8", USAGE), ("plan --model Z --batch-size 8 --gpus 1", "model"),
-    ("plan --model tiny --batch-size 0 --gpus 1", "--batch-size"), ("plan --model tiny --batch-size 8 --gpus 0", "--gpus"),
+    ("plan --model tiny --batch-size 0 --gpus 1", "--batch-size"),
+    ("plan --model tiny --batch-size 8 --gpus 0", "--gpus"),
     ("plan --model tiny --batch-size 8 --gpus 1 --gpu-memory lots", "--gpu-memory"),
     ("plan --model tiny --batch-size 8 --gpus 1 --mask-ratio 2", "--mask-ratio"),
     ("plan --model tiny --batch-size 8 --gpus 1 --gpus-per-node 0", "--gpus-per-node"),
     ("plan --model tiny --batch-size 8 --gpus 1 --json {dir}", "{dir}"),
-    ("bench --model Z", "model"), ("bench --batch-size 1", "--batch-size"), ("bench --mask-ratios a,b", "--mask-ratios"),
-    ("bench --mask-ratios 1.5", "--mask-ratios"), ("bench --device tpu", "device"), ("bench --precision fp8", "precision"),
-    ("bench --steps 0", "--steps"), ("bench --warmup -1", "--warmup"), ("bench --memory-limit lots --max-batch", "memory"),
+    ("bench --model Z", "model"), ("bench --batch-size 1", "--batch-size"),
+    ("bench --mask-ratios a,b", "--mask-ratios"),
+    ("bench --mask-ratios 1.5", "--mask-ratios"), ("bench --device tpu", "device"),
+    ("bench --precision fp8", "precision"),
+    ("bench --steps 0", "--steps"), ("bench --warmup -1", "--warmup"),
+    ("bench --memory-limit lots --max-batch", "memory"),
     ("bench --compare timm", "--compare"), ("bench --threads 0", "--threads"), ("bench --workers -1", "--workers"),
     # data
     ("data synth", USAGE), ("data synth {dir} --train-samples 0", "samples"),
@@ -139,7 +145,8 @@ CASES = [
     ("data synth {dir} --captions-per-image 0", "captions"), ("data synth {file}", "{file}"),
     ("data synth {dir} --workers -1", "--workers"), ("data jpeg-shards {file}", "{file}"),
     # eval zeroshot
-    ("eval zeroshot", USAGE), (f"eval zeroshot {E} {{missing}}", "{missing}"), (f"eval zeroshot {E} {{half}}", "model.safetensors missing"),
+    ("eval zeroshot", USAGE), (f"eval zeroshot {E} {{missing}}", "{missing}"),
+    (f"eval zeroshot {E} {{half}}", "model.safetensors missing"),
     (f"eval zeroshot {E} {{truncated}}", "model.safetensors"), (f"eval zeroshot {E} {{other}}", "{other}"),
     (f"eval zeroshot {E} {{file}}", "{file}"), (f"eval zeroshot {E} {{good}} --data {{missing}}", "{missing}"),
     (f"eval zeroshot {E} {{good}} --data {{file}}", "{file}"), (f"eval zeroshot {E} {{good}} --data {{dir}}", "{dir}"),
@@ -152,7 +159,8 @@ CASES = [
     (f"eval zeroshot {E} {{good}} --classnames {{file}}", "class names"),
     (f"eval zeroshot {E} {{good}} --mask-ratio 1.5", "mask ratio"), (f"eval zeroshot {E} {{good}} --views 0", "views"),
     (f"eval zeroshot {E} {{good}} --views 1000", "views"), (f"eval zeroshot {E} {{good}} --batch-size 0", "batch size"),
-    (f"eval zeroshot {E} {{good}} --precision fp8", "precision"), (f"eval zeroshot {E} {{good}} --device tpu", "device"),
+    (f"eval zeroshot {E} {{good}} --precision fp8", "precision"),
+    (f"eval zeroshot {E} {{good}} --device tpu", "device"),
     (f"eval zeroshot {E} {{good}} --workers -1", "--workers"),
     (f"eval zeroshot {E} {{good}} --seed x", USAGE),
     (f"eval zeroshot {E} {{good}} --split nope --data {{dir}}", "{dir}"),
@@ -165,10 +173,12 @@ CASES = [
     (f"eval retrieval {E} {{good}} --data {{not-json.json}}", "not-json.json"),
     (f"eval retrieval {E} {{good}} --data {{dir.json}}", "dir.json"),
     (f"eval retrieval {E} {{good}} --data {{dir.csv}}", "dir.csv"),
-    (f"eval retrieval {E} {{good}} --data {{dir}}", "{dir}"), (f"eval retrieval {E} {{good}} --data {{file}}", "{file}"),
+    (f"eval retrieval {E} {{good}} --data {{dir}}", "{dir}"),
+    (f"eval retrieval {E} {{good}} --data {{file}}", "{file}"),
     (f"eval retrieval {E} {{half}}", "model.safetensors missing"), (f"eval retrieval {E} {{other}}", "{other}"),
     (f"eval retrieval {E} {{good}} --views -1", "views"), (f"eval retrieval {E} {{good}} --workers -1", "--workers"),
-    (f"eval retrieval {E} {{good}} --batch-size 0", "batch size"), (f"eval retrieval {E} {{missing}} --device tpu", "device"),
+    (f"eval retrieval {E} {{good}} --batch-size 0", "batch size"),
+    (f"eval retrieval {E} {{missing}} --device tpu", "device"),
     # eval linear-probe
     (f"eval linear-probe {E} {{good}}", USAGE), (f"eval linear-probe {E} {{good}} --data {{missing}}", "{missing}"),
     (f"eval linear-probe {E} {{good}} --data {{dir}}", "{dir}"),
@@ -181,10 +191,12 @@ CASES = [
     (f"eval linear-probe {E} {{good}} --data {{dir}} --device tpu", "device"),
     # export
     ("export {dir}/out", USAGE), (f"export {{dir}}/out {E} {{missing}}", "{missing}"),
-    (f"export {{dir}}/out {E} {{half}}", "model.safetensors missing"), (f"export {{dir}}/out {E} {{truncated}}", "model.safetensors"),
+    (f"export {{dir}}/out {E} {{half}}", "model.safetensors missing"),
+    (f"export {{dir}}/out {E} {{truncated}}", "model.safetensors"),
     (f"export {{dir}}/out {E} {{other}}", "{other}"), (f"export {{dir}}/out {E} {{good}} --format onnx", "--format"),
     (f"export {{dir}}/out {E} {{good}} --weights pt", "weights format"), (f"export {{file}} {E} {{good}}", "{file}"),
-    (f"export {{dir}}/out {E} {{good}} --name 'a b/c'", "a b/c"), (f"export {{dir}}/out {E} {{good}} --name a/b", "--name"),
+    (f"export {{dir}}/out {E} {{good}} --name 'a b/c'", "a b/c"),
+    (f"export {{dir}}/out {E} {{good}} --name a/b", "--name"),
     (f"export {{dir}}/out {E} {{missing}} --name ..", "--name"),
     # sweep, report
     ("sweep", "sweep"), ("sweep nosuchsweep", "nosuchsweep"), ("sweep {missing}.toml", "not found"),
@@ -218,8 +230,8 @@ def test_bad_input_is_one_line_and_exit_code_2(line, needle, files, tmp_path, mo
     monkeypatch.chdir(tmp_path)  # a case that got through would write to runs/ here, not in the repository
     result = CliRunner().invoke(app, args)
     output = result.output
-    assert "Traceback" not in output + result.stderr and not isinstance(result.exception, (AssertionError, TypeError)), \
-        (output, result.exception)
+    assert ("Traceback" not in output + result.stderr
+            and not isinstance(result.exception, (AssertionError, TypeError))), (output, result.exception)
     assert result.exit_code == 2, (result.exit_code, output, repr(result.exception))
     if needle == USAGE:  # Click's usage message, or its error box alone for a flag without its value
         assert "Usage:" in output or "Error" in output, output

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from flip.bench.data_summary import data_paths_summary
-from flip.bench.summary import Line, Mark, Table, step_summary
+from flip.bench.summary import Column, Line, Mark, Table, step_summary
 from flipctl.bench_cmd import print_blocks
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench"
@@ -49,3 +49,11 @@ def test_a_data_paths_report_is_tables_and_lines_the_cli_draws():
     assert [b.parts[-1] for b in targets] == [Mark(c["pass"]) for c in report["checks"]]
     shown = _shown(blocks)
     assert "what one accelerator's step consumes (NVIDIA H200 SXM" in shown and "worker: libjpeg-turbo" in shown
+
+
+def test_the_librarys_text_is_shown_as_it_is_not_read_as_rich_markup():
+    blocks = [Table("batch [256]", [Column("[bold]name")], [["[red]cpu[/red]", Mark(True)]]),
+              Line(["torch [2.x] ", Mark(False)], footnote=True)]
+    shown = _shown(blocks)
+    assert "batch [256]" in shown and "[bold]name" in shown and "[red]cpu[/red]" in shown
+    assert "torch [2.x] MISS" in shown

@@ -91,7 +91,8 @@ def test_plan_prints_the_loader_cores_each_gpu_needs(tmp_path):
     text, plan = _plan(tmp_path, *args, "--loader-samples-per-core", "146")
     need = step_needs(get_preset("B/16"), (0.5,), 989.0, 0.45)["0.5"]
     assert plan["loader"]["samples_per_s"] == pytest.approx(need["samples_per_s"])
-    assert plan["loader"]["cores"] == -(-need["samples_per_s"] // 146) and f"{plan['loader']['cores']} loader cores" in text
+    assert (plan["loader"]["cores"] == -(-need["samples_per_s"] // 146)
+            and f"{plan['loader']['cores']} loader cores" in text)
     # masking more: fewer FLOPs a sample, so more samples/s to feed; a slower GPU needs fewer
     _, masked = _plan(tmp_path, *args[:-1], "0.75", "--loader-samples-per-core", "146")
     _, slower = _plan(tmp_path, *args, "--loader-samples-per-core", "146", "--gpu-peak-tflops", "312")

@@ -131,7 +131,8 @@ def test_same_seed_same_bytes_other_seed_other_split(packages, tmp_path):
     assert sum(name.endswith(".tar") for name in hashes) == -(-a.stats["sets"]["train"]["samples"] // 10) >= 2
     c = build_emoji_corpus(tmp_path / "c", packages, EmojiConfig(**{**CFG.__dict__, "seed": 4}))
     assert {m["emoji"] for m in _train_items(tmp_path / "c")} != {m["emoji"] for m in _train_items(tmp_path / "a")}
-    assert c.stats["sets"]["train"]["samples"] == sum(json.loads((tmp_path / "c/train/sizes.json").read_text()).values())
+    assert c.stats["sets"]["train"]["samples"] == sum(
+        json.loads((tmp_path / "c/train/sizes.json").read_text()).values())
 
 
 def test_held_out_emoji_and_vendor_never_reach_training(packages, tmp_path):
@@ -225,8 +226,10 @@ def test_openmoji_without_the_renderer_says_how_to_install_it(packages, tmp_path
 
 def test_bad_settings_are_one_line(packages, tmp_path):
     out = tmp_path / "corpus"
-    for extra, needle in ((["--vendors", "apple"], "--vendors"), (["--held-out-vendor", "openmoji"], "--held-out-vendor"),
-                          (["--held-out-fraction", "1"], "--held-out-fraction"), (["--shard-size", "0"], "--shard-size")):
+    for extra, needle in ((["--vendors", "apple"], "--vendors"),
+                          (["--held-out-vendor", "openmoji"], "--held-out-vendor"),
+                          (["--held-out-fraction", "1"], "--held-out-fraction"),
+                          (["--shard-size", "0"], "--shard-size")):
         _assert_one_line_error(_emoji_cli(out, packages, *extra), needle, out)
     _assert_one_line_error(CliRunner().invoke(app, ["data", "emoji", str(out), "--from", str(tmp_path / "nowhere")]),
                            "not a folder", out)
@@ -263,7 +266,8 @@ def test_openmoji_svgs_are_rasterised_and_held_out(packages, tmp_path):
     assert image.size == (64, 64) and image.mode == "RGB"
     assert image.getpixel((0, 0)) == pytest.approx((255, 255, 255), abs=8)  # transparency became white
     assert image.getpixel((32, 32)) != image.getpixel((0, 0))  # the drawn circle is there
-    captions = {m["caption"] for m in _train_items(out)} | {c for m in _train_items(out) for c in m["captions"].values()}
+    captions = ({m["caption"] for m in _train_items(out)}
+                | {c for m in _train_items(out) for c in m["captions"].values()})
     assert any("(wave, test)" in c or "(grinning, test)" in c for c in captions)  # OpenMoji's keywords used
     (packages / "openmoji/color/svg/1F436.svg").write_text("<svg viewBox='0 0 72 72'")  # cut short
     broken = tmp_path / "broken"

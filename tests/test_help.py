@@ -103,7 +103,8 @@ def test_eval_shorthands_are_the_eval_commands(monkeypatch):
     group = typer.main.get_command(app)
     for short, long in (("eval-zeroshot", "zeroshot"), ("eval-retrieval", "retrieval")):
         assert group.commands[short].help == group.commands["eval"].commands[long].help
-        assert {p.name for p in group.commands[short].params} == {p.name for p in group.commands["eval"].commands[long].params}
+        assert ({p.name for p in group.commands[short].params}
+                == {p.name for p in group.commands["eval"].commands[long].params})
         assert f"Usage: flipctl {short} [OPTIONS]" in _help([short], False, monkeypatch)
         outcomes = [CliRunner().invoke(app, [*cmd, "--ckpt", "/nonexistent/run"]) for cmd in ([short], ["eval", long])]
         assert outcomes[0].exit_code == outcomes[1].exit_code == 2

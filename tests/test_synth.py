@@ -290,10 +290,13 @@ def test_large_scenes_keep_the_layouts_and_the_zeroshot_set(dataset, tmp_path):
     mixed_meta, large_meta = _train_meta(out), _train_meta(tmp_path)
     assert {o["size"] for m in mixed_meta for o in m["objects"]} == {"small", "large"}
     assert {o["size"] for m in large_meta for o in m["objects"]} == {"large"}
-    layout = lambda m: [(o["shape"], o["colour"], o["position"]) for o in m["objects"]] + [m["background"]]
+
+    def layout(m):
+        return [(o["shape"], o["colour"], o["position"]) for o in m["objects"]] + [m["background"]]
     assert [layout(m) for m in large_meta] == [layout(m) for m in mixed_meta]
 
-    zeroshot = lambda root: {k: v for k, v in tree_hashes(root).items() if k.startswith("zeroshot/")}
+    def zeroshot(root):
+        return {k: v for k, v in tree_hashes(root).items() if k.startswith("zeroshot/")}
     assert zeroshot(tmp_path) == zeroshot(out)
     assert tree_hashes(tmp_path)["retrieval/captions.csv"] != tree_hashes(out)["retrieval/captions.csv"]
 
@@ -345,6 +348,7 @@ def test_mask_coverage_cli_reports_and_refuses_bad_input(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert [row["mask_ratio"] for row in report["rows"]] == [0.5, 0.75] and report["scenes"] == "mixed"
-    for args, needle in ((["--scenes", "huge"], "unknown scene kind"), (["--mask-ratios", "0.5,1.2"], "must be in [0, 1)")):
+    for args, needle in ((["--scenes", "huge"], "unknown scene kind"),
+                         (["--mask-ratios", "0.5,1.2"], "must be in [0, 1)")):
         result = runner.invoke(app, ["data", "mask-coverage", "--samples", "5", *args])
         assert result.exit_code != 0 and needle in result.output and "Traceback" not in result.output

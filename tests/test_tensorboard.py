@@ -22,7 +22,8 @@ def _scalars(log_dir):
 def test_train_writes_tensorboard_scalars_by_step_and_by_samples(small_dataset, tmp_path):
     run = tmp_path / "run"
     result = CliRunner().invoke(app, [
-        "train", "--data", str(small_dataset / "train"), "--eval-data", str(small_dataset / "retrieval" / "captions.csv"),
+        "train", "--data", str(small_dataset / "train"),
+        "--eval-data", str(small_dataset / "retrieval" / "captions.csv"),
         "--samples", "64", "--batch-size", "16", "--workers", "0", "--log-every", "2", "--eval-every", "4",
         "--recon-weight", "0.5", "--report-to", "tensorboard", "--out", str(run)])
     assert result.exit_code == 0, result.output

@@ -128,7 +128,8 @@ def test_computed_defaults_are_described_by_the_rule_that_computes_them():
             assert knob_help(f).endswith(f"Default: {rule.describe()}."), f.name
             assert f"Default: {rule.describe()}." in _plain(flag_help(f))
     assert config.BUDGET_RULE.describe().startswith("60k for tiny, 40k for the other presets")
-    assert config.BASE_LR_RULE.describe() == "4e-6 for the paper's presets (B/16, L/16, L/14, H/14), 1e-3 for the others"
+    assert config.BASE_LR_RULE.describe() == ("4e-6 for the paper's presets (B/16, L/16, L/14, H/14), "
+                                              "1e-3 for the others")
     # a changed number moves the value and the words together
     moved = dataclasses.replace(config.BUDGET_RULE, values={"tiny": 30_000, "other": 40_000})
     assert moved(TrainConfig()) == 30_000 and moved.describe().startswith("30k for tiny")

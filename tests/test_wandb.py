@@ -56,7 +56,8 @@ def test_wandb_run_is_offline_and_holds_the_tensorboard_scalars(small_dataset, t
     monkeypatch.setenv("WANDB_RUN_GROUP", "mask-ratio")  # what `flipctl sweep` sets for its runs
     run = tmp_path / "tiny-m0.5-s0-abc"
     result = CliRunner().invoke(app, [
-        "train", "--data", str(small_dataset / "train"), "--eval-data", str(small_dataset / "retrieval" / "captions.csv"),
+        "train", "--data", str(small_dataset / "train"),
+        "--eval-data", str(small_dataset / "retrieval" / "captions.csv"),
         "--samples", "64", "--batch-size", "16", "--workers", "0", "--log-every", "2", "--eval-every", "4",
         "--report-to", "tensorboard,wandb", "--out", str(run)])
     assert result.exit_code == 0, result.output

@@ -30,7 +30,8 @@ NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "runs", "build", "dist", "
 
 def _run(cmd, cwd, env=None, timeout=300) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(map(str, cmd))} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (f"{' '.join(map(str, cmd))} exited {result.returncode}:\n"
+                                    f"{result.stdout}\n{result.stderr}")
     return result
 
 

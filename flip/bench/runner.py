@@ -305,7 +305,8 @@ class _Runner:
         for r in ratios:
             fns[_label("flipctl", r)] = (lambda s=ours[r][2]: s(images, tokens, 1e-4))
             if cfg.compare:
-                fns[_label("open_clip", r)] = (lambda s=self.theirs(r, weights_from=ours[r][0]): s(images, tokens, 1e-4))
+                fns[_label("open_clip", r)] = (lambda s=self.theirs(r, weights_from=ours[r][0]):
+                                               s(images, tokens, 1e-4))
         variants = planned_variants(cfg, device)
         for variant in variants:
             for r in ratios:

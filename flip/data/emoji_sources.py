@@ -234,4 +234,5 @@ def load_image(path: Path) -> Image.Image:
     except UnidentifiedImageError:
         raise DataError(f"cannot decode image {path}: not an image file PIL can read") from None
     except (OSError, ValueError, SyntaxError) as exc:  # truncated PNG, resvg's parse error, PIL's decoder errors
-        raise DataError(f"cannot decode image {path}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None
+        raise DataError(f"cannot decode image {path}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc}") from None

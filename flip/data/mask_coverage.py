@@ -62,7 +62,8 @@ def mask_coverage(scenes: str = "mixed", mask_ratios: Sequence[float] = (0.5, 0.
     rows = []
     for ratio in mask_ratios:
         keep = num_kept(num_patches, ratio)  # as the training step's mask
-        hidden = lambda n: hidden_probability(n, num_patches, keep)
+        def hidden(n):
+            return hidden_probability(n, num_patches, keep)
         rows.append(CoverageRow(
             mask_ratio=ratio, kept_patches=keep,
             hidden_by_size={s: float(np.mean([hidden(n) for scene in objects for size, n in scene if size == s]))

@@ -95,7 +95,8 @@ def measured_rates(store: RunStore, device: torch.device) -> dict[str, float]:
     return {key: statistics.median(rates) for key, rates in seen.items()}
 
 
-def _rate(cfg: TrainConfig, store: RunStore, device: torch.device, measured: dict[str, float]) -> tuple[float | None, str]:
+def _rate(cfg: TrainConfig, store: RunStore, device: torch.device,
+          measured: dict[str, float]) -> tuple[float | None, str]:
     """FLOP/s of the model's training step here, and how it is known."""
     key = _rate_key(cfg, device)
     if key in measured:

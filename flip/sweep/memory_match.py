@@ -43,7 +43,7 @@ def matched_batches(spec: SweepSpec, store: RunStore, device: torch.device,
     A row at the reference's mask ratio keeps the reference batch; each other row gets the largest multiple of `multiple_of`
     whose step fits the reference's peak. Results are cached in the store: the same spec gives the
     same batches (and so the same run ids) every time it is planned.
-    """
+    """  # noqa: E501
     if spec.memory_match is None:
         return {}
     mm = spec.memory_match

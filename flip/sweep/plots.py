@@ -181,7 +181,8 @@ def plot_metric_vs_axis(df: pd.DataFrame, x: str, y: str, out_stem, *, series: s
             _match_span(ax, target)
             _accuracy_limits(ax, y)
             th, tl = target.get_legend_handles_labels()
-            handles, labels = handles + th, labels + [t.replace("paper", f"{names.PAPER_LABEL}, right axis", 1) for t in tl]
+            handles, labels = handles + th, labels + [t.replace("paper", f"{names.PAPER_LABEL}, right axis", 1)
+                                                      for t in tl]
         else:
             pax.set_title(names.PAPER_LABEL, fontsize=10)
             pax.set_xlabel(xlabel or label_for(x))
@@ -280,7 +281,7 @@ def plot_curves(df: pd.DataFrame, x: str, y: str, out_stem, *, series: str,
     same cost units, or a list of them: the saturating and the pure power law) draws each fitted curve, its bootstrap band and the extrapolation to its target
     with the exponent and the predicted accuracy. `paper`: {"x", "y", "series"} points on the
     paper's own x scale (`paper_xlabel`), in a second panel.
-    """
+    """  # noqa: E501
     per_config = curve_points(df, x, y, series, variant_col)
     div = _divisor(x)
     logx = x == "train_flops"

@@ -393,7 +393,8 @@ def load_spec(name_or_path: str | Path, preset: str | None = None) -> SweepSpec:
     tune_raw = _keys(raw.get("tuning", {}), TUNING_KEYS, f"{where}: tuning")
     tuning = Tuning(
         enabled=_typed(tune_raw.get("enabled", False), bool, f"{where}: tuning.enabled"),
-        samples_fraction=float(_typed(tune_raw.get("samples_fraction", 0.1), (int, float), f"{where}: tuning.samples_fraction")),
+        samples_fraction=float(_typed(tune_raw.get("samples_fraction", 0.1), (int, float),
+                                      f"{where}: tuning.samples_fraction")),
         lr_factor=float(_typed(tune_raw.get("lr_factor", 0.01), (int, float), f"{where}: tuning.lr_factor")))
     if not 0 < tuning.samples_fraction <= 1 or tuning.lr_factor <= 0:
         raise SpecError(f"{where}: tuning.samples_fraction must be in (0, 1] and tuning.lr_factor > 0")

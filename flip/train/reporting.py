@@ -35,7 +35,7 @@ class PlainReporter(Reporter):
     or a script reads (a progress bar there is nothing until the end, then one squeezed line):
 
         step 20/100 (20%)  samples 5120  loss 1.2345  lr 1.00e-03  T 0.0700  312.4 samples/s  elapsed 0:00:16  ETA 0:01:05
-    """
+    """  # noqa: E501
 
     def __init__(self, file: TextIO | None = None):
         self._file = file  # None: sys.stderr at the time of writing
