@@ -22,7 +22,18 @@ from rich.table import Table
 from flip.data.synth import SynthConfig
 from flip.errors import ConfigError
 from flip.run_dir import RunDir
-from flip.train.config import CKPT, OPTIM, PANELS, RUNTIME, TrainConfig, knob_help, load_toml
+from flip.train.config import (
+    CKPT,
+    OPTIM,
+    PANELS,
+    RUNTIME,
+    TUNE_BUDGET_RULE,
+    TUNE_LR_RULE,
+    TUNE_WARMUP_RULE,
+    TrainConfig,
+    knob_help,
+    load_toml,
+)
 from flip.train.faults import StopRequested
 from flipctl.console import make_console
 from flipctl.data_cmd import ensure_builtin_with_progress
@@ -207,13 +218,13 @@ def tune_unmasked_command(
     ckpt: str = typer.Option(..., metavar="RUN|CKPT", rich_help_panel=CKPT,
                              help="run directory or checkpoint to continue from."),
     samples: Optional[int] = typer.Option(None, rich_help_panel=OPTIM,
-                                          help="tuning budget in samples. Default: 10% of the parent's budget."),
+                                          help=f"tuning budget in samples. Default: {TUNE_BUDGET_RULE.describe()}."),
     epochs: Optional[float] = typer.Option(None, rich_help_panel=OPTIM,
-                                           help="tuning budget in epochs of the data (the paper: 0.32)."),
-    lr: Optional[float] = typer.Option(None, rich_help_panel=OPTIM, help="peak lr. Default: the parent's peak lr "
-                                       "/ 100 (paper: 4e-8 vs 4e-6 per 256)."),
+                                           help="tuning budget in epochs of the data."),
+    lr: Optional[float] = typer.Option(None, rich_help_panel=OPTIM,
+                                       help=f"peak lr. Default: {TUNE_LR_RULE.describe()}."),
     warmup: Optional[int] = typer.Option(None, rich_help_panel=OPTIM,
-                                         help="warm-up samples. Default: 20% of the tuning budget."),
+                                         help=f"warm-up samples. Default: {TUNE_WARMUP_RULE.describe()}."),
     out: Optional[str] = typer.Option(None, metavar="DIR", rich_help_panel=CKPT,
                                       help="new run directory. Default: the parent run's, with -unmasked."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", show_default=False, rich_help_panel=RUNTIME,

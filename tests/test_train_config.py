@@ -1,6 +1,7 @@
 """One home per knob: TrainConfig's fields declare the flags, their help, validation and the step's settings."""
 
 import dataclasses
+import json
 import re
 
 import pytest
@@ -134,6 +135,36 @@ def test_computed_defaults_are_described_by_the_rule_that_computes_them():
     moved = dataclasses.replace(config.BUDGET_RULE, values={"tiny": 30_000, "other": 40_000})
     assert moved(TrainConfig()) == 30_000 and moved.describe().startswith("30k for tiny")
 
+
+
+def test_unmasked_tuning_defaults_are_described_by_their_rules(tmp_path):
+    """tune-unmasked's budget, lr and warm-up defaults: computed by a rule, and its --help says the rule's words."""
+    from flip.train import config
+    from flip.train.trainer import unmasked_tuning_config
+
+    command = typer.main.get_command(app).commands["tune-unmasked"]
+    helps = {param.name: param.help for param in command.params}
+    for name, rule in [("samples", config.TUNE_BUDGET_RULE), ("lr", config.TUNE_LR_RULE),
+                       ("warmup", config.TUNE_WARMUP_RULE)]:
+        assert helps[name].endswith(f"Default: {rule.describe()}."), name
+    assert config.TUNE_BUDGET_RULE.describe().startswith("10% of the parent's budget")
+    assert config.TUNE_LR_RULE.describe().startswith("the parent's peak lr / 100")
+    assert config.TUNE_WARMUP_RULE.describe() == "20% of the tuning budget"
+
+    parent = TrainConfig(samples=60_000, batch_size=64, lr=2e-3, out=str(tmp_path / "parent"))
+    assert config.TUNE_BUDGET_RULE(parent) == (6000, None)
+    assert config.TUNE_BUDGET_RULE(dataclasses.replace(parent, samples=None, epochs=3.0)) == (None, 0.32)
+    assert config.TUNE_BUDGET_RULE(dataclasses.replace(parent, samples=300)) == (64, None)  # at least a batch
+    assert config.TUNE_LR_RULE(parent) == pytest.approx(2e-5)
+    assert config.TUNE_WARMUP_RULE(parent) == 0.2
+    # and the tuning run is made with them (the parent's config read from a checkpoint's config.json)
+    ckpt = tmp_path / "parent" / "ckpt-00000001"
+    ckpt.mkdir(parents=True)
+    (ckpt / "config.json").write_text(json.dumps({"train": parent.to_dict()}))
+    (ckpt / "model.safetensors").touch()  # only its presence is checked here
+    tuned = unmasked_tuning_config(str(ckpt))
+    assert (tuned.samples, tuned.epochs, tuned.lr, tuned.warmup_fraction, tuned.mask_ratio) == \
+        (6000, None, pytest.approx(2e-5), 0.2, 0.0)
 
 def test_resolve_and_the_trainer_fill_in_what_the_rules_say(tmp_path):
     from flip.train import config

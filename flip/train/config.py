@@ -98,6 +98,19 @@ CROP_SCALE_RULE = DefaultRule("{paper} (paper); {builtin} on the built-in data",
 HFLIP_RULE = DefaultRule("{paper} (paper); {builtin} on the built-in data, whose captions say left/right",
                          _paper_or_builtin, {"paper": True, "builtin": False})
 
+# Unmasked tuning (`tune_unmasked`): its defaults are computed from the parent run's config.
+TUNE_BUDGET_RULE = DefaultRule(
+    "{percent}% of the parent's budget (at least one batch; {epochs} epoch, the paper's, when the parent's "
+    "budget is in epochs)",
+    lambda parent, percent, epochs: (max(parent.batch_size, parent.samples * percent // 100), None)
+    if parent.samples else (None, epochs), {"percent": 10, "epochs": 0.32})
+# the paper tunes at 4e-8 per 256 after pre-training at 4e-6
+TUNE_LR_RULE = DefaultRule("the parent's peak lr / {divisor} (paper: 4e-8 vs 4e-6 per 256)",
+                           lambda parent, divisor: parent.peak_lr / divisor, {"divisor": 100})
+# the paper warms up 25.6M of its 128M tuning samples
+TUNE_WARMUP_RULE = DefaultRule("{percent}% of the tuning budget", lambda parent, percent: percent / 100,
+                               {"percent": 20})
+
 
 def knob(default: Any = None, help: str = "", *, identity: bool, choices: Sequence[Any] | None = None,
          ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,

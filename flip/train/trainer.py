@@ -46,7 +46,17 @@ from flip.precision import precision_warning
 from flip.run_dir import DECODER, RunDir, module_weights
 from flip.saved_model import load_weights, read_config, resolve_checkpoint, write_atomic
 from flip.train.checkpoint import checkpoint_bytes, drop_resume_state, load_state, save_checkpoint
-from flip.train.config import BASE_LR_RULE, BUDGET_RULE, CROP_SCALE_RULE, HFLIP_RULE, WARMUP_RULE, TrainConfig
+from flip.train.config import (
+    BASE_LR_RULE,
+    BUDGET_RULE,
+    CROP_SCALE_RULE,
+    HFLIP_RULE,
+    TUNE_BUDGET_RULE,
+    TUNE_LR_RULE,
+    TUNE_WARMUP_RULE,
+    WARMUP_RULE,
+    TrainConfig,
+)
 from flip.train.curves import CurveLogs, open_curve_logs
 from flip.train.faults import (
     NonFiniteSteps,
@@ -867,14 +877,13 @@ def unmasked_tuning_config(ckpt_path: str, samples: int | None = None, epochs: f
     ckpt_dir = resolve_checkpoint(ckpt_path)
     parent = TrainConfig.from_dict(read_config(ckpt_dir)["train"])
     if samples is None and epochs is None:
-        samples = max(parent.batch_size, (parent.samples or 0) // 10) if parent.samples else None
-        epochs = None if samples else 0.32
-    tuned_lr = lr if lr is not None else parent.peak_lr / 100  # 4e-6 -> 4e-8 per 256 in the paper
+        samples, epochs = TUNE_BUDGET_RULE(parent)
+    tuned_lr = lr if lr is not None else TUNE_LR_RULE(parent)
     settings = {
         **TrainConfig.ablation_defaults(),  # text masking, the decoder, ...: back to plain CLIP
         "mask_ratio": 0.0, "samples": samples, "epochs": epochs, "lr": tuned_lr, "base_lr": None,
-        # the paper warms up 25.6M of its 128M tuning samples; a --warmup in samples replaces the fraction
-        "warmup": warmup, "warmup_fraction": 0.2 if warmup is None else TrainConfig.warmup_fraction,
+        "warmup": warmup,  # a --warmup in samples replaces the fraction
+        "warmup_fraction": TUNE_WARMUP_RULE(parent) if warmup is None else TrainConfig.warmup_fraction,
         "init_from": str(ckpt_dir), "parent": str(ckpt_dir), "out": out or f"{parent.out}-unmasked",
         **overrides}
     cfg = dataclasses.replace(parent, **settings)
