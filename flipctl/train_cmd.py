@@ -153,7 +153,7 @@ def train_command(
 ) -> None:
     """Train a FLIP model. With no flags: the tiny model on the built-in dataset, in minutes on a CPU."""
     from flip.launch import TrainJob
-    from flip.train.trainer import ResumeConflict, resolve, train
+    from flip.train.trainer import ResumeConflict, init_checkpoint, model_config, resolve, train
 
     flags = {k: list(v) if isinstance(v, tuple) else v for k, v in knobs.items() if v is not None and v != ()}
     if resume_mode is not None and not (resume and resume_mode == "auto"):
@@ -178,8 +178,11 @@ def train_command(
             check_installed()
         from flip.eval.datasets import check_eval_sets
 
-        # The sets the user named (not the built-in ones resolve() fills in), before the built-in data is made.
-        check_eval_sets(values.get("eval_data"), values.get("eval_zeroshot"))
+        # The sets and templates the user named (not the built-in ones resolve() fills in), before the built-in
+        # data is made.
+        check_eval_sets(values.get("eval_data"), values.get("eval_zeroshot"), values.get("eval_templates"))
+        if cfg.init_from:
+            init_checkpoint(cfg.init_from, model_config(cfg))
         if values.get("data") is None:
             ensure_builtin_with_progress(SynthConfig(scenes=cfg.builtin_scenes))
         console.print(f"run directory: [bold]{cfg.out}[/bold]")

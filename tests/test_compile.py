@@ -58,6 +58,7 @@ def test_backend_is_inductor_where_it_builds_else_the_fallback_with_its_reason()
     assert choose_backend("cpu", "eager", probe=never).name == "eager"
 
 
+@pytest.mark.integration  # inductor imports and probes a C++ build: seconds
 def test_inductor_probe_names_a_missing_compiler(monkeypatch):
     import torch._inductor.config as inductor_config
 
@@ -70,6 +71,7 @@ def test_inductor_probe_names_a_missing_compiler(monkeypatch):
     assert error is not None and "c++" in error.lower()
 
 
+@pytest.mark.integration  # dynamo traces the model: seconds
 def test_train_step_runs_a_compiled_forward_like_the_eager_one(tiny_cfg):
     """The bug: `forward_model or Pretrainer(...)` called bool() on a compiled module (TypeError)."""
     images, tokens = torch.randn(4, 3, 64, 64), torch.randint(1, 1000, (4, tiny_cfg.text.context_length))

@@ -104,6 +104,7 @@ def _copy(name, tmp_path):
     return out
 
 
+@pytest.mark.integration  # both forms with bootstrap bands on a real folder: seconds
 def test_report_fit_both_on_a_committed_folder_is_recorded_and_rebuilds_the_same(tmp_path):
     out = _copy("time-accuracy", tmp_path)
     before = json.loads((out / "fits.json").read_text())

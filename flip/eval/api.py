@@ -84,11 +84,15 @@ def evaluate_checkpoint(ckpt: str | Path, task: str, *, data: str | Path | None 
         record["settings"]["masking"] = masking.to_dict(num_patches)
 
     if task == "zeroshot":
+        # A templates or class-names file fails before the built-in data is generated (a minute).
+        if templates not in (None, "dataset"):
+            resolve_templates(templates, None)
+        names = resolve_classnames(classnames) if classnames is not None else None
         if data is None:
             data = builtin.zeroshot_dir(_builtin_root(progress, train))
         dataset = load_classification(data, split)
-        if classnames is not None:
-            dataset = with_classnames(dataset, resolve_classnames(classnames), f"--classnames {classnames}")
+        if names is not None:
+            dataset = with_classnames(dataset, names, f"--classnames {classnames}")
         template_name, template_fns = resolve_templates(templates, dataset.templates)
         truncated = tokenizer.count_truncated(t(name) for name in dataset.classnames for t in template_fns)
         log(f"zero-shot: {len(dataset.images)} images, {len(dataset.classnames)} classes from {dataset.source}; "

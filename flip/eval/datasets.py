@@ -429,10 +429,12 @@ def load_probe_splits(path: str | Path, val_fraction: float = 0.2, test_fraction
     return train, val, test
 
 
-def check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
+def check_eval_sets(eval_data: str | None, eval_zeroshot: str | None, eval_templates: str | None = None) -> None:
     """Read the evaluation sets a run or sweep names as its evaluations will (their lists of images and
-    captions, no image decoded): a wrong path or format fails before any training or data generation."""
+    captions, no image decoded), and a templates file it names: a wrong path or format fails before any
+    training or data generation."""
     from flip.errors import ConfigError
+    from flip.eval.templates import resolve_templates  # it reads its files with this module's helpers
 
     for key, path, load in (("eval_data", eval_data, load_retrieval),
                             ("eval_zeroshot", eval_zeroshot, load_classification)):
@@ -441,3 +443,9 @@ def check_eval_sets(eval_data: str | None, eval_zeroshot: str | None) -> None:
                 load(path)
             except DataError as exc:
                 raise ConfigError(f"cannot be used: {exc}", key=key) from None
+    # `dataset` needs the zero-shot set's own templates, which the periodic evaluation checks as it loads it.
+    if eval_templates is not None and eval_templates != "dataset":
+        try:
+            resolve_templates(eval_templates, None)
+        except DataError as exc:
+            raise ConfigError(f"cannot be used: {exc}", key="eval_templates") from None

@@ -96,6 +96,28 @@ class Progress:
     load: dict = field(default_factory=dict)  # the machine's load over earlier attempts (flip.train.load)
 
 
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    """The model a run trains: its preset at the run's context length and loss."""
+    return get_preset(cfg.model).with_context_length(cfg.context_length).with_loss(cfg.loss)
+
+
+def init_checkpoint(path: str, model_cfg: ModelConfig) -> Path:
+    """The checkpoint `--init-from` names, if it holds `model_cfg`'s model (the CLI checks it before it
+    generates any data; the weights themselves are read when the run loads them)."""
+    source = resolve_checkpoint(path)
+    saved_model = read_config(source).get("model")
+    if saved_model != model_cfg.to_dict():
+        name = (saved_model or {}).get("name", "unknown")
+        biased = model_cfg.init_logit_bias is not None
+        if saved_model and ("init_logit_bias" in saved_model) != biased:
+            raise CheckpointError(f"checkpoint {source} was trained with the "
+                                  f"{'sigmoid' if 'init_logit_bias' in saved_model else 'contrastive'} loss: "
+                                  f"continue it with the same --loss")
+        raise CheckpointError(f"checkpoint {source} is for another model ({name}, with other dimensions) "
+                              f"than {model_cfg.name}")
+    return source
+
+
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill every None with its concrete value, so the saved config says exactly what ran."""
     cfg.validate()
@@ -209,6 +231,7 @@ class Trainer:
         random.seed(cfg.seed)
         self.model_cfg, self.model, self.decoder = self._build_model()
         self.pretrainer = Pretrainer(self.model, self.decoder)
+        self._load_weights(resume)  # before the data: an unusable checkpoint stops the run before it is made
         self.urls = self._build_data()
         self.total_samples, self.total_steps, self.warmup_steps = self._budget()
         # Loaded before the first step: unusable eval data stops the run before it trains.
@@ -216,7 +239,6 @@ class Trainer:
             if self.dist.is_main and cfg.periodic_eval else PeriodicEval()
         self._eval_sets = cfg.periodic_eval and (cfg.eval_data is not None or cfg.eval_zeroshot is not None)
 
-        self._load_weights(resume)
         self.fsdp = self._shard()  # after loading whole weights, before the optimizer takes the parameters
         self._evaluates = self._eval_sets and (self.dist.is_main or self.fsdp)  # this process takes part
         self._whole: FLIP | None = None  # under FSDP, the main process's whole copy for evaluation
@@ -280,7 +302,7 @@ class Trainer:
 
     def _build_model(self) -> tuple[ModelConfig, FLIP, MAEDecoder | None]:
         cfg = self.cfg
-        model_cfg = get_preset(cfg.model).with_context_length(cfg.context_length).with_loss(cfg.loss)
+        model_cfg = model_config(cfg)
         model = FLIP(model_cfg).to(self.device)
         model.set_grad_checkpointing(cfg.activation_checkpointing)
         decoder = None
@@ -315,18 +337,7 @@ class Trainer:
             self._load_init_weights(self.cfg.init_from)
 
     def _load_init_weights(self, path: str) -> None:
-        source = resolve_checkpoint(path)
-        saved_model = read_config(source).get("model")
-        if saved_model != self.model_cfg.to_dict():
-            name = (saved_model or {}).get("name", "unknown")
-            biased = self.model_cfg.init_logit_bias is not None
-            if saved_model and ("init_logit_bias" in saved_model) != biased:
-                raise CheckpointError(f"checkpoint {source} was trained with the "
-                                           f"{'sigmoid' if 'init_logit_bias' in saved_model else 'contrastive'} loss: "
-                                           f"continue it with the same --loss")
-            raise CheckpointError(f"checkpoint {source} is for another model ({name}, with other dimensions) "
-                                       f"than {self.model_cfg.name}")
-        load_weights(self.model, source)
+        load_weights(self.model, init_checkpoint(path, self.model_cfg))
 
     def _shard(self) -> bool:
         """Whether the model is sharded over the processes (FSDP replaces its parameters with shards)."""
